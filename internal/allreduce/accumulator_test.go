@@ -1,0 +1,207 @@
+package allreduce
+
+import (
+	"math"
+	"math/rand/v2"
+	"runtime"
+	"strconv"
+	"strings"
+	"testing"
+)
+
+func randomUpdates(r *rand.Rand, m, n int) ([][]float32, []int64) {
+	us := make([][]float32, m)
+	ws := make([]int64, m)
+	for k := range us {
+		us[k] = make([]float32, n)
+		for i := range us[k] {
+			us[k][i] = float32(r.NormFloat64() * 0.05)
+		}
+		ws[k] = int64(300 + r.IntN(600))
+	}
+	return us, ws
+}
+
+func TestMeanIsOrderIndependentAndExact(t *testing.T) {
+	r := rand.New(rand.NewPCG(1, 2))
+	const m, n = 10, 5000
+	us, ws := randomUpdates(r, m, n)
+	var total int64
+	for _, w := range ws {
+		total += w
+	}
+	var first []float32
+	for trial := 0; trial < 20; trial++ {
+		a, err := NewAccumulator(n, total)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, k := range r.Perm(m) {
+			if err := a.Add(us[k], ws[k]); err != nil {
+				t.Fatal(err)
+			}
+		}
+		mean := make([]float32, n)
+		if err := a.Mean(mean); err != nil {
+			t.Fatal(err)
+		}
+		if first == nil {
+			first = mean
+			// Compare with a float64 reference.
+			for i := range mean {
+				var s float64
+				for k := range us {
+					s += float64(ws[k]) * float64(us[k][i])
+				}
+				want := s / float64(total)
+				if d := math.Abs(float64(mean[i]) - want); d > 1e-7+1e-6*math.Abs(want) {
+					t.Fatalf("mean[%d]=%v, float64 reference %v", i, mean[i], want)
+				}
+			}
+			continue
+		}
+		for i := range mean {
+			if math.Float32bits(mean[i]) != math.Float32bits(first[i]) {
+				t.Fatalf("trial %d: mean[%d]=%v differs from first order's %v", trial, i, mean[i], first[i])
+			}
+		}
+	}
+}
+
+func TestAddRejectsBadUpdates(t *testing.T) {
+	a, err := NewAccumulator(4, 1000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	good := []float32{1, 2, 3, 4}
+	if err := a.Add(good, 100); err != nil {
+		t.Fatal(err)
+	}
+	nan := float32(math.NaN())
+	inf := float32(math.Inf(1))
+	for _, tc := range []struct {
+		name   string
+		update []float32
+		weight int64
+		want   string
+	}{
+		{"short", []float32{1, 2, 3}, 10, "update has 3 values, the model has 4"},
+		{"nan", []float32{1, nan, 3, 4}, 10, "update value 1 is NaN"},
+		{"inf", []float32{1, 2, inf, 4}, 10, "update value 2 is +Inf"},
+		{"huge", []float32{1, 2, 3, 1e9}, 10, "update value 3 is 1e+09"},
+		{"zero weight", good, 0, "want a positive sample count"},
+		{"over total", good, 901, "above the 1000 announced"},
+	} {
+		err := a.Add(tc.update, tc.weight)
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: error %v, want it to mention %q", tc.name, err, tc.want)
+		}
+	}
+	if a.Count() != 1 || a.Weight() != 100 {
+		t.Fatalf("rejected updates changed the accumulator: count %d weight %d", a.Count(), a.Weight())
+	}
+	mean := make([]float32, 4)
+	if err := a.Mean(mean); err != nil {
+		t.Fatal(err)
+	}
+	for i := range mean {
+		if mean[i] != good[i] {
+			t.Fatalf("mean %v after rejected updates, want %v", mean, good)
+		}
+	}
+}
+
+// TestGatherMemoryIsOneModel shows that folding K updates needs no memory
+// beyond the accumulator's one model-sized buffer, whether a round has 10 or
+// 1,000 updates.
+func TestGatherMemoryIsOneModel(t *testing.T) {
+	const n = 199210 // the 2NN
+	update := make([]float32, n)
+	for i := range update {
+		update[i] = float32(i%7) * 0.01
+	}
+	for _, m := range []int{10, 100, 1000} {
+		a, err := NewAccumulator(n, int64(m)*600)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var before, after runtime.MemStats
+		runtime.GC()
+		runtime.ReadMemStats(&before)
+		for k := 0; k < m; k++ {
+			if err := a.Add(update, 600); err != nil {
+				t.Fatal(err)
+			}
+		}
+		runtime.ReadMemStats(&after)
+		if grown := after.TotalAlloc - before.TotalAlloc; grown > 4096 {
+			t.Errorf("%d updates allocated %d bytes while gathering; want none", m, grown)
+		}
+		if a.Bytes() != 8*n {
+			t.Errorf("accumulator holds %d bytes, want one model of %d int64 = %d", a.Bytes(), n, 8*n)
+		}
+		t.Logf("%d updates folded; accumulator %d bytes; allocated while gathering: %d bytes", m, a.Bytes(), after.TotalAlloc-before.TotalAlloc)
+	}
+}
+
+func TestServerOptimizers(t *testing.T) {
+	p := []float32{1, 1}
+	d := []float32{0.5, -1}
+	avg, _ := NewServerOptimizer("avg", 1, 0, 2)
+	avg.Step(p, d)
+	if p[0] != 1.5 || p[1] != 0 {
+		t.Fatalf("avg step gave %v", p)
+	}
+	m, err := NewServerOptimizer("avgm", 1, 0.5, 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p = []float32{0, 0}
+	m.Step(p, d)
+	m.Step(p, d)
+	// v1 = d, v2 = 0.5d + d = 1.5d; p = 2.5d
+	if p[0] != 1.25 || p[1] != -2.5 {
+		t.Fatalf("avgm steps gave %v", p)
+	}
+	m2, _ := NewServerOptimizer("avgm", 1, 0.5, 2)
+	if err := m2.SetState(m.State()); err != nil {
+		t.Fatal(err)
+	}
+	if err := m2.SetState([]byte{1}); err == nil {
+		t.Fatal("short state accepted")
+	}
+	for _, bad := range []string{"adam", ""} {
+		if _, err := NewServerOptimizer(bad, 1, 0, 2); err == nil {
+			t.Errorf("optimiser %q accepted", bad)
+		}
+	}
+	if _, err := NewServerOptimizer("avg", math.NaN(), 0, 2); err == nil {
+		t.Error("NaN learning rate accepted")
+	}
+}
+
+func BenchmarkAccumulate(b *testing.B) {
+	for _, n := range []int{199210, 16 << 20} {
+		u := make([]float32, n)
+		for i := range u {
+			u[i] = float32(i%13) * 0.001
+		}
+		a, _ := NewAccumulator(n, 1<<40/MaxAbs)
+		b.Run(sizeName(4*n), func(b *testing.B) {
+			b.SetBytes(int64(4 * n))
+			for i := 0; i < b.N; i++ {
+				if a.Count() > 1000 {
+					a.Reset()
+				}
+				_ = a.Add(u, 1)
+			}
+		})
+	}
+}
+
+func sizeName(bytes int) string {
+	if bytes >= 1<<20 {
+		return strconv.Itoa(bytes>>20) + "MiB"
+	}
+	return strconv.Itoa(bytes>>10) + "KiB"
+}

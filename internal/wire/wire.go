@@ -1,0 +1,283 @@
+// Package wire is the binary protocol spoken between the aggregator and its
+// trainers over one websocket per trainer. docs/PROTOCOL.md is its
+// specification; this file and that document change together.
+//
+// Every websocket message is one frame of this layout (all integers
+// little-endian):
+//
+//	offset 0  uint8   protocol version (Version)
+//	offset 1  uint8   message type (Type)
+//	offset 2  uint32  header length H (at most MaxHeader)
+//	offset 6  H bytes header: a JSON object, its fields fixed by the type
+//	offset 6+H        payload: raw little-endian float32 values (Model,
+//	                  Update) or an Arrow IPC stream (Shard); empty otherwise
+package wire
+
+import (
+	"bytes"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"math"
+	"unsafe"
+)
+
+// Version is the protocol version this package speaks. A peer that sends
+// another version is refused with an Error frame naming both versions.
+const Version = 1
+
+// PrefixLen is the length of the fixed part of every frame.
+const PrefixLen = 6
+
+// MaxHeader bounds the JSON header of any frame; a larger header is refused
+// before it is read.
+const MaxHeader = 64 << 10
+
+// Type identifies a frame's meaning and so its header and payload.
+type Type uint8
+
+// The message types. Direction: T→A trainer to aggregator, A→T the reverse.
+const (
+	TypeHello   Type = 1 // T→A: first frame; identity, token, cached shards
+	TypeWelcome Type = 2 // A→T: accepted; the model architecture and limits
+	TypePull    Type = 3 // T→A: idle, send me a task
+	TypeModel   Type = 4 // A→T: global weights of one model version
+	TypeShard   Type = 5 // A→T: one client's data shard (Arrow IPC stream)
+	TypeTask    Type = 6 // A→T: train one client's shard on one model version
+	TypeUpdate  Type = 7 // T→A: the result of a task: Δw, sample count, loss
+	TypeDone    Type = 8 // A→T: the job is over; disconnect and exit
+	TypeError   Type = 9 // both: something was wrong; says what
+)
+
+var typeNames = [...]string{"", "hello", "welcome", "pull", "model", "shard", "task", "update", "done", "error"}
+
+// String returns the lower-case name used in docs/PROTOCOL.md.
+func (t Type) String() string {
+	if int(t) < len(typeNames) && t != 0 {
+		return typeNames[t]
+	}
+	return fmt.Sprintf("type(%d)", uint8(t))
+}
+
+// Hello is the trainer's first frame.
+type Hello struct {
+	Name   string   `json:"name"`             // human-readable trainer name, unique per process
+	Token  string   `json:"token,omitempty"`  // shared secret, checked when the aggregator has one
+	Shards []string `json:"shards,omitempty"` // content hashes of shards the trainer already holds
+}
+
+// ModelSpec names a model architecture: the name and layer sizes of
+// internal/model.Spec.
+type ModelSpec struct {
+	Name  string `json:"name"`
+	Sizes []int  `json:"sizes"`
+}
+
+// Welcome accepts a trainer.
+type Welcome struct {
+	ID         string    `json:"id"`          // the aggregator's name for this connection
+	Model      ModelSpec `json:"model"`       // architecture every task of this job uses
+	Params     int       `json:"params"`      // number of float32 parameters
+	MaxMessage int64     `json:"max_message"` // largest frame the aggregator accepts
+}
+
+// Pull asks for the next task. It has no fields; the header is "{}".
+type Pull struct{}
+
+// Model carries the global weights of one version; the payload is
+// Params float32 values.
+type Model struct {
+	Version int `json:"version"`
+	Params  int `json:"params"`
+}
+
+// Shard carries one client's data; the payload is an Arrow IPC stream as
+// written by internal/data.EncodeShard.
+type Shard struct {
+	Hash string `json:"hash"` // hex SHA-256 of the payload
+	Rows int    `json:"rows"`
+}
+
+// Task asks the trainer to train one client's shard from one model version.
+// The trainer has received the Model of Version and the Shard of Shard
+// before it receives the Task.
+type Task struct {
+	ID      int64   `json:"id"`      // unique within the job
+	Round   int     `json:"round"`   // 0-based round number
+	Version int     `json:"version"` // model version to start from
+	Client  int     `json:"client"`  // logical client index
+	Shard   string  `json:"shard"`   // content hash of the client's shard
+	Rows    int     `json:"rows"`    // the shard's row count, n_k
+	Mode    string  `json:"mode"`    // "fedavg" (local SGD) or "fedsgd" (one full-shard gradient step)
+	Epochs  int     `json:"epochs"`  // E
+	Batch   int     `json:"batch"`   // B; 0 means the whole shard
+	LR      float32 `json:"lr"`      // client learning rate
+	Seed    uint64  `json:"seed"`    // seeds the local shuffle
+}
+
+// Update is a task's result; the payload is Δw = w_local − w_version as
+// Params float32 values.
+type Update struct {
+	Task    int64   `json:"task"`
+	Round   int     `json:"round"`
+	Version int     `json:"version"`
+	Client  int     `json:"client"`
+	Samples int     `json:"samples"` // n_k, the examples trained on
+	Loss    float64 `json:"loss"`    // mean training loss over the task
+	Seconds float64 `json:"seconds"` // compute time of the task on the trainer
+}
+
+// Done ends the job for a trainer.
+type Done struct {
+	Reason string `json:"reason"`
+}
+
+// Error reports a problem. Fatal errors are followed by a close.
+type Error struct {
+	Code    string `json:"code"` // short machine-readable code, e.g. "version", "token", "update"
+	Message string `json:"message"`
+	Task    int64  `json:"task,omitempty"` // the task concerned, if any
+	Fatal   bool   `json:"fatal,omitempty"`
+}
+
+// Frame is one decoded message. Header is the raw JSON header; Payload
+// aliases the buffer the frame was decoded from.
+type Frame struct {
+	Type    Type
+	Header  []byte
+	Payload []byte
+}
+
+// ErrVersion is wrapped by Decode when a frame carries another protocol
+// version.
+var ErrVersion = errors.New("unsupported protocol version")
+
+// Decode splits a frame into its parts, checking the version, the type and
+// the header length. It does not copy: the Frame aliases b.
+func Decode(b []byte) (Frame, error) {
+	if len(b) < PrefixLen {
+		return Frame{}, fmt.Errorf("frame of %d bytes is shorter than the %d-byte prefix", len(b), PrefixLen)
+	}
+	if b[0] != Version {
+		return Frame{}, fmt.Errorf("%w: frame says version %d, this peer speaks version %d", ErrVersion, b[0], Version)
+	}
+	t := Type(b[1])
+	if t < TypeHello || t > TypeError {
+		return Frame{}, fmt.Errorf("unknown message type %d (known: 1..%d)", b[1], TypeError)
+	}
+	h := binary.LittleEndian.Uint32(b[2:6])
+	if h > MaxHeader {
+		return Frame{}, fmt.Errorf("%s header length %d exceeds the limit of %d bytes", t, h, MaxHeader)
+	}
+	if int64(h) > int64(len(b)-PrefixLen) {
+		return Frame{}, fmt.Errorf("%s header length %d exceeds the %d bytes left in the frame", t, h, len(b)-PrefixLen)
+	}
+	end := PrefixLen + int(h)
+	return Frame{Type: t, Header: b[PrefixLen:end], Payload: b[end:]}, nil
+}
+
+// Parse decodes the frame's JSON header into v strictly: unknown fields and
+// trailing data are errors.
+func (f Frame) Parse(v any) error {
+	d := json.NewDecoder(bytes.NewReader(f.Header))
+	d.DisallowUnknownFields()
+	if err := d.Decode(v); err != nil {
+		return fmt.Errorf("%s header: %w", f.Type, err)
+	}
+	if d.More() {
+		return fmt.Errorf("%s header: trailing data after the JSON object", f.Type)
+	}
+	return nil
+}
+
+// Prefix returns the fixed prefix and JSON header of a frame of type t. The
+// payload, if any, follows it on the wire; see Write.
+func Prefix(t Type, header any) ([]byte, error) {
+	h, err := json.Marshal(header)
+	if err != nil {
+		return nil, fmt.Errorf("encode %s header: %w", t, err)
+	}
+	if len(h) > MaxHeader {
+		return nil, fmt.Errorf("%s header of %d bytes exceeds the limit of %d", t, len(h), MaxHeader)
+	}
+	b := make([]byte, PrefixLen, PrefixLen+len(h))
+	b[0] = Version
+	b[1] = byte(t)
+	binary.LittleEndian.PutUint32(b[2:6], uint32(len(h)))
+	return append(b, h...), nil
+}
+
+// Write writes one whole frame to w: prefix, header, then payload.
+func Write(w io.Writer, t Type, header any, payload []byte) error {
+	p, err := Prefix(t, header)
+	if err != nil {
+		return err
+	}
+	if _, err := w.Write(p); err != nil {
+		return err
+	}
+	if len(payload) > 0 {
+		if _, err := w.Write(payload); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Encode returns one whole frame as a new byte slice.
+func Encode(t Type, header any, payload []byte) ([]byte, error) {
+	p, err := Prefix(t, header)
+	if err != nil {
+		return nil, err
+	}
+	return append(p, payload...), nil
+}
+
+// littleEndian is true on hosts whose native float32 layout is the wire's,
+// where tensors are reinterpreted in place instead of converted.
+var littleEndian = func() bool {
+	x := uint16(1)
+	return *(*byte)(unsafe.Pointer(&x)) == 1
+}()
+
+// Float32Bytes returns the wire form of v. On little-endian hosts it aliases
+// v (no copy); elsewhere it is a converted copy.
+func Float32Bytes(v []float32) []byte {
+	if len(v) == 0 {
+		return nil
+	}
+	if littleEndian {
+		return unsafe.Slice((*byte)(unsafe.Pointer(&v[0])), 4*len(v))
+	}
+	b := make([]byte, 4*len(v))
+	for i, x := range v {
+		binary.LittleEndian.PutUint32(b[4*i:], math.Float32bits(x))
+	}
+	return b
+}
+
+// ReadFloat32s decodes a tensor payload of exactly len(dst) values into dst,
+// checking the length and that every value is finite.
+func ReadFloat32s(dst []float32, payload []byte) error {
+	if len(payload) != 4*len(dst) {
+		return fmt.Errorf("tensor payload of %d bytes, want %d (%d float32 values)", len(payload), 4*len(dst), len(dst))
+	}
+	if len(dst) == 0 {
+		return nil
+	}
+	if littleEndian {
+		copy(Float32Bytes(dst), payload)
+	} else {
+		for i := range dst {
+			dst[i] = math.Float32frombits(binary.LittleEndian.Uint32(payload[4*i:]))
+		}
+	}
+	for i, x := range dst {
+		if math.IsNaN(float64(x)) || math.IsInf(float64(x), 0) {
+			return fmt.Errorf("tensor value %d is %v; all values must be finite", i, x)
+		}
+	}
+	return nil
+}
