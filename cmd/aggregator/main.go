@@ -1,0 +1,237 @@
+// Command aggregator runs a federated training job: it serves trainers on a
+// websocket endpoint, scatters tasks with the current weights, gathers
+// their updates into the next model version, and prints one line per
+// round and a final summary line:
+//
+//	done rounds=R accuracy=A loss=L seconds=S
+//
+// With -demo it also starts trainer processes on this machine (by running
+// this same binary as "aggregator trainer ...") and trains the 2NN on MNIST
+// until 97% test accuracy.
+//
+// "aggregator trainer [trainer flags]" runs a trainer, exactly as the
+// trainer command does.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"os/signal"
+	"runtime"
+	"sync"
+	"syscall"
+	"time"
+
+	"fedgather/internal/cli"
+	"fedgather/internal/job"
+	"fedgather/internal/trainer"
+)
+
+func main() {
+	if len(os.Args) > 1 && os.Args[1] == "trainer" {
+		os.Exit(trainer.Main(os.Args[2:], os.Stderr))
+	}
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+type options struct {
+	job      job.Config
+	listen   string
+	token    string
+	demo     bool
+	trainers int
+	level    string
+	seed     uint64
+}
+
+func flags(stderr io.Writer) (*flag.FlagSet, *options) {
+	o := &options{}
+	c := &o.job
+	fs := flag.NewFlagSet("aggregator", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.StringVar(&o.listen, "listen", ":7070", "address to serve trainers, /metrics and /healthz on")
+	fs.StringVar(&c.Dataset, "dataset", "datasets/mnist", "MNIST directory (four IDX .gz files) or a table: .csv, .parquet, .arrow")
+	fs.StringVar(&c.TestSet, "test-dataset", "", "test table for a table dataset (default: hold out 10% by seed)")
+	fs.StringVar(&c.LabelColumn, "label", "label", "label column of a table dataset")
+	fs.StringVar(&c.Model, "model", "2nn", "model: logreg, 2nn (784-200-200-10) or mlp:H1,H2,...")
+	fs.IntVar(&c.Clients, "clients", 100, "K, logical clients the training set is split into")
+	fs.Float64Var(&c.Fraction, "fraction", 0.1, "C, fraction of clients selected per round: m = max(ceil(C*K), 1)")
+	fs.StringVar(&c.Mode, "mode", "fedavg", "fedavg (E epochs of B-sized SGD per client) or fedsgd (one full-shard gradient per client)")
+	fs.IntVar(&c.Epochs, "epochs", 1, "E, local epochs per task (fedavg)")
+	fs.IntVar(&c.Batch, "batch", 10, "B, local minibatch size (fedavg); 0 = the whole shard")
+	fs.Float64Var(&c.LR, "lr", 0.1, "client learning rate")
+	fs.StringVar(&c.Partition, "partition", "iid", "how clients' data is drawn: iid, pathological (2 label shards per client) or dirichlet:ALPHA")
+	fs.Uint64Var(&o.seed, "seed", 1, "seed of partition, client selection, initialisation and local shuffles")
+	fs.IntVar(&c.Rounds, "rounds", 100, "rounds to run")
+	fs.Float64Var(&c.Target, "target", 0, "stop early once test accuracy reaches this (0 = run all rounds)")
+	fs.IntVar(&c.MinTrainers, "min-trainers", 1, "trainers that must be connected before a round starts")
+	fs.IntVar(&c.OverSelect, "over-select", 0, "start this many extra tasks per round and close the round at m results")
+	fs.StringVar(&c.ServerOpt, "server-opt", "avg", "server optimiser: avg (FedAvg) or avgm (FedAvg with server momentum)")
+	fs.Float64Var(&c.ServerLR, "server-lr", 1, "server learning rate applied to the mean update")
+	fs.Float64Var(&c.ServerMomentum, "server-momentum", 0.9, "server momentum β for avgm")
+	fs.StringVar(&c.StateDir, "state", "", "directory for a checkpoint after every round; the job resumes from it when restarted")
+	fs.StringVar(&o.token, "token", "", "shared secret trainers must present (default: none)")
+	fs.DurationVar(&c.Hub.TaskDeadline, "task-deadline", 0, "re-issue a task running longer than this (default: 2x the median task time, at least 500ms)")
+	fs.Int64Var(&c.Hub.MaxMessage, "max-message", 256<<20, "largest message accepted from a trainer, in bytes")
+	fs.DurationVar(&c.Hub.PingPeriod, "ping", 5*time.Second, "ping trainers this often; one silent for 3 pings is dropped")
+	fs.BoolVar(&o.demo, "demo", false, "also start trainer processes on this machine; defaults to -listen 127.0.0.1:0 -target 0.97 -rounds 300")
+	fs.IntVar(&o.trainers, "trainers", runtime.NumCPU(), "trainer processes to start with -demo")
+	fs.StringVar(&o.level, "log-level", "info", "log level: debug, info, warn, error")
+	fs.Usage = func() {
+		fmt.Fprintf(stderr, "usage: aggregator [flags]\n       aggregator trainer [trainer flags]\n\nRuns a federated training job and serves trainers on -listen.\nEvery flag may also be set as FEDGATHER_<FLAG> (e.g. FEDGATHER_ROUNDS=50).\n\n")
+		fs.PrintDefaults()
+	}
+	return fs, o
+}
+
+func run(args []string, stdout, stderr io.Writer) int {
+	fs, o := flags(stderr)
+	if err := cli.Parse(fs, args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
+		}
+		fmt.Fprintf(stderr, "aggregator: %v\n", err)
+		return 2
+	}
+	if o.demo {
+		if !cli.Given(fs, "listen") {
+			o.listen = "127.0.0.1:0"
+		}
+		if !cli.Given(fs, "target") {
+			o.job.Target = 0.97
+		}
+		if !cli.Given(fs, "rounds") {
+			o.job.Rounds = 300
+		}
+		if o.trainers < 1 {
+			fmt.Fprintf(stderr, "aggregator: -trainers %d: want at least 1\n", o.trainers)
+			return 2
+		}
+	}
+	log, err := cli.Logger(stderr, o.level, "component", "aggregator")
+	if err != nil {
+		fmt.Fprintf(stderr, "aggregator: %v\n", err)
+		return 2
+	}
+	o.job.Seed = o.seed
+	o.job.Hub.Token = o.token
+	o.job.Out = stdout
+	o.job.Logger = log
+
+	j, err := job.New(o.job)
+	if err != nil {
+		fmt.Fprintf(stderr, "aggregator: %v\n", err)
+		return 2
+	}
+	ln, err := net.Listen("tcp", o.listen)
+	if err != nil {
+		fmt.Fprintf(stderr, "aggregator: -listen %s: %v\n", o.listen, err)
+		return 2
+	}
+	srv := &http.Server{Handler: j.Handler(), ReadHeaderTimeout: 10 * time.Second}
+	go func() {
+		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			log.Error("http server stopped", "err", err)
+		}
+	}()
+	addr := ln.Addr().String()
+	fmt.Fprintf(stdout, "listening on %s (trainers: ws://%s/v1/train)\n", addr, addr)
+
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+
+	var children sync.WaitGroup
+	childCtx, stopChildren := context.WithCancel(ctx)
+	defer stopChildren()
+	if o.demo {
+		if err := startTrainers(childCtx, &children, addr, o, stderr, log); err != nil {
+			fmt.Fprintf(stderr, "aggregator: %v\n", err)
+			return 1
+		}
+	}
+
+	sum, runErr := j.Run(ctx)
+	// Finish has told the trainers; give them a moment to leave cleanly,
+	// then stop any that did not.
+	if !waitChildren(&children, 5*time.Second) {
+		stopChildren()
+		waitChildren(&children, 5*time.Second)
+	}
+	shutdown, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	_ = srv.Shutdown(shutdown)
+	cancel()
+	fmt.Fprintln(stdout, sum)
+	switch {
+	case runErr != nil && ctx.Err() != nil:
+		fmt.Fprintln(stderr, "aggregator: interrupted")
+		return 130
+	case runErr != nil:
+		fmt.Fprintf(stderr, "aggregator: %v\n", runErr)
+		return 1
+	case o.job.Target > 0 && sum.Accuracy < o.job.Target:
+		fmt.Fprintf(stderr, "aggregator: target accuracy %.4f not reached in %d rounds (reached %.4f)\n", o.job.Target, sum.Rounds, sum.Accuracy)
+		return 1
+	}
+	return 0
+}
+
+// startTrainers runs -trainers copies of this binary as trainer processes.
+func startTrainers(ctx context.Context, wg *sync.WaitGroup, addr string, o *options, stderr io.Writer, log *slog.Logger) error {
+	exe, err := os.Executable()
+	if err != nil {
+		return fmt.Errorf("find this program to start trainers: %w", err)
+	}
+	for i := 1; i <= o.trainers; i++ {
+		args := []string{"trainer", "-aggregator", addr, "-name", fmt.Sprintf("trainer-%d", i), "-log-level", "warn"}
+		if o.token != "" {
+			args = append(args, "-token", o.token)
+		}
+		cmd := exec.Command(exe, args...)
+		cmd.Stdout, cmd.Stderr = stderr, stderr
+		// One compute thread per trainer: more trainers, not more threads.
+		cmd.Env = append(os.Environ(), "GOMAXPROCS=1", "OPENBLAS_NUM_THREADS=1", "OMP_NUM_THREADS=1")
+		if err := cmd.Start(); err != nil {
+			return fmt.Errorf("start trainer %d: %w", i, err)
+		}
+		log.Info("started trainer", "name", args[4], "pid", cmd.Process.Pid)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			done := make(chan struct{})
+			go func() {
+				select {
+				case <-ctx.Done():
+					_ = cmd.Process.Signal(syscall.SIGTERM)
+				case <-done:
+				}
+			}()
+			err := cmd.Wait()
+			close(done)
+			if err != nil && ctx.Err() == nil {
+				log.Warn("trainer process ended", "name", args[4], "err", err)
+			}
+		}()
+	}
+	return nil
+}
+
+// waitChildren waits up to d for the trainer processes to end and reports
+// whether they all did.
+func waitChildren(wg *sync.WaitGroup, d time.Duration) bool {
+	done := make(chan struct{})
+	go func() { wg.Wait(); close(done) }()
+	select {
+	case <-done:
+		return true
+	case <-time.After(d):
+		return false
+	}
+}

@@ -1,0 +1,513 @@
+package coord
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"time"
+
+	"github.com/gorilla/websocket"
+
+	"fedgather/internal/allreduce"
+	"fedgather/internal/wire"
+)
+
+// BufferSize is the websocket read and write buffer size. Large buffers
+// let a 0.8 MB model cross loopback as fast as raw TCP.
+const BufferSize = 64 << 10
+
+// helloWait is how long a new connection may take to say hello.
+const helloWait = 10 * time.Second
+
+// writeWait bounds one frame's write.
+const writeWait = 30 * time.Second
+
+// outFrame is a frame waiting for the connection's writer. Its slices are
+// shared and never modified after they are queued.
+type outFrame struct {
+	prefix  []byte
+	payload []byte
+	close   bool // close the connection after writing
+}
+
+// conn is one trainer connection. Fields below mu-guarded are owned by the
+// Hub's mutex; ws reads belong to the reader goroutine and ws writes to the
+// writer goroutine.
+type conn struct {
+	hub  *Hub
+	ws   *websocket.Conn
+	id   string
+	name string
+	out  chan outFrame
+	gone chan struct{}
+
+	// guarded by hub.mu
+	idle    bool
+	version int
+	round   int
+	shards  map[string]bool
+	task    *task
+	dead    bool
+}
+
+// send queues a frame without blocking. A trainer whose queue is full is
+// not keeping up; it is disconnected and its task requeued by the reader.
+func (c *conn) send(f outFrame) bool {
+	if c.dead {
+		return false
+	}
+	select {
+	case c.out <- f:
+		return true
+	default:
+		c.dead = true
+		_ = c.ws.Close()
+		return false
+	}
+}
+
+var upgrader = websocket.Upgrader{
+	ReadBufferSize:  BufferSize,
+	WriteBufferSize: BufferSize,
+	CheckOrigin:     func(*http.Request) bool { return true }, // trainers are not browsers; the token authenticates
+}
+
+// ServeHTTP upgrades a trainer's request to a websocket and serves it until
+// it disconnects.
+func (h *Hub) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	ws, err := upgrader.Upgrade(w, r, nil)
+	if err != nil {
+		h.cfg.Logger.Warn("websocket upgrade failed", "remote", r.RemoteAddr, "err", err)
+		return
+	}
+	ws.SetReadLimit(h.cfg.MaxMessage)
+	h.serve(ws, r.RemoteAddr)
+}
+
+// refuse tells the peer why it is being disconnected, then closes.
+func refuse(ws *websocket.Conn, code, msg string) {
+	p, err := wire.Prefix(wire.TypeError, wire.Error{Code: code, Message: msg, Fatal: true})
+	if err == nil {
+		_ = ws.SetWriteDeadline(time.Now().Add(time.Second))
+		_ = ws.WriteMessage(websocket.BinaryMessage, p)
+		_ = ws.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(websocket.ClosePolicyViolation, truncate(msg, 120)), time.Now().Add(time.Second))
+	}
+	_ = ws.Close()
+}
+
+func truncate(s string, n int) string {
+	if len(s) > n {
+		return s[:n]
+	}
+	return s
+}
+
+func (h *Hub) serve(ws *websocket.Conn, remote string) {
+	log := h.cfg.Logger.With("remote", remote)
+	_ = ws.SetReadDeadline(time.Now().Add(helloWait))
+	var buf bytes.Buffer
+	f, err := readFrame(ws, &buf)
+	if err != nil {
+		log.Warn("trainer refused", "err", err)
+		refuse(ws, codeOf(err), err.Error())
+		return
+	}
+	var hello wire.Hello
+	if f.Type != wire.TypeHello {
+		err = fmt.Errorf("first message is %s, want hello", f.Type)
+	} else {
+		err = f.Parse(&hello)
+	}
+	if err == nil && !h.checkToken(hello.Token) {
+		log.Warn("trainer refused: wrong token", "name", hello.Name)
+		refuse(ws, "token", "wrong or missing token: the aggregator requires the token given by its -token flag")
+		return
+	}
+	if err != nil {
+		log.Warn("trainer refused", "err", err)
+		refuse(ws, "protocol", err.Error())
+		return
+	}
+	if hello.Name == "" {
+		hello.Name = remote
+	}
+
+	c := &conn{hub: h, ws: ws, name: hello.Name, out: make(chan outFrame, 64), gone: make(chan struct{}), version: -1, round: -1, shards: make(map[string]bool)}
+	h.mu.Lock()
+	for _, s := range hello.Shards {
+		for i := range h.cfg.Shards {
+			if h.cfg.Shards[i].Hash == s {
+				c.shards[s] = true
+				break
+			}
+		}
+	}
+	h.nextConn++
+	c.id = fmt.Sprintf("%s#%d", hello.Name, h.nextConn)
+	welcome, _ := wire.Prefix(wire.TypeWelcome, wire.Welcome{ID: c.id, Model: h.cfg.Model, Params: h.cfg.Params, MaxMessage: h.cfg.MaxMessage})
+	c.out <- outFrame{prefix: welcome}
+	if h.finished != nil {
+		p, _ := wire.Prefix(wire.TypeDone, h.finished)
+		c.out <- outFrame{prefix: p}
+	}
+	h.conns[c] = struct{}{}
+	h.stats.TrainersJoined++
+	if h.trainers[c.name] == nil {
+		h.trainers[c.name] = &TrainerStats{}
+	}
+	h.changedLocked()
+	h.mu.Unlock()
+	log.Info("trainer joined", "id", c.id, "cached_shards", len(c.shards))
+
+	go c.writer()
+	err = c.reader(&buf)
+	h.drop(c)
+	close(c.out)
+	<-c.gone
+	_ = ws.Close()
+	if err != nil && !errors.Is(err, io.EOF) && !websocket.IsCloseError(err, websocket.CloseNormalClosure, websocket.CloseGoingAway) {
+		log.Info("trainer left", "id", c.id, "err", err)
+	} else {
+		log.Info("trainer left", "id", c.id)
+	}
+}
+
+func codeOf(err error) string {
+	if errors.Is(err, wire.ErrVersion) {
+		return "version"
+	}
+	if errors.Is(err, websocket.ErrReadLimit) {
+		return "too_large"
+	}
+	return "protocol"
+}
+
+// readFrame reads one binary websocket message into buf and decodes it.
+func readFrame(ws *websocket.Conn, buf *bytes.Buffer) (wire.Frame, error) {
+	mt, r, err := ws.NextReader()
+	if err != nil {
+		if errors.Is(err, websocket.ErrReadLimit) {
+			return wire.Frame{}, fmt.Errorf("message larger than the limit: %w", err)
+		}
+		return wire.Frame{}, err
+	}
+	if mt != websocket.BinaryMessage {
+		return wire.Frame{}, fmt.Errorf("text websocket message; the protocol uses binary messages only")
+	}
+	buf.Reset()
+	if _, err := buf.ReadFrom(r); err != nil {
+		if errors.Is(err, websocket.ErrReadLimit) {
+			return wire.Frame{}, fmt.Errorf("message larger than the limit: %w", err)
+		}
+		return wire.Frame{}, err
+	}
+	return wire.Decode(buf.Bytes())
+}
+
+// reader handles the trainer's frames until the connection ends or the
+// trainer breaks the protocol.
+func (c *conn) reader(buf *bytes.Buffer) error {
+	h := c.hub
+	c.ws.SetPongHandler(func(string) error {
+		return c.ws.SetReadDeadline(time.Now().Add(h.cfg.PongWait))
+	})
+	update := make([]float32, h.cfg.Params)
+	for {
+		_ = c.ws.SetReadDeadline(time.Now().Add(h.cfg.PongWait))
+		f, err := readFrame(c.ws, buf)
+		if err != nil {
+			var ce *websocket.CloseError
+			if errors.As(err, &ce) || errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+				return err
+			}
+			if errors.Is(err, websocket.ErrReadLimit) || errors.Is(err, wire.ErrVersion) || isProtocol(err) {
+				c.fatal(codeOf(err), err.Error())
+			}
+			return err
+		}
+		h.countReceived(c, len(buf.Bytes()))
+		switch f.Type {
+		case wire.TypePull:
+			var p wire.Pull
+			if err := f.Parse(&p); err != nil {
+				c.fatal("protocol", err.Error())
+				return err
+			}
+			h.pull(c)
+		case wire.TypeUpdate:
+			var u wire.Update
+			if err := f.Parse(&u); err != nil {
+				c.fatal("protocol", err.Error())
+				return err
+			}
+			perr := wire.ReadFloat32s(update, f.Payload)
+			if perr == nil {
+				perr = allreduce.CheckFinite(update)
+			}
+			h.gather(c, &u, update, perr)
+		case wire.TypeError:
+			var e wire.Error
+			if err := f.Parse(&e); err != nil {
+				c.fatal("protocol", err.Error())
+				return err
+			}
+			h.trainerError(c, &e)
+		default:
+			err := fmt.Errorf("trainers may send hello (first only), pull, update and error; got %s", f.Type)
+			c.fatal("protocol", err.Error())
+			return err
+		}
+	}
+}
+
+// isProtocol reports whether err came from decoding a frame, as opposed to
+// the network.
+func isProtocol(err error) bool {
+	var ne interface{ Timeout() bool }
+	return !errors.As(err, &ne)
+}
+
+// fatal sends a fatal Error frame through the writer, which then closes.
+func (c *conn) fatal(code, msg string) {
+	c.hub.cfg.Logger.Warn("disconnecting trainer", "id", c.id, "code", code, "err", msg)
+	p, err := wire.Prefix(wire.TypeError, wire.Error{Code: code, Message: msg, Fatal: true})
+	if err != nil {
+		return
+	}
+	c.hub.mu.Lock()
+	if c.send(outFrame{prefix: p, close: true}) {
+		c.dead = true
+	}
+	c.hub.mu.Unlock()
+	// Give the writer a moment to deliver the reason before the socket goes.
+	select {
+	case <-c.gone:
+	case <-time.After(time.Second):
+	}
+}
+
+// writer owns all writes to the websocket: queued frames and pings.
+func (c *conn) writer() {
+	defer close(c.gone)
+	h := c.hub
+	ping := time.NewTicker(h.cfg.PingPeriod)
+	defer ping.Stop()
+	for {
+		select {
+		case f, ok := <-c.out:
+			if !ok {
+				_ = c.ws.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(websocket.CloseNormalClosure, ""), time.Now().Add(time.Second))
+				return
+			}
+			_ = c.ws.SetWriteDeadline(time.Now().Add(writeWait))
+			w, err := c.ws.NextWriter(websocket.BinaryMessage)
+			if err == nil {
+				_, err = w.Write(f.prefix)
+			}
+			if err == nil && len(f.payload) > 0 {
+				_, err = w.Write(f.payload)
+			}
+			if err == nil {
+				err = w.Close()
+			}
+			if err != nil {
+				_ = c.ws.Close()
+				drain(c.out)
+				return
+			}
+			h.countSent(len(f.prefix) + len(f.payload))
+			if f.close {
+				_ = c.ws.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(websocket.ClosePolicyViolation, ""), time.Now().Add(time.Second))
+				_ = c.ws.Close()
+				drain(c.out)
+				return
+			}
+		case <-ping.C:
+			if err := c.ws.WriteControl(websocket.PingMessage, nil, time.Now().Add(writeWait)); err != nil {
+				_ = c.ws.Close()
+				drain(c.out)
+				return
+			}
+		}
+	}
+}
+
+func drain(ch chan outFrame) {
+	for range ch {
+	}
+}
+
+func (h *Hub) countSent(n int) {
+	h.mu.Lock()
+	h.stats.BytesSent += int64(n)
+	h.mu.Unlock()
+}
+
+func (h *Hub) countReceived(c *conn, n int) {
+	h.mu.Lock()
+	h.stats.BytesReceived += int64(n)
+	h.mu.Unlock()
+}
+
+// pull marks a trainer idle and hands it a task if one is queued.
+func (h *Hub) pull(c *conn) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if c.dead {
+		return
+	}
+	if c.task != nil {
+		// A pull while holding a task means the trainer gave it up.
+		t := c.task
+		c.task = nil
+		delete(t.running, c)
+		if r := h.round; r != nil && r.tasks[t.wire.ID] == t {
+			t.failures++
+			h.requeueLocked(r, t)
+		}
+	}
+	if !c.idle {
+		c.idle = true
+		h.idle = append(h.idle, c)
+	}
+	h.dispatchLocked()
+}
+
+// gather folds a trainer's update into the round, exactly once per task.
+func (h *Hub) gather(c *conn, u *wire.Update, update []float32, payloadErr error) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if c.task != nil && c.task.wire.ID == u.Task {
+		c.task = nil
+	}
+	r := h.round
+	if r == nil || r.spec.Round != u.Round || r.closed {
+		h.stats.UpdatesStale++
+		return
+	}
+	t := r.tasks[u.Task]
+	if t == nil {
+		h.rejectLocked(c, u.Task, fmt.Sprintf("update for task %d, which is not a task of round %d", u.Task, r.spec.Round))
+		return
+	}
+	started, held := t.running[c]
+	delete(t.running, c)
+	if t.state == done {
+		r.res.Duplicates++
+		h.stats.UpdatesDuplicate++
+		return
+	}
+	if t.state == dropped {
+		h.stats.UpdatesStale++
+		return
+	}
+	err := payloadErr
+	switch {
+	case err != nil:
+	case u.Client != t.wire.Client:
+		err = fmt.Errorf("update for task %d names client %d, the task is for client %d", u.Task, u.Client, t.wire.Client)
+	case u.Version != t.wire.Version:
+		err = fmt.Errorf("update for task %d starts from version %d, the task from version %d", u.Task, u.Version, t.wire.Version)
+	case u.Samples != t.wire.Rows:
+		err = fmt.Errorf("update for task %d reports %d samples, client %d has %d", u.Task, u.Samples, t.wire.Client, t.wire.Rows)
+	case !(u.Loss >= 0) || u.Loss > 1e30:
+		err = fmt.Errorf("update for task %d reports training loss %v; want a finite non-negative number", u.Task, u.Loss)
+	}
+	if err == nil {
+		err = r.acc.Add(update, int64(t.wire.Rows))
+	}
+	if err != nil {
+		t.failures++
+		r.res.Failed++
+		h.stats.TasksFailed++
+		h.rejectLocked(c, u.Task, err.Error())
+		h.requeueLocked(r, t)
+		return
+	}
+	t.state = done
+	r.lossSum += u.Loss * float64(t.wire.Rows)
+	r.res.Completed++
+	r.res.Tasks[c.name]++
+	h.stats.TasksCompleted++
+	ts := h.trainers[c.name]
+	ts.Tasks++
+	ts.Samples += int64(u.Samples) * int64(max(t.wire.Epochs, 1))
+	if u.Seconds > 0 && u.Seconds < 1e6 {
+		ts.Seconds += u.Seconds
+	}
+	if held {
+		h.durations = append(h.durations, time.Since(started).Seconds())
+		if len(h.durations) > 64 {
+			h.durations = h.durations[len(h.durations)-64:]
+		}
+	}
+	if r.acc.Count() >= r.needed {
+		// Over-selection: the remaining tasks are no longer wanted.
+		for _, o := range r.order {
+			if o.state == queued || o.state == running {
+				o.state = dropped
+			}
+		}
+	}
+	h.maybeFinishLocked(r)
+}
+
+func (h *Hub) rejectLocked(c *conn, taskID int64, msg string) {
+	h.stats.UpdatesRejected++
+	h.cfg.Logger.Warn("update rejected", "id", c.id, "task", taskID, "err", msg)
+	p, err := wire.Prefix(wire.TypeError, wire.Error{Code: "update", Message: msg, Task: taskID})
+	if err == nil {
+		c.send(outFrame{prefix: p})
+	}
+}
+
+// trainerError records a trainer's report that it could not do a task.
+func (h *Hub) trainerError(c *conn, e *wire.Error) {
+	h.cfg.Logger.Warn("trainer reports an error", "id", c.id, "code", e.Code, "task", e.Task, "err", e.Message)
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	t := c.task
+	if t == nil || (e.Task != 0 && e.Task != t.wire.ID) {
+		return
+	}
+	c.task = nil
+	delete(t.running, c)
+	if r := h.round; r != nil && r.tasks[t.wire.ID] == t {
+		t.failures++
+		r.res.Failed++
+		h.stats.TasksFailed++
+		h.requeueLocked(r, t)
+	}
+}
+
+// drop forgets a disconnected trainer and requeues its task.
+func (h *Hub) drop(c *conn) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	c.dead = true
+	delete(h.conns, c)
+	if i := indexOf(h.idle, c); i >= 0 {
+		h.idle = append(h.idle[:i], h.idle[i+1:]...)
+	}
+	if t := c.task; t != nil {
+		c.task = nil
+		delete(t.running, c)
+		if r := h.round; r != nil && r.tasks[t.wire.ID] == t {
+			t.lost++
+			h.requeueLocked(r, t)
+		}
+	}
+	h.stats.TrainersLeft++
+	h.changedLocked()
+}
+
+func indexOf(s []*conn, c *conn) int {
+	for i, x := range s {
+		if x == c {
+			return i
+		}
+	}
+	return -1
+}

@@ -1,0 +1,520 @@
+// Package coord is the aggregator's hub: it owns the trainer connections,
+// the current round's task queue and the accumulator the round's updates
+// are folded into.
+//
+// Trainers pull: a trainer that is idle says so, and the hub hands it the
+// next queued task, preceded by the model version and the client's shard
+// if that trainer does not hold them yet. A task whose trainer disconnects
+// goes back to the front of the queue; a task running longer than its
+// deadline is issued once more to the next idle trainer, and whichever copy
+// finishes first is counted, the other discarded as a duplicate. Every
+// task's update is therefore folded exactly once.
+//
+// All shared state is guarded by one mutex that is never held across
+// network I/O: each connection has one writer goroutine that drains a
+// queue of frames, and one reader goroutine.
+package coord
+
+import (
+	"context"
+	"crypto/subtle"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"sort"
+	"sync"
+	"time"
+
+	"fedgather/internal/allreduce"
+	"fedgather/internal/wire"
+)
+
+// Shard is one logical client's data as it travels: an Arrow IPC stream.
+type Shard struct {
+	Hash  string // hex SHA-256 of Bytes
+	Rows  int    // n_k
+	Bytes []byte
+}
+
+// Config is what the hub needs to know of the job.
+type Config struct {
+	Model      wire.ModelSpec
+	Params     int     // parameters of the model
+	Shards     []Shard // indexed by client
+	Token      string  // when set, trainers must present it
+	MaxMessage int64   // largest frame accepted from a trainer
+
+	PingPeriod time.Duration // how often to ping each trainer
+	PongWait   time.Duration // a trainer silent this long is dropped
+
+	// TaskDeadline, when positive, is how long a task may run before it is
+	// issued again to an idle trainer. When zero it is derived from the
+	// trainers' measured speed: StragglerFactor times the median task time
+	// of recent tasks, and never less than MinDeadline.
+	TaskDeadline    time.Duration
+	StragglerFactor float64
+	MinDeadline     time.Duration
+	// MaxFailures is how many rejected results a task may have before it is
+	// dropped from its round; MaxLost is how many trainers may disconnect
+	// while holding it.
+	MaxFailures int
+	MaxLost     int
+
+	Logger *slog.Logger
+}
+
+func (c *Config) defaults() {
+	if c.MaxMessage <= 0 {
+		c.MaxMessage = 256 << 20
+	}
+	if c.PingPeriod <= 0 {
+		c.PingPeriod = 5 * time.Second
+	}
+	if c.PongWait <= 0 {
+		c.PongWait = 3 * c.PingPeriod
+	}
+	if c.StragglerFactor <= 0 {
+		c.StragglerFactor = 2
+	}
+	if c.MinDeadline <= 0 {
+		c.MinDeadline = 500 * time.Millisecond
+	}
+	if c.MaxFailures <= 0 {
+		c.MaxFailures = 3
+	}
+	if c.MaxLost <= 0 {
+		c.MaxLost = 10
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+}
+
+// Hub coordinates trainers. Create it with New, serve its Handler, and run
+// rounds with RunRound.
+type Hub struct {
+	cfg Config
+
+	mu        sync.Mutex
+	conns     map[*conn]struct{}
+	idle      []*conn
+	round     *round
+	finished  *wire.Done
+	nextTask  int64
+	nextConn  int
+	changed   chan struct{} // closed and replaced whenever the set of trainers changes
+	durations []float64     // recent task seconds, for the derived deadline
+	stats     Stats
+	trainers  map[string]*TrainerStats
+}
+
+// New returns a hub for the job described by cfg.
+func New(cfg Config) (*Hub, error) {
+	cfg.defaults()
+	if cfg.Params <= 0 {
+		return nil, fmt.Errorf("hub needs the model's parameter count, got %d", cfg.Params)
+	}
+	if len(cfg.Shards) == 0 {
+		return nil, errors.New("hub needs at least one client shard")
+	}
+	return &Hub{
+		cfg:      cfg,
+		conns:    make(map[*conn]struct{}),
+		changed:  make(chan struct{}),
+		trainers: make(map[string]*TrainerStats),
+	}, nil
+}
+
+// RoundSpec describes one round.
+type RoundSpec struct {
+	Round   int
+	Version int
+	Model   []float32 // global weights of Version; copied, not retained
+	Clients []int     // selected clients, one task each
+	Quorum  int       // results that close the round; 0 means all of Clients
+	Mode    string    // "fedavg" or "fedsgd"
+	Epochs  int
+	Batch   int
+	LR      float32
+	Seed    uint64 // job seed; each task's seed derives from it, the round and the client
+}
+
+// RoundResult is what a round gathered.
+type RoundResult struct {
+	Mean      []float32 // weighted mean of the updates (Δw)
+	Updates   int       // updates folded
+	Samples   int64     // Σ n_k of the folded updates
+	TrainLoss float64   // sample-weighted mean training loss
+	Seconds   float64   // wall time of the round
+	Tasks     map[string]int
+	Dropped   []int // clients whose task was given up after too many failures
+
+	Assigned, Completed, Failed, Requeued, Reissued, Duplicates int
+}
+
+type taskState uint8
+
+const (
+	queued taskState = iota
+	running
+	done
+	dropped
+)
+
+type task struct {
+	wire     wire.Task
+	shard    *Shard
+	state    taskState
+	inQueue  bool
+	running  map[*conn]time.Time // attempts in flight, by trainer, with start time
+	failures int
+	lost     int
+}
+
+type round struct {
+	spec     RoundSpec
+	model    outFrame
+	tasks    map[int64]*task
+	order    []*task
+	queue    []*task
+	acc      *allreduce.Accumulator
+	needed   int
+	lossSum  float64
+	res      RoundResult
+	finished chan struct{}
+	closed   bool
+	start    time.Time
+}
+
+// TaskSeed derives the seed of one client's local training in one round
+// from the job seed, so that a client's update does not depend on which
+// trainer computed it.
+func TaskSeed(seed uint64, round, client int) uint64 {
+	x := seed ^ 0x9e3779b97f4a7c15*uint64(round+1) ^ 0xbf58476d1ce4e5b9*uint64(client+1)
+	x ^= x >> 31
+	x *= 0x94d049bb133111eb
+	x ^= x >> 29
+	return x
+}
+
+// RunRound scatters one task per selected client, gathers their updates and
+// returns the weighted mean once Quorum results are in. It returns early
+// only when ctx ends.
+func (h *Hub) RunRound(ctx context.Context, spec RoundSpec) (*RoundResult, error) {
+	if len(spec.Model) != h.cfg.Params {
+		return nil, fmt.Errorf("round %d model has %d parameters, the job %d", spec.Round, len(spec.Model), h.cfg.Params)
+	}
+	if len(spec.Clients) == 0 {
+		return nil, fmt.Errorf("round %d selects no client", spec.Round)
+	}
+	needed := spec.Quorum
+	if needed <= 0 || needed > len(spec.Clients) {
+		needed = len(spec.Clients)
+	}
+	var total int64
+	for _, k := range spec.Clients {
+		if k < 0 || k >= len(h.cfg.Shards) {
+			return nil, fmt.Errorf("round %d selects client %d of %d", spec.Round, k, len(h.cfg.Shards))
+		}
+		total += int64(h.cfg.Shards[k].Rows)
+	}
+	acc, err := allreduce.NewAccumulator(h.cfg.Params, total)
+	if err != nil {
+		return nil, err
+	}
+	model := slices.Clone(spec.Model)
+	mp, err := wire.Prefix(wire.TypeModel, wire.Model{Version: spec.Version, Params: len(model)})
+	if err != nil {
+		return nil, err
+	}
+	r := &round{
+		spec:     spec,
+		model:    outFrame{prefix: mp, payload: wire.Float32Bytes(model)},
+		tasks:    make(map[int64]*task, len(spec.Clients)),
+		acc:      acc,
+		needed:   needed,
+		finished: make(chan struct{}),
+		start:    time.Now(),
+	}
+	r.res.Tasks = make(map[string]int)
+
+	h.mu.Lock()
+	if h.round != nil {
+		h.mu.Unlock()
+		return nil, fmt.Errorf("round %d started while round %d is running", spec.Round, h.round.spec.Round)
+	}
+	for _, k := range spec.Clients {
+		h.nextTask++
+		sh := &h.cfg.Shards[k]
+		t := &task{
+			wire: wire.Task{
+				ID: h.nextTask, Round: spec.Round, Version: spec.Version, Client: k,
+				Shard: sh.Hash, Rows: sh.Rows, Mode: spec.Mode, Epochs: spec.Epochs,
+				Batch: spec.Batch, LR: spec.LR, Seed: TaskSeed(spec.Seed, spec.Round, k),
+			},
+			shard:   sh,
+			running: make(map[*conn]time.Time),
+			inQueue: true,
+		}
+		r.tasks[t.wire.ID] = t
+		r.order = append(r.order, t)
+		r.queue = append(r.queue, t)
+	}
+	h.round = r
+	h.dispatchLocked()
+	h.mu.Unlock()
+
+	tick := time.NewTicker(50 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		select {
+		case <-r.finished:
+			return h.closeRound(r), nil
+		case <-ctx.Done():
+			h.mu.Lock()
+			h.round = nil
+			h.mu.Unlock()
+			return nil, ctx.Err()
+		case <-tick.C:
+			h.mu.Lock()
+			h.checkDeadlinesLocked(time.Now())
+			h.mu.Unlock()
+		}
+	}
+}
+
+func (h *Hub) closeRound(r *round) *RoundResult {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.round = nil
+	res := r.res
+	res.Seconds = time.Since(r.start).Seconds()
+	res.Updates = r.acc.Count()
+	res.Samples = r.acc.Weight()
+	if res.Samples > 0 {
+		res.Mean = make([]float32, h.cfg.Params)
+		_ = r.acc.Mean(res.Mean) // cannot fail: sizes match and weight > 0
+		res.TrainLoss = r.lossSum / float64(res.Samples)
+	}
+	for _, t := range r.order {
+		if t.state == dropped {
+			res.Dropped = append(res.Dropped, t.wire.Client)
+		}
+	}
+	return &res
+}
+
+// deadlineLocked is how long a task may run before it is issued again.
+func (h *Hub) deadlineLocked() time.Duration {
+	if h.cfg.TaskDeadline > 0 {
+		return h.cfg.TaskDeadline
+	}
+	if len(h.durations) == 0 {
+		return 0 // nothing measured yet: no speculation
+	}
+	s := slices.Clone(h.durations)
+	sort.Float64s(s)
+	d := time.Duration(h.cfg.StragglerFactor * s[len(s)/2] * float64(time.Second))
+	return max(d, h.cfg.MinDeadline)
+}
+
+// checkDeadlinesLocked queues one more copy of every task that has run past
+// its deadline on all of its trainers, so an idle trainer can take it over.
+func (h *Hub) checkDeadlinesLocked(now time.Time) {
+	r := h.round
+	if r == nil || r.closed {
+		return
+	}
+	limit := h.deadlineLocked()
+	if limit <= 0 {
+		return
+	}
+	for _, t := range r.order {
+		if t.state != running || t.inQueue || len(t.running) >= 2 {
+			continue
+		}
+		late := true
+		for _, started := range t.running {
+			if now.Sub(started) < limit {
+				late = false
+			}
+		}
+		if late {
+			t.inQueue = true
+			r.queue = append(r.queue, t)
+			r.res.Reissued++
+			h.stats.TasksReissued++
+			h.cfg.Logger.Info("task past its deadline, issuing again", "round", r.spec.Round, "client", t.wire.Client, "deadline", limit)
+		}
+	}
+	h.dispatchLocked()
+}
+
+// dispatchLocked hands queued tasks to idle trainers, oldest idle first.
+func (h *Hub) dispatchLocked() {
+	r := h.round
+	if r == nil || r.closed {
+		return
+	}
+	for len(h.idle) > 0 && len(r.queue) > 0 {
+		t := r.queue[0]
+		r.queue = r.queue[1:]
+		t.inQueue = false
+		if t.state == done || t.state == dropped {
+			continue
+		}
+		cn := h.idle[0]
+		if _, already := t.running[cn]; already {
+			// Never give a trainer a second copy of its own task; let
+			// another trainer take it.
+			if len(h.idle) == 1 {
+				t.inQueue = true
+				r.queue = append(r.queue, t)
+				return
+			}
+			cn = h.idle[1]
+			h.idle = append(h.idle[:1], h.idle[2:]...)
+		} else {
+			h.idle = h.idle[1:]
+		}
+		if !h.assignLocked(cn, r, t) {
+			// The trainer went away while we wrote to it; its reader
+			// will drop it. The task goes back to the front.
+			t.inQueue = true
+			r.queue = append([]*task{t}, r.queue...)
+		}
+	}
+}
+
+// assignLocked sends a task, and what the trainer lacks to do it, to cn.
+// It reports false when cn can no longer be written to.
+func (h *Hub) assignLocked(cn *conn, r *round, t *task) bool {
+	cn.idle = false
+	if cn.version != r.spec.Version || cn.round != r.spec.Round {
+		if !cn.send(r.model) {
+			return false
+		}
+		cn.version, cn.round = r.spec.Version, r.spec.Round
+		h.stats.ModelsSent++
+	}
+	if !cn.shards[t.shard.Hash] {
+		p, err := wire.Prefix(wire.TypeShard, wire.Shard{Hash: t.shard.Hash, Rows: t.shard.Rows})
+		if err != nil || !cn.send(outFrame{prefix: p, payload: t.shard.Bytes}) {
+			return false
+		}
+		cn.shards[t.shard.Hash] = true
+		h.stats.ShardsSent++
+	}
+	p, err := wire.Prefix(wire.TypeTask, t.wire)
+	if err != nil || !cn.send(outFrame{prefix: p}) {
+		return false
+	}
+	t.state = running
+	t.running[cn] = time.Now()
+	cn.task = t
+	r.res.Assigned++
+	h.stats.TasksAssigned++
+	return true
+}
+
+// requeueLocked puts a task whose last attempt ended without a result back
+// at the front of the queue, or drops it when it has failed too often.
+func (h *Hub) requeueLocked(r *round, t *task) {
+	if t.state != running || len(t.running) > 0 {
+		return
+	}
+	if t.failures >= h.cfg.MaxFailures || t.lost >= h.cfg.MaxLost {
+		t.state = dropped
+		h.stats.TasksDropped++
+		h.cfg.Logger.Warn("task dropped from its round", "round", r.spec.Round, "client", t.wire.Client, "failures", t.failures, "lost", t.lost)
+		h.maybeFinishLocked(r)
+		return
+	}
+	t.state = queued
+	if !t.inQueue {
+		t.inQueue = true
+		r.queue = append([]*task{t}, r.queue...)
+	}
+	r.res.Requeued++
+	h.stats.TasksRequeued++
+	h.dispatchLocked()
+}
+
+// maybeFinishLocked closes the round once enough results are in, or once
+// nothing is left that could still produce one.
+func (h *Hub) maybeFinishLocked(r *round) {
+	if r.closed {
+		return
+	}
+	if r.acc.Count() < r.needed {
+		for _, t := range r.order {
+			if t.state == queued || t.state == running {
+				return
+			}
+		}
+	}
+	r.closed = true
+	close(r.finished)
+}
+
+// Snapshot returns the hub's counters and per-trainer figures.
+func (h *Hub) Snapshot() Stats {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	s := h.stats
+	s.TrainersConnected = len(h.conns)
+	s.Trainers = make(map[string]TrainerStats, len(h.trainers))
+	for name, t := range h.trainers {
+		s.Trainers[name] = *t
+	}
+	return s
+}
+
+// Trainers returns the number of connected trainers.
+func (h *Hub) Trainers() int {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return len(h.conns)
+}
+
+// WaitTrainers blocks until at least n trainers are connected or ctx ends.
+func (h *Hub) WaitTrainers(ctx context.Context, n int) error {
+	for {
+		h.mu.Lock()
+		have, ch := len(h.conns), h.changed
+		h.mu.Unlock()
+		if have >= n {
+			return nil
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return fmt.Errorf("waiting for %d trainers (have %d): %w", n, have, ctx.Err())
+		}
+	}
+}
+
+func (h *Hub) changedLocked() {
+	close(h.changed)
+	h.changed = make(chan struct{})
+}
+
+// Finish tells every connected trainer, and every one that connects later,
+// that the job is over.
+func (h *Hub) Finish(reason string) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.finished = &wire.Done{Reason: reason}
+	p, _ := wire.Prefix(wire.TypeDone, h.finished)
+	for cn := range h.conns {
+		cn.send(outFrame{prefix: p})
+	}
+}
+
+func (h *Hub) checkToken(got string) bool {
+	if h.cfg.Token == "" {
+		return true
+	}
+	return subtle.ConstantTimeCompare([]byte(got), []byte(h.cfg.Token)) == 1
+}

@@ -1,0 +1,483 @@
+// Package job runs a federated training job on the aggregator: it loads and
+// partitions the data, encodes each client's shard once, and runs rounds
+// on a coord.Hub — select clients, scatter tasks, gather the weighted mean
+// update, apply the server step, evaluate, checkpoint — until the configured
+// number of rounds or the target accuracy is reached.
+package job
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"math"
+	"math/rand/v2"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"fedgather/internal/allreduce"
+	"fedgather/internal/checkpoint"
+	"fedgather/internal/coord"
+	"fedgather/internal/data"
+	"fedgather/internal/model"
+	"fedgather/internal/wire"
+)
+
+// Config is a training job.
+type Config struct {
+	Dataset     string  // a directory holding the four MNIST IDX files, or a table file (.csv, .parquet, .arrow)
+	TestSet     string  // for a table dataset: the test table; empty holds out 10% of Dataset by seed
+	LabelColumn string  // for a table dataset
+	Model       string  // logreg, 2nn, mlp:H1,H2,...
+	Clients     int     // K
+	Fraction    float64 // C: m = max(⌈C·K⌉, 1) clients per round
+	Mode        string  // fedavg or fedsgd
+	Epochs      int     // E (fedavg)
+	Batch       int     // B (fedavg); 0 = whole shard
+	LR          float64 // client learning rate
+	Partition   string  // iid, pathological, dirichlet:α
+	Seed        uint64
+	Rounds      int
+	Target      float64 // stop early once test accuracy reaches this; 0 = never
+	MinTrainers int
+	OverSelect  int // extra tasks started per round; the round closes at m results
+
+	ServerOpt      string // avg or avgm
+	ServerLR       float64
+	ServerMomentum float64
+
+	StateDir   string // checkpoint after every round; resume from it at start
+	InitParams []float32
+
+	Hub coord.Config // transport and fault-tolerance settings; Model, Params and Shards are filled in
+
+	Out    io.Writer // per-round lines and the summary
+	Logger *slog.Logger
+}
+
+// Summary is how a job ended.
+type Summary struct {
+	Rounds   int
+	Accuracy float64
+	Loss     float64
+	Seconds  float64
+}
+
+// String is the machine-readable last line: done rounds=R accuracy=A loss=L seconds=S.
+func (s Summary) String() string {
+	return fmt.Sprintf("done rounds=%d accuracy=%.4f loss=%.4f seconds=%.1f", s.Rounds, s.Accuracy, s.Loss, s.Seconds)
+}
+
+// Report is one round's outcome, for observers such as metrics.
+type Report struct {
+	Round, Rounds int
+	Version       int
+	Accuracy      float64
+	TestLoss      float64
+	AggSeconds    float64 // server step and bookkeeping after the gather
+	UpdateNorm    float64 // L2 norm of the applied mean update
+	Result        *coord.RoundResult
+	ETA           time.Duration
+}
+
+// Job is a configured, ready-to-run training job.
+type Job struct {
+	cfg    Config
+	spec   model.Spec
+	train  *data.Dataset
+	test   *data.Dataset
+	shards []coord.Shard
+	hub    *coord.Hub
+	opt    allreduce.ServerOptimizer
+	ws     *model.Workspace
+	jobKey map[string]string
+
+	mu       sync.RWMutex // guards params, version, accuracy for HTTP readers
+	params   []float32
+	version  int
+	accuracy float64
+	loss     float64
+
+	next      int     // next round to run
+	elapsed   float64 // seconds trained before this process (from a checkpoint)
+	observers []func(Report)
+}
+
+// New loads the data, partitions it and prepares the hub. With a StateDir
+// that holds a checkpoint, the job resumes from it.
+func New(cfg Config) (*Job, error) {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.Out == nil {
+		cfg.Out = os.Stdout
+	}
+	if err := cfg.check(); err != nil {
+		return nil, err
+	}
+	train, test, err := loadData(&cfg)
+	if err != nil {
+		return nil, err
+	}
+	spec, err := model.Parse(cfg.Model, train.Dim, train.Classes)
+	if err != nil {
+		return nil, err
+	}
+	part, err := data.ParsePartition(cfg.Partition)
+	if err != nil {
+		return nil, err
+	}
+	if cfg.Clients > train.Len() {
+		return nil, fmt.Errorf("-clients %d exceeds the %d training examples", cfg.Clients, train.Len())
+	}
+	split, err := part.Split(train.Y, train.Classes, cfg.Clients, cfg.Seed)
+	if err != nil {
+		return nil, fmt.Errorf("partition %s: %w", cfg.Partition, err)
+	}
+	shards := make([]coord.Shard, len(split))
+	for k, idx := range split {
+		b, err := data.EncodeShard(train.Subset(idx))
+		if err != nil {
+			return nil, fmt.Errorf("encode client %d's shard: %w", k, err)
+		}
+		sum := sha256.Sum256(b)
+		shards[k] = coord.Shard{Hash: hex.EncodeToString(sum[:]), Rows: len(idx), Bytes: b}
+	}
+	opt, err := allreduce.NewServerOptimizer(cfg.ServerOpt, cfg.ServerLR, cfg.ServerMomentum, spec.NumParams())
+	if err != nil {
+		return nil, err
+	}
+	hc := cfg.Hub
+	hc.Model = wire.ModelSpec{Name: spec.Name, Sizes: spec.Sizes}
+	hc.Params = spec.NumParams()
+	hc.Shards = shards
+	hc.Logger = cfg.Logger
+	hub, err := coord.New(hc)
+	if err != nil {
+		return nil, err
+	}
+	j := &Job{
+		cfg: cfg, spec: spec, train: train, test: test, shards: shards, hub: hub, opt: opt,
+		ws:     model.NewWorkspace(spec, 1000),
+		params: make([]float32, spec.NumParams()),
+		jobKey: cfg.key(spec),
+	}
+	switch {
+	case cfg.InitParams != nil:
+		if len(cfg.InitParams) != len(j.params) {
+			return nil, fmt.Errorf("initial model has %d parameters, %s has %d", len(cfg.InitParams), spec, len(j.params))
+		}
+		copy(j.params, cfg.InitParams)
+	default:
+		spec.Init(j.params, cfg.Seed)
+	}
+	if cfg.StateDir != "" {
+		if err := j.resume(); err != nil {
+			return nil, err
+		}
+	}
+	j.accuracy, j.loss = j.ws.Evaluate(j.params, j.test)
+	return j, nil
+}
+
+func (c *Config) check() error {
+	var errs []string
+	if c.Clients < 1 {
+		errs = append(errs, fmt.Sprintf("-clients %d: want at least 1", c.Clients))
+	}
+	if !(c.Fraction > 0 && c.Fraction <= 1) {
+		errs = append(errs, fmt.Sprintf("-fraction %v: want 0 < C ≤ 1", c.Fraction))
+	}
+	switch c.Mode {
+	case "fedavg":
+		if c.Epochs < 1 {
+			errs = append(errs, fmt.Sprintf("-epochs %d: want at least 1", c.Epochs))
+		}
+		if c.Batch < 0 {
+			errs = append(errs, fmt.Sprintf("-batch %d: want ≥ 0 (0 = whole shard)", c.Batch))
+		}
+	case "fedsgd":
+	default:
+		errs = append(errs, fmt.Sprintf("-mode %q: want fedavg or fedsgd", c.Mode))
+	}
+	if !(c.LR > 0) || math.IsInf(c.LR, 0) {
+		errs = append(errs, fmt.Sprintf("-lr %v: want a positive number", c.LR))
+	}
+	if c.Rounds < 1 {
+		errs = append(errs, fmt.Sprintf("-rounds %d: want at least 1", c.Rounds))
+	}
+	if !(c.Target >= 0 && c.Target <= 1) {
+		errs = append(errs, fmt.Sprintf("-target %v: want an accuracy in [0, 1] (0 = run all rounds)", c.Target))
+	}
+	if c.MinTrainers < 1 {
+		errs = append(errs, fmt.Sprintf("-min-trainers %d: want at least 1", c.MinTrainers))
+	}
+	if c.OverSelect < 0 {
+		errs = append(errs, fmt.Sprintf("-over-select %d: want ≥ 0", c.OverSelect))
+	}
+	if len(errs) > 0 {
+		return errors.New(strings.Join(errs, "; "))
+	}
+	return nil
+}
+
+// PerRound is m, the number of clients whose updates close a round.
+func (c *Config) PerRound() int {
+	return max(int(math.Ceil(c.Fraction*float64(c.Clients)-1e-9)), 1)
+}
+
+// key lists the settings a checkpoint must agree with to be resumed.
+func (c *Config) key(spec model.Spec) map[string]string {
+	mode := c.Mode
+	if mode == "fedavg" {
+		mode = fmt.Sprintf("fedavg E=%d B=%d", c.Epochs, c.Batch)
+	}
+	return map[string]string{
+		"dataset":   filepath.Base(c.Dataset),
+		"model":     spec.String(),
+		"clients":   strconv.Itoa(c.Clients),
+		"fraction":  strconv.FormatFloat(c.Fraction, 'g', -1, 64),
+		"mode":      mode,
+		"lr":        strconv.FormatFloat(c.LR, 'g', -1, 64),
+		"partition": c.Partition,
+		"seed":      strconv.FormatUint(c.Seed, 10),
+		"server":    fmt.Sprintf("%s lr=%g momentum=%g", c.ServerOpt, c.ServerLR, c.ServerMomentum),
+	}
+}
+
+func loadData(c *Config) (train, test *data.Dataset, err error) {
+	st, err := os.Stat(c.Dataset)
+	if err != nil {
+		return nil, nil, fmt.Errorf("dataset: %w", err)
+	}
+	if st.IsDir() {
+		train, test, err = data.LoadMNIST(c.Dataset)
+		if err != nil {
+			return nil, nil, err
+		}
+		return train, test, nil
+	}
+	all, err := data.LoadTable(c.Dataset, c.LabelColumn)
+	if err != nil {
+		return nil, nil, err
+	}
+	if c.TestSet != "" {
+		test, err := data.LoadTable(c.TestSet, c.LabelColumn)
+		if err != nil {
+			return nil, nil, err
+		}
+		if test.Dim != all.Dim {
+			return nil, nil, fmt.Errorf("test set %s has %d features, training set %d", c.TestSet, test.Dim, all.Dim)
+		}
+		test.Classes = max(test.Classes, all.Classes)
+		all.Classes = test.Classes
+		return all, test, nil
+	}
+	if all.Len() < 10 {
+		return nil, nil, fmt.Errorf("dataset %s has %d rows; need at least 10 to hold out a test set", c.Dataset, all.Len())
+	}
+	perm := rand.New(rand.NewPCG(c.Seed, 0x7e57)).Perm(all.Len())
+	cut := all.Len() / 10
+	return all.Subset(perm[cut:]), all.Subset(perm[:cut]), nil
+}
+
+func (j *Job) resume() error {
+	s, err := checkpoint.Load(j.cfg.StateDir)
+	if errors.Is(err, checkpoint.ErrNone) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	if err := checkpoint.Mismatch(s.Job, j.jobKey); err != nil {
+		return fmt.Errorf("%s: %w", filepath.Join(j.cfg.StateDir, checkpoint.FileName), err)
+	}
+	if len(s.Params) != len(j.params) {
+		return fmt.Errorf("checkpoint holds %d parameters, %s has %d", len(s.Params), j.spec, len(j.params))
+	}
+	if err := j.opt.SetState(s.Optimizer); err != nil {
+		return fmt.Errorf("checkpoint optimiser state: %w", err)
+	}
+	copy(j.params, s.Params)
+	j.version, j.next, j.elapsed = s.Version, s.NextRound, s.Seconds
+	j.cfg.Logger.Info("resumed from checkpoint", "next_round", s.NextRound, "version", s.Version, "accuracy", s.Accuracy)
+	fmt.Fprintf(j.cfg.Out, "resumed at round %d from %s (accuracy %.4f)\n", s.NextRound+1, j.cfg.StateDir, s.Accuracy)
+	return nil
+}
+
+// Hub is the job's trainer hub.
+func (j *Job) Hub() *coord.Hub { return j.hub }
+
+// Spec is the job's model architecture.
+func (j *Job) Spec() model.Spec { return j.spec }
+
+// Observe registers f to be called after every round.
+func (j *Job) Observe(f func(Report)) { j.observers = append(j.observers, f) }
+
+// Model returns a copy of the current global weights with their version and
+// test accuracy.
+func (j *Job) Model() (params []float32, version int, accuracy float64) {
+	j.mu.RLock()
+	defer j.mu.RUnlock()
+	return append([]float32(nil), j.params...), j.version, j.accuracy
+}
+
+// Handler serves the trainers' websocket endpoint and /healthz.
+func (j *Job) Handler() *http.ServeMux {
+	mux := http.NewServeMux()
+	mux.Handle("/v1/train", j.hub)
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) {
+		_, version, acc := j.Model()
+		fmt.Fprintf(w, "ok version=%d accuracy=%.4f trainers=%d\n", version, acc, j.hub.Trainers())
+	})
+	return mux
+}
+
+// Run runs the remaining rounds and returns the summary. Trainers are told
+// the job is done when it ends, for whatever reason.
+func (j *Job) Run(ctx context.Context) (Summary, error) {
+	cfg := &j.cfg
+	defer j.hub.Finish("job complete")
+	start := time.Now()
+	m := cfg.PerRound()
+	sum := Summary{Rounds: j.next, Accuracy: j.accuracy, Loss: j.loss}
+	if j.next == 0 {
+		fmt.Fprintf(cfg.Out, "job: %s, %d clients (%s), %d per round, %s, lr %g, %d rounds; round 0 accuracy %.4f\n",
+			j.spec, cfg.Clients, cfg.Partition, m, j.cfg.key(j.spec)["mode"], cfg.LR, cfg.Rounds, j.accuracy)
+	}
+	mean := make([]float32, len(j.params))
+	var roundSecs []float64
+	for r := j.next; r < cfg.Rounds; r++ {
+		if cfg.Target > 0 && j.accuracy >= cfg.Target {
+			break
+		}
+		if j.hub.Trainers() < cfg.MinTrainers {
+			fmt.Fprintf(cfg.Out, "waiting for trainers: %d of %d connected\n", j.hub.Trainers(), cfg.MinTrainers)
+			if err := j.hub.WaitTrainers(ctx, cfg.MinTrainers); err != nil {
+				return j.summary(r, start), err
+			}
+		}
+		clients := SelectClients(cfg.Seed, r, cfg.Clients, m+cfg.OverSelect)
+		params, version, _ := j.Model()
+		spec := coord.RoundSpec{
+			Round: r, Version: version, Model: params, Clients: clients, Quorum: m,
+			Mode: cfg.Mode, Epochs: cfg.Epochs, Batch: cfg.Batch, LR: float32(cfg.LR), Seed: cfg.Seed,
+		}
+		if cfg.Mode == "fedsgd" {
+			spec.Epochs, spec.Batch = 1, 0
+		}
+		res, err := j.hub.RunRound(ctx, spec)
+		if err != nil {
+			return j.summary(r, start), err
+		}
+		aggStart := time.Now()
+		var norm float64
+		if res.Updates > 0 {
+			copy(mean, res.Mean)
+			for _, x := range mean {
+				norm += float64(x) * float64(x)
+			}
+			norm = math.Sqrt(norm)
+			j.mu.Lock()
+			j.opt.Step(j.params, mean)
+			j.version++
+			j.mu.Unlock()
+		} else {
+			fmt.Fprintf(cfg.Out, "round %d gathered no update; the model is unchanged\n", r+1)
+		}
+		acc, loss := j.ws.Evaluate(j.params, j.test)
+		j.mu.Lock()
+		j.accuracy, j.loss = acc, loss
+		j.mu.Unlock()
+		aggSecs := time.Since(aggStart).Seconds()
+		roundSecs = append(roundSecs, res.Seconds+aggSecs)
+		eta := estimate(roundSecs, cfg.Rounds-r-1)
+		fmt.Fprintf(cfg.Out, "round %d/%d acc=%.4f test_loss=%.4f train_loss=%.4f secs=%.2f updates=%d tasks=%s%s eta=%s\n",
+			r+1, cfg.Rounds, acc, loss, res.TrainLoss, res.Seconds+aggSecs, res.Updates, formatTasks(res.Tasks), faults(res), eta)
+		j.next = r + 1
+		if cfg.StateDir != "" {
+			if err := j.save(start); err != nil {
+				return j.summary(r+1, start), err
+			}
+		}
+		for _, f := range j.observers {
+			f(Report{Round: r + 1, Rounds: cfg.Rounds, Version: j.version, Accuracy: acc, TestLoss: loss, AggSeconds: aggSecs, UpdateNorm: norm, Result: res, ETA: eta})
+		}
+	}
+	sum = j.summary(j.next, start)
+	return sum, nil
+}
+
+func (j *Job) summary(rounds int, start time.Time) Summary {
+	_, _, acc := j.Model()
+	j.mu.RLock()
+	defer j.mu.RUnlock()
+	return Summary{Rounds: rounds, Accuracy: acc, Loss: j.loss, Seconds: j.elapsed + time.Since(start).Seconds()}
+}
+
+func (j *Job) save(start time.Time) error {
+	params, version, acc := j.Model()
+	return checkpoint.Save(j.cfg.StateDir, &checkpoint.State{
+		NextRound: j.next, Version: version, Job: j.jobKey, Accuracy: acc, Loss: j.loss,
+		Seconds: j.elapsed + time.Since(start).Seconds(), Params: params, Optimizer: j.opt.State(),
+	})
+}
+
+// SelectClients picks n distinct clients of k for a round, by seed: the
+// same seed and round always give the same clients in the same order.
+func SelectClients(seed uint64, round, k, n int) []int {
+	n = min(n, k)
+	r := rand.New(rand.NewPCG(seed, 0x5e1ec7^uint64(round)))
+	return r.Perm(k)[:n]
+}
+
+// estimate is the time left for `left` more rounds at the median pace.
+func estimate(secs []float64, left int) time.Duration {
+	if len(secs) == 0 || left <= 0 {
+		return 0
+	}
+	s := append([]float64(nil), secs...)
+	sort.Float64s(s)
+	return time.Duration(s[len(s)/2] * float64(left) * float64(time.Second)).Round(time.Second)
+}
+
+func formatTasks(t map[string]int) string {
+	names := make([]string, 0, len(t))
+	for n := range t {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	var b strings.Builder
+	for i, n := range names {
+		if i > 0 {
+			b.WriteByte(',')
+		}
+		fmt.Fprintf(&b, "%s:%d", n, t[n])
+	}
+	if b.Len() == 0 {
+		return "-"
+	}
+	return b.String()
+}
+
+func faults(r *coord.RoundResult) string {
+	var b strings.Builder
+	for _, f := range []struct {
+		name string
+		n    int
+	}{{"requeued", r.Requeued}, {"reissued", r.Reissued}, {"duplicates", r.Duplicates}, {"failed", r.Failed}, {"dropped", len(r.Dropped)}} {
+		if f.n > 0 {
+			fmt.Fprintf(&b, " %s=%d", f.name, f.n)
+		}
+	}
+	return b.String()
+}

@@ -1,0 +1,60 @@
+package trainer
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"fedgather/internal/cli"
+)
+
+// Main is the trainer command: it parses args, runs a trainer until the job
+// is done or a signal arrives, and returns the exit code.
+func Main(args []string, stderr io.Writer) int {
+	fs := flag.NewFlagSet("trainer", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	host, _ := os.Hostname()
+	var cfg Config
+	fs.StringVar(&cfg.Aggregator, "aggregator", "127.0.0.1:7070", "aggregator address: HOST:PORT or a ws:// or wss:// URL")
+	fs.StringVar(&cfg.Name, "name", fmt.Sprintf("%s-%d", host, os.Getpid()), "trainer name shown in the aggregator's round lines")
+	fs.StringVar(&cfg.Token, "token", "", "shared secret the aggregator requires, if any")
+	fs.Float64Var(&cfg.Slowdown, "slowdown", 1, "make every task take this many times longer (a straggler, for tests and demos)")
+	fs.Int64Var(&cfg.MaxMessage, "max-message", 256<<20, "largest message accepted from the aggregator, in bytes")
+	fs.DurationVar(&cfg.MaxBackoff, "max-backoff", 0, "longest wait between reconnect attempts (default 5s)")
+	fs.DurationVar(&cfg.Report, "report", 0, "how often to log progress (default 10s)")
+	level := fs.String("log-level", "info", "log level: debug, info, warn, error")
+	fs.Usage = func() {
+		fmt.Fprintf(stderr, "usage: trainer [flags]\n\nConnects to an aggregator, pulls training tasks, returns updates.\nEvery flag may also be set as FEDGATHER_<FLAG> (e.g. FEDGATHER_AGGREGATOR).\n\n")
+		fs.PrintDefaults()
+	}
+	if err := cli.Parse(fs, args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
+		}
+		fmt.Fprintf(stderr, "trainer: %v\n", err)
+		return 2
+	}
+	log, err := cli.Logger(stderr, *level, "trainer", cfg.Name)
+	if err != nil {
+		fmt.Fprintf(stderr, "trainer: %v\n", err)
+		return 2
+	}
+	cfg.Logger = log
+	t, err := New(cfg)
+	if err != nil {
+		fmt.Fprintf(stderr, "trainer: %v\n", err)
+		return 2
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := t.Run(ctx); err != nil {
+		fmt.Fprintf(stderr, "trainer: %v\n", err)
+		return 1
+	}
+	return 0
+}

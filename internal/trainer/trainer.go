@@ -1,0 +1,425 @@
+// Package trainer is the worker side of the protocol: it connects to an
+// aggregator, pulls tasks while idle, trains them on the client shards it
+// has received and returns the updates. It keeps its shard cache across
+// reconnects, so a client's data crosses the network once per trainer.
+package trainer
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"math/rand/v2"
+	"net/http"
+	"net/url"
+	"strings"
+	"time"
+
+	"github.com/gorilla/websocket"
+
+	"fedgather/internal/data"
+	"fedgather/internal/model"
+	"fedgather/internal/wire"
+)
+
+// Path is the aggregator's websocket endpoint.
+const Path = "/v1/train"
+
+// Config configures a trainer.
+type Config struct {
+	Aggregator string // HOST:PORT or a ws:// or wss:// URL
+	Name       string // reported to the aggregator; must be unique per process
+	Token      string
+	// Slowdown, when above 1, makes each task take that many times its
+	// compute time (by sleeping afterwards): a straggler for tests and demos.
+	Slowdown   float64
+	MaxMessage int64         // largest frame accepted from the aggregator
+	MaxRows    int           // largest shard accepted, in rows
+	MinBackoff time.Duration // first reconnect delay
+	MaxBackoff time.Duration // reconnect delays double up to this
+	Report     time.Duration // how often to print progress
+	Logger     *slog.Logger
+}
+
+// ErrRefused wraps a fatal refusal by the aggregator (wrong token, other
+// protocol version) after which reconnecting cannot help.
+var ErrRefused = errors.New("refused by the aggregator")
+
+// URL turns the -aggregator argument into the websocket URL to dial.
+func URL(addr string) (string, error) {
+	if addr == "" {
+		return "", errors.New("no aggregator address: give HOST:PORT or a ws:// URL")
+	}
+	if !strings.Contains(addr, "://") {
+		addr = "ws://" + addr
+	}
+	u, err := url.Parse(addr)
+	if err != nil {
+		return "", fmt.Errorf("aggregator address %q: %w", addr, err)
+	}
+	switch u.Scheme {
+	case "ws", "wss":
+	case "http":
+		u.Scheme = "ws"
+	case "https":
+		u.Scheme = "wss"
+	default:
+		return "", fmt.Errorf("aggregator address %q: scheme %q, want ws or wss", addr, u.Scheme)
+	}
+	if u.Host == "" {
+		return "", fmt.Errorf("aggregator address %q has no host", addr)
+	}
+	if u.Path == "" || u.Path == "/" {
+		u.Path = Path
+	}
+	return u.String(), nil
+}
+
+// Trainer is one worker's state, kept across reconnects.
+type Trainer struct {
+	cfg       Config
+	url       string
+	shards    map[string]*data.Dataset
+	spec      model.Spec
+	ws        *model.Workspace
+	global    []float32 // weights of version
+	local     []float32
+	grad      []float32
+	version   int
+	haveModel bool
+
+	tasks   int
+	samples int64
+	busy    time.Duration
+}
+
+// New checks cfg and returns a trainer.
+func New(cfg Config) (*Trainer, error) {
+	u, err := URL(cfg.Aggregator)
+	if err != nil {
+		return nil, err
+	}
+	if cfg.Slowdown != 0 && !(cfg.Slowdown >= 1 && cfg.Slowdown <= 1000) {
+		return nil, fmt.Errorf("slowdown %v: want a factor between 1 and 1000", cfg.Slowdown)
+	}
+	if cfg.MaxMessage <= 0 {
+		cfg.MaxMessage = 256 << 20
+	}
+	if cfg.MaxRows <= 0 {
+		cfg.MaxRows = 1 << 22
+	}
+	if cfg.MinBackoff <= 0 {
+		cfg.MinBackoff = 100 * time.Millisecond
+	}
+	if cfg.MaxBackoff <= 0 {
+		cfg.MaxBackoff = 5 * time.Second
+	}
+	if cfg.Report <= 0 {
+		cfg.Report = 10 * time.Second
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	return &Trainer{cfg: cfg, url: u, shards: make(map[string]*data.Dataset)}, nil
+}
+
+// Run connects and works until the aggregator says the job is done (nil),
+// ctx ends (nil), or the aggregator refuses this trainer (ErrRefused).
+// A dropped connection is retried with exponential back-off and jitter.
+func (t *Trainer) Run(ctx context.Context) error {
+	log := t.cfg.Logger
+	backoff := t.cfg.MinBackoff
+	jitter := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 1))
+	for {
+		start := time.Now()
+		err := t.session(ctx)
+		switch {
+		case err == nil:
+			log.Info("job done; exiting", "tasks", t.tasks, "samples_per_second", t.rate())
+			return nil
+		case ctx.Err() != nil:
+			log.Info("stopping", "tasks", t.tasks)
+			return nil
+		case errors.Is(err, ErrRefused):
+			return err
+		}
+		if time.Since(start) > 10*time.Second {
+			backoff = t.cfg.MinBackoff // it worked for a while: start over
+		}
+		wait := backoff/2 + time.Duration(jitter.Int64N(int64(backoff)))
+		log.Warn("connection lost; reconnecting", "err", err, "in", wait.Round(time.Millisecond))
+		select {
+		case <-time.After(wait):
+		case <-ctx.Done():
+			return nil
+		}
+		backoff = min(2*backoff, t.cfg.MaxBackoff)
+	}
+}
+
+func (t *Trainer) rate() float64 {
+	if t.busy <= 0 {
+		return 0
+	}
+	return float64(t.samples) / t.busy.Seconds()
+}
+
+// errDone ends a session because the job is over.
+var errDone = errors.New("job done")
+
+func (t *Trainer) session(ctx context.Context) error {
+	dialer := websocket.Dialer{
+		ReadBufferSize:   64 << 10,
+		WriteBufferSize:  64 << 10,
+		HandshakeTimeout: 10 * time.Second,
+	}
+	ws, resp, err := dialer.DialContext(ctx, t.url, http.Header{})
+	if err != nil {
+		if resp != nil {
+			return fmt.Errorf("dial %s: %w (HTTP %s)", t.url, err, resp.Status)
+		}
+		return fmt.Errorf("dial %s: %w", t.url, err)
+	}
+	defer ws.Close()
+	ws.SetReadLimit(t.cfg.MaxMessage)
+
+	hashes := make([]string, 0, len(t.shards))
+	for h := range t.shards {
+		hashes = append(hashes, h)
+	}
+	if err := t.write(ws, wire.TypeHello, wire.Hello{Name: t.cfg.Name, Token: t.cfg.Token, Shards: hashes}, nil); err != nil {
+		return err
+	}
+
+	frames := make(chan []byte)
+	readErr := make(chan error, 1)
+	go func() {
+		for {
+			mt, r, err := ws.NextReader()
+			if err == nil && mt != websocket.BinaryMessage {
+				err = errors.New("text websocket message; the protocol uses binary messages only")
+			}
+			var b []byte
+			if err == nil {
+				b, err = io.ReadAll(r)
+			}
+			if err != nil {
+				readErr <- err
+				return
+			}
+			select {
+			case frames <- b:
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+	stop := context.AfterFunc(ctx, func() {
+		_ = ws.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(websocket.CloseGoingAway, "trainer stopping"), time.Now().Add(time.Second))
+		_ = ws.Close()
+	})
+	defer stop()
+
+	report := time.NewTicker(t.cfg.Report)
+	defer report.Stop()
+	welcomed := false
+	for {
+		var b []byte
+		select {
+		case b = <-frames:
+		case err := <-readErr:
+			return err
+		case <-report.C:
+			t.cfg.Logger.Info("progress", "tasks", t.tasks, "samples_per_second", int(t.rate()), "shards_cached", len(t.shards), "version", t.version)
+			continue
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		f, err := wire.Decode(b)
+		if err != nil {
+			if errors.Is(err, wire.ErrVersion) {
+				return fmt.Errorf("%w: %v", ErrRefused, err)
+			}
+			return fmt.Errorf("bad frame from the aggregator: %w", err)
+		}
+		if !welcomed && f.Type != wire.TypeWelcome && f.Type != wire.TypeError {
+			return fmt.Errorf("aggregator sent %s before welcome", f.Type)
+		}
+		switch f.Type {
+		case wire.TypeWelcome:
+			var w wire.Welcome
+			if err := f.Parse(&w); err != nil {
+				return err
+			}
+			if err := t.welcome(&w); err != nil {
+				return err
+			}
+			welcomed = true
+			t.cfg.Logger.Info("connected", "aggregator", t.url, "id", w.ID, "model", w.Model.Name, "params", w.Params)
+			if err := t.write(ws, wire.TypePull, wire.Pull{}, nil); err != nil {
+				return err
+			}
+		case wire.TypeModel:
+			var m wire.Model
+			if err := f.Parse(&m); err != nil {
+				return err
+			}
+			if m.Params != len(t.global) {
+				return fmt.Errorf("model version %d has %d parameters, the job's model %d", m.Version, m.Params, len(t.global))
+			}
+			if err := wire.ReadFloat32s(t.global, f.Payload); err != nil {
+				return fmt.Errorf("model version %d: %w", m.Version, err)
+			}
+			t.version, t.haveModel = m.Version, true
+		case wire.TypeShard:
+			var s wire.Shard
+			if err := f.Parse(&s); err != nil {
+				return err
+			}
+			if err := t.shard(&s, f.Payload); err != nil {
+				return err
+			}
+		case wire.TypeTask:
+			var task wire.Task
+			if err := f.Parse(&task); err != nil {
+				return err
+			}
+			if err := t.task(ws, &task); err != nil {
+				return err
+			}
+			if err := t.write(ws, wire.TypePull, wire.Pull{}, nil); err != nil {
+				return err
+			}
+		case wire.TypeDone:
+			var d wire.Done
+			_ = f.Parse(&d)
+			t.cfg.Logger.Info("aggregator says the job is done", "reason", d.Reason)
+			_ = ws.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(websocket.CloseNormalClosure, "done"), time.Now().Add(time.Second))
+			return nil
+		case wire.TypeError:
+			var e wire.Error
+			if err := f.Parse(&e); err != nil {
+				return err
+			}
+			if e.Fatal {
+				err := fmt.Errorf("aggregator: %s: %s", e.Code, e.Message)
+				if e.Code == "token" || e.Code == "version" {
+					return fmt.Errorf("%w: %v", ErrRefused, err)
+				}
+				return err
+			}
+			t.cfg.Logger.Warn("aggregator reports an error", "code", e.Code, "task", e.Task, "err", e.Message)
+		default:
+			return fmt.Errorf("aggregator sent %s, which only trainers send", f.Type)
+		}
+	}
+}
+
+func (t *Trainer) write(ws *websocket.Conn, typ wire.Type, header any, payload []byte) error {
+	_ = ws.SetWriteDeadline(time.Now().Add(30 * time.Second))
+	w, err := ws.NextWriter(websocket.BinaryMessage)
+	if err != nil {
+		return err
+	}
+	if err := wire.Write(w, typ, header, payload); err != nil {
+		return err
+	}
+	return w.Close()
+}
+
+func (t *Trainer) welcome(w *wire.Welcome) error {
+	spec := model.Spec{Name: w.Model.Name, Sizes: w.Model.Sizes}
+	if len(spec.Sizes) < 2 {
+		return fmt.Errorf("welcome names model %q with layer sizes %v; want at least inputs and classes", w.Model.Name, w.Model.Sizes)
+	}
+	for _, s := range spec.Sizes {
+		if s <= 0 || s > 1<<20 {
+			return fmt.Errorf("welcome names model %q with layer sizes %v; want positive sizes", w.Model.Name, w.Model.Sizes)
+		}
+	}
+	if spec.NumParams() != w.Params {
+		return fmt.Errorf("welcome says %d parameters, model %v has %d", w.Params, w.Model.Sizes, spec.NumParams())
+	}
+	if t.ws != nil && t.spec.Equal(spec) {
+		return nil // same job as before the reconnect
+	}
+	t.spec = spec
+	t.ws = model.NewWorkspace(spec, 128)
+	t.global = make([]float32, w.Params)
+	t.local = make([]float32, w.Params)
+	t.grad = make([]float32, w.Params)
+	t.haveModel = false
+	dim, classes := spec.Sizes[0], spec.Sizes[len(spec.Sizes)-1]
+	for h, ds := range t.shards {
+		if ds.Dim != dim || ds.Classes != classes {
+			delete(t.shards, h)
+		}
+	}
+	return nil
+}
+
+func (t *Trainer) shard(s *wire.Shard, payload []byte) error {
+	sum := sha256.Sum256(payload)
+	if got := hex.EncodeToString(sum[:]); got != s.Hash {
+		return fmt.Errorf("shard payload hashes to %s, header says %s", got, s.Hash)
+	}
+	dim, classes := t.spec.Sizes[0], t.spec.Sizes[len(t.spec.Sizes)-1]
+	ds, err := data.DecodeShard(bytes.Clone(payload), dim, classes, t.cfg.MaxRows)
+	if err != nil {
+		return fmt.Errorf("shard %s: %w", s.Hash[:12], err)
+	}
+	if ds.Len() != s.Rows {
+		return fmt.Errorf("shard %s has %d rows, header says %d", s.Hash[:12], ds.Len(), s.Rows)
+	}
+	t.shards[s.Hash] = ds
+	return nil
+}
+
+// task trains one client's shard and sends the update. A task the trainer
+// cannot do is reported with an Error frame, and the connection goes on.
+func (t *Trainer) task(ws *websocket.Conn, task *wire.Task) error {
+	ds := t.shards[task.Shard]
+	var problem string
+	switch {
+	case !t.haveModel || t.version != task.Version:
+		problem = fmt.Sprintf("task %d needs model version %d, this trainer holds %d", task.ID, task.Version, t.version)
+	case ds == nil:
+		problem = fmt.Sprintf("task %d needs shard %s, which this trainer does not hold", task.ID, task.Shard)
+	case ds.Len() != task.Rows:
+		problem = fmt.Sprintf("task %d says %d rows, shard has %d", task.ID, task.Rows, ds.Len())
+	case task.Mode != "fedavg" && task.Mode != "fedsgd":
+		problem = fmt.Sprintf("task %d mode %q: want fedavg or fedsgd", task.ID, task.Mode)
+	case task.Epochs < 1 || task.Batch < 0 || !(task.LR > 0):
+		problem = fmt.Sprintf("task %d has epochs %d, batch %d, lr %v; want epochs ≥ 1, batch ≥ 0, lr > 0", task.ID, task.Epochs, task.Batch, task.LR)
+	}
+	if problem != "" {
+		return t.write(ws, wire.TypeError, wire.Error{Code: "task", Message: problem, Task: task.ID}, nil)
+	}
+	start := time.Now()
+	var loss float64
+	if task.Mode == "fedsgd" {
+		loss = t.ws.Gradient(t.global, t.grad, ds)
+		for i, g := range t.grad {
+			t.local[i] = -task.LR * g
+		}
+	} else {
+		copy(t.local, t.global)
+		loss = t.ws.SGD(t.local, ds, task.Epochs, task.Batch, task.LR, task.Seed)
+		for i, g := range t.global {
+			t.local[i] -= g
+		}
+	}
+	took := time.Since(start)
+	if t.cfg.Slowdown > 1 {
+		time.Sleep(time.Duration(float64(took) * (t.cfg.Slowdown - 1)))
+	}
+	t.tasks++
+	t.samples += int64(ds.Len() * task.Epochs)
+	t.busy += took
+	u := wire.Update{Task: task.ID, Round: task.Round, Version: task.Version, Client: task.Client, Samples: ds.Len(), Loss: loss, Seconds: took.Seconds()}
+	return t.write(ws, wire.TypeUpdate, u, wire.Float32Bytes(t.local))
+}
