@@ -168,6 +168,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	shutdown, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	_ = srv.Shutdown(shutdown)
 	cancel()
+	fmt.Fprintln(stdout, j.Counters())
 	fmt.Fprintln(stdout, sum)
 	switch {
 	case runErr != nil && ctx.Err() != nil:

@@ -417,6 +417,16 @@ func (j *Job) Run(ctx context.Context) (Summary, error) {
 	return sum, nil
 }
 
+// Counters is the hub's task accounting as one line, printed before the
+// summary: every selected client's update is completed exactly once, and
+// what was retried or discarded on the way is counted.
+func (j *Job) Counters() string {
+	s := j.hub.Snapshot()
+	return fmt.Sprintf("tasks assigned=%d completed=%d failed=%d requeued=%d reissued=%d dropped=%d duplicates=%d stale=%d rejected=%d trainers_joined=%d models_sent=%d shards_sent=%d bytes_sent=%d bytes_received=%d",
+		s.TasksAssigned, s.TasksCompleted, s.TasksFailed, s.TasksRequeued, s.TasksReissued, s.TasksDropped,
+		s.UpdatesDuplicate, s.UpdatesStale, s.UpdatesRejected, s.TrainersJoined, s.ModelsSent, s.ShardsSent, s.BytesSent, s.BytesReceived)
+}
+
 func (j *Job) summary(rounds int, start time.Time) Summary {
 	_, _, acc := j.Model()
 	j.mu.RLock()

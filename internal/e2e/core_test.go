@@ -1,0 +1,143 @@
+package e2e
+
+import (
+	"fmt"
+	"math"
+	"path/filepath"
+	"regexp"
+	"testing"
+	"time"
+
+	"fedgather/internal/checkpoint"
+)
+
+// trainRounds runs an aggregator with args and n trainers to the end and
+// returns its stdout lines.
+func trainRounds(t *testing.T, n int, args ...string) []string {
+	t.Helper()
+	a, addr := aggregator(t, args...)
+	for i := 1; i <= n; i++ {
+		trainer(t, addr, fmt.Sprintf("t%d", i))
+	}
+	a.waitLine(doneRE, 3*time.Minute)
+	if code := a.wait(30 * time.Second); code != 0 {
+		t.Fatalf("aggregator exit code %d", code)
+	}
+	return a.Lines()
+}
+
+func assertRisesAndShared(t *testing.T, lines []string, rounds, trainers, perRound int) {
+	t.Helper()
+	rs := rounds2(t, lines, rounds)
+	done := map[string]int{}
+	for _, r := range rs {
+		if r.updates != perRound {
+			t.Errorf("round %d folded %d updates, want %d", r.round, r.updates, perRound)
+		}
+		for name, n := range r.tasks {
+			done[name] += n
+		}
+	}
+	if len(done) != trainers {
+		t.Errorf("tasks were done by %v; want all %d trainers to have done some", done, trainers)
+	}
+	first, last := rs[0].acc, rs[len(rs)-1].acc
+	if !(last > first) {
+		t.Errorf("accuracy did not rise: round 1 %.4f, round %d %.4f", first, len(rs), last)
+	}
+	t.Logf("accuracy round 1 %.4f → round %d %.4f; tasks per trainer %v", first, len(rs), last, done)
+}
+
+func rounds2(t *testing.T, lines []string, want int) []roundLine {
+	t.Helper()
+	rs := rounds(lines)
+	if len(rs) != want {
+		t.Fatalf("%d round lines, want %d", len(rs), want)
+	}
+	for i, r := range rs {
+		if r.round != i+1 {
+			t.Fatalf("round line %d says round %d", i+1, r.round)
+		}
+	}
+	return rs
+}
+
+func TestFedAvgThreeTrainers(t *testing.T) {
+	lines := trainRounds(t, 3, "-rounds", "5", "-min-trainers", "3")
+	assertRisesAndShared(t, lines, 5, 3, 10)
+}
+
+func TestFedSGDThreeTrainers(t *testing.T) {
+	lines := trainRounds(t, 3, "-rounds", "5", "-min-trainers", "3", "-mode", "fedsgd", "-lr", "0.5", "-fraction", "0.3")
+	assertRisesAndShared(t, lines, 5, 3, 30)
+}
+
+// TestSameModelWithOneOrThreeTrainers runs the same seed with 1 and with 3
+// trainers and compares the final models bit for bit.
+func TestSameModelWithOneOrThreeTrainers(t *testing.T) {
+	var models [][]float32
+	for _, n := range []int{1, 3} {
+		state := t.TempDir()
+		trainRounds(t, n, "-rounds", "3", "-min-trainers", fmt.Sprint(n), "-seed", "7", "-state", state)
+		s, err := checkpoint.Load(state)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if s.NextRound != 3 {
+			t.Fatalf("checkpoint after %d rounds says next round %d", 3, s.NextRound)
+		}
+		models = append(models, s.Params)
+	}
+	diff := 0
+	for i := range models[0] {
+		if math.Float32bits(models[0][i]) != math.Float32bits(models[1][i]) {
+			diff++
+		}
+	}
+	if diff != 0 {
+		t.Fatalf("%d of %d parameters differ between 1 and 3 trainers", diff, len(models[0]))
+	}
+	t.Logf("1 trainer and 3 trainers: all %d parameters bit-identical", len(models[0]))
+}
+
+// TestLateTrainerJoins starts a second trainer after round 2 and checks it
+// receives tasks.
+func TestLateTrainerJoins(t *testing.T) {
+	a, addr := aggregator(t, "-rounds", "8")
+	trainer(t, addr, "early", "-slowdown", "3")
+	a.waitLine(regexp.MustCompile(`^round 2/`), time.Minute)
+	trainer(t, addr, "late")
+	a.waitLine(doneRE, 3*time.Minute)
+	rs := rounds2(t, a.Lines(), 8)
+	if rs[0].tasks["late"] != 0 || rs[1].tasks["late"] != 0 {
+		t.Fatalf("late trainer had tasks before it started: %v %v", rs[0].tasks, rs[1].tasks)
+	}
+	late := 0
+	for _, r := range rs[2:] {
+		late += r.tasks["late"]
+	}
+	if late == 0 {
+		t.Fatalf("the trainer that joined after round 2 did no task in rounds 3-8")
+	}
+	t.Logf("late trainer did %d tasks in rounds 3-8", late)
+}
+
+// TestBadFlagsAndMissingDataset checks the aggregator's errors for bad input.
+func TestBadFlagsAndMissingDataset(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"-rounds", "abc"}, `invalid value "abc" for flag -rounds`},
+		{[]string{"-fraction", "2"}, "-fraction 2: want 0 < C ≤ 1"},
+		{[]string{"-dataset", filepath.Join("no", "such", "dir")}, "no such file or directory"},
+		{[]string{"-partition", "dirichlet:-1"}, "dirichlet"},
+		{[]string{"-model", "cnn9"}, "cnn9"},
+	} {
+		p := start(t, "aggregator", bin.aggregator, append([]string{"-listen", "127.0.0.1:0"}, tc.args...)...)
+		code := p.wait(time.Minute)
+		if code != 2 || !regexp.MustCompile(regexp.QuoteMeta(tc.want)).MatchString(p.Stderr()) {
+			t.Errorf("%v: exit %d, stderr %q; want exit 2 naming %q", tc.args, code, p.Stderr(), tc.want)
+		}
+	}
+}
