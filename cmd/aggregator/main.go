@@ -44,6 +44,8 @@ func main() {
 
 type options struct {
 	job      job.Config
+	metrics  *metricsOptions
+	export   *exportOptions
 	listen   string
 	token    string
 	demo     bool
@@ -85,6 +87,8 @@ func flags(stderr io.Writer) (*flag.FlagSet, *options) {
 	fs.BoolVar(&o.demo, "demo", false, "also start trainer processes on this machine; defaults to -listen 127.0.0.1:0 -target 0.97 -rounds 300")
 	fs.IntVar(&o.trainers, "trainers", runtime.NumCPU(), "trainer processes to start with -demo")
 	fs.StringVar(&o.level, "log-level", "info", "log level: debug, info, warn, error")
+	o.metrics = metricsFlags(fs)
+	o.export = exportFlags(fs)
 	fs.Usage = func() {
 		fmt.Fprintf(stderr, "usage: aggregator [flags]\n       aggregator trainer [trainer flags]\n\nRuns a federated training job and serves trainers on -listen.\nEvery flag may also be set as FEDGATHER_<FLAG> (e.g. FEDGATHER_ROUNDS=50).\n\n")
 		fs.PrintDefaults()
@@ -126,8 +130,21 @@ func run(args []string, stdout, stderr io.Writer) int {
 	o.job.Out = stdout
 	o.job.Logger = log
 
+	if err := o.export.loadInit(&o.job); err != nil {
+		fmt.Fprintf(stderr, "aggregator: %v\n", err)
+		return 2
+	}
 	j, err := job.New(o.job)
 	if err != nil {
+		fmt.Fprintf(stderr, "aggregator: %v\n", err)
+		return 2
+	}
+	mux := j.Handler()
+	if err := setupMetrics(mux, j, o.metrics); err != nil {
+		fmt.Fprintf(stderr, "aggregator: %v\n", err)
+		return 2
+	}
+	if err := setupExport(mux, j, o.export); err != nil {
 		fmt.Fprintf(stderr, "aggregator: %v\n", err)
 		return 2
 	}
@@ -136,7 +153,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "aggregator: -listen %s: %v\n", o.listen, err)
 		return 2
 	}
-	srv := &http.Server{Handler: j.Handler(), ReadHeaderTimeout: 10 * time.Second}
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 	go func() {
 		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			log.Error("http server stopped", "err", err)
@@ -168,9 +185,13 @@ func run(args []string, stdout, stderr io.Writer) int {
 	shutdown, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	_ = srv.Shutdown(shutdown)
 	cancel()
+	exportErr := finishExport(j, o.export)
 	fmt.Fprintln(stdout, j.Counters())
 	fmt.Fprintln(stdout, sum)
 	switch {
+	case exportErr != nil:
+		fmt.Fprintf(stderr, "aggregator: %v\n", exportErr)
+		return 1
 	case runErr != nil && ctx.Err() != nil:
 		fmt.Fprintln(stderr, "aggregator: interrupted")
 		return 130
