@@ -401,14 +401,15 @@ func (j *Job) Run(ctx context.Context) (Summary, error) {
 		aggSecs := time.Since(aggStart).Seconds()
 		roundSecs = append(roundSecs, res.Seconds+aggSecs)
 		eta := estimate(roundSecs, cfg.Rounds-r-1)
-		fmt.Fprintf(cfg.Out, "round %d/%d acc=%.4f test_loss=%.4f train_loss=%.4f secs=%.2f updates=%d tasks=%s%s eta=%s\n",
-			r+1, cfg.Rounds, acc, loss, res.TrainLoss, res.Seconds+aggSecs, res.Updates, formatTasks(res.Tasks), faults(res), eta)
 		j.next = r + 1
+		// Save before printing: a round that was printed is never run again.
 		if cfg.StateDir != "" {
 			if err := j.save(start); err != nil {
 				return j.summary(r+1, start), err
 			}
 		}
+		fmt.Fprintf(cfg.Out, "round %d/%d acc=%.4f test_loss=%.4f train_loss=%.4f secs=%.2f updates=%d tasks=%s%s eta=%s\n",
+			r+1, cfg.Rounds, acc, loss, res.TrainLoss, res.Seconds+aggSecs, res.Updates, formatTasks(res.Tasks), faults(res), eta)
 		for _, f := range j.observers {
 			f(Report{Round: r + 1, Rounds: cfg.Rounds, Version: j.version, Accuracy: acc, TestLoss: loss, AggSeconds: aggSecs, UpdateNorm: norm, Result: res, ETA: eta})
 		}

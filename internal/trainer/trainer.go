@@ -399,6 +399,7 @@ func (t *Trainer) task(ws *websocket.Conn, task *wire.Task) error {
 	if problem != "" {
 		return t.write(ws, wire.TypeError, wire.Error{Code: "task", Message: problem, Task: task.ID}, nil)
 	}
+	t.cfg.Logger.Debug("training", "task", task.ID, "round", task.Round, "client", task.Client, "rows", task.Rows)
 	start := time.Now()
 	var loss float64
 	if task.Mode == "fedsgd" {
