@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+	"time"
 
 	"fedgather/internal/cli"
 )
@@ -28,6 +29,7 @@ func Main(args []string, stderr io.Writer) int {
 	fs.DurationVar(&cfg.MaxBackoff, "max-backoff", 0, "longest wait between reconnect attempts (default 5s)")
 	fs.DurationVar(&cfg.Report, "report", 0, "how often to log progress (default 10s)")
 	level := fs.String("log-level", "info", "log level: debug, info, warn, error")
+	metricsAddr := fs.String("metrics", "", "serve Prometheus metrics at http://ADDR/metrics, e.g. :9101 (default: off)")
 	fs.Usage = func() {
 		fmt.Fprintf(stderr, "usage: trainer [flags]\n\nConnects to an aggregator, pulls training tasks, returns updates.\nEvery flag may also be set as FEDGATHER_<FLAG> (e.g. FEDGATHER_AGGREGATOR).\n\n")
 		fs.PrintDefaults()
@@ -45,6 +47,15 @@ func Main(args []string, stderr io.Writer) int {
 		return 2
 	}
 	cfg.Logger = log
+	ln, err := listenMetrics(*metricsAddr)
+	if err != nil {
+		fmt.Fprintf(stderr, "trainer: %v\n", err)
+		return 2
+	}
+	if ln != nil {
+		defer ln.Close()
+		cfg.Metrics = NewMetrics(cfg.Name)
+	}
 	t, err := New(cfg)
 	if err != nil {
 		fmt.Fprintf(stderr, "trainer: %v\n", err)
@@ -52,6 +63,22 @@ func Main(args []string, stderr io.Writer) int {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	if ln != nil {
+		served := make(chan struct{})
+		serveCtx, stopServing := context.WithCancel(ctx)
+		go func() {
+			defer close(served)
+			cfg.Metrics.Serve(serveCtx, ln, log)
+		}()
+		defer func() {
+			stopServing()
+			select {
+			case <-served:
+			case <-time.After(2 * time.Second):
+			}
+		}()
+		log.Info("serving metrics", "url", "http://"+ln.Addr().String()+"/metrics")
+	}
 	if err := t.Run(ctx); err != nil {
 		fmt.Fprintf(stderr, "trainer: %v\n", err)
 		return 1

@@ -42,6 +42,7 @@ type Config struct {
 	MinBackoff time.Duration // first reconnect delay
 	MaxBackoff time.Duration // reconnect delays double up to this
 	Report     time.Duration // how often to print progress
+	Metrics    *Metrics      // when set, counts tasks, bytes and reconnects for -metrics
 	Logger     *slog.Logger
 }
 
@@ -151,6 +152,7 @@ func (t *Trainer) Run(ctx context.Context) error {
 			backoff = t.cfg.MinBackoff // it worked for a while: start over
 		}
 		wait := backoff/2 + time.Duration(jitter.Int64N(int64(backoff)))
+		t.cfg.Metrics.reconnect()
 		log.Warn("connection lost; reconnecting", "err", err, "in", wait.Round(time.Millisecond))
 		select {
 		case <-time.After(wait):
@@ -185,6 +187,7 @@ func (t *Trainer) session(ctx context.Context) error {
 		return fmt.Errorf("dial %s: %w", t.url, err)
 	}
 	defer ws.Close()
+	defer t.cfg.Metrics.setConnected(false)
 	ws.SetReadLimit(t.cfg.MaxMessage)
 
 	hashes := make([]string, 0, len(t.shards))
@@ -211,6 +214,7 @@ func (t *Trainer) session(ctx context.Context) error {
 				readErr <- err
 				return
 			}
+			t.cfg.Metrics.addReceived(len(b))
 			select {
 			case frames <- b:
 			case <-ctx.Done():
@@ -259,6 +263,7 @@ func (t *Trainer) session(ctx context.Context) error {
 				return err
 			}
 			welcomed = true
+			t.cfg.Metrics.setConnected(true)
 			t.cfg.Logger.Info("connected", "aggregator", t.url, "id", w.ID, "model", w.Model.Name, "params", w.Params)
 			if err := t.write(ws, wire.TypePull, wire.Pull{}, nil); err != nil {
 				return err
@@ -325,7 +330,7 @@ func (t *Trainer) write(ws *websocket.Conn, typ wire.Type, header any, payload [
 	if err != nil {
 		return err
 	}
-	if err := wire.Write(w, typ, header, payload); err != nil {
+	if err := wire.Write(t.cfg.Metrics.countSent(w), typ, header, payload); err != nil {
 		return err
 	}
 	return w.Close()
@@ -421,6 +426,7 @@ func (t *Trainer) task(ws *websocket.Conn, task *wire.Task) error {
 	t.tasks++
 	t.samples += int64(ds.Len() * task.Epochs)
 	t.busy += took
+	t.cfg.Metrics.taskDone(int64(ds.Len()*task.Epochs), took)
 	u := wire.Update{Task: task.ID, Round: task.Round, Version: task.Version, Client: task.Client, Samples: ds.Len(), Loss: loss, Seconds: took.Seconds()}
 	return t.write(ws, wire.TypeUpdate, u, wire.Float32Bytes(t.local))
 }
