@@ -191,7 +191,7 @@ var listenRE = regexp.MustCompile(`^listening on (\S+) `)
 // returns it with its address.
 func aggregator(t *testing.T, args ...string) (*proc, string) {
 	t.Helper()
-	args = append([]string{"-listen", "127.0.0.1:0", "-ping", "1s"}, args...)
+	args = append([]string{"-listen", "127.0.0.1:0"}, args...)
 	a := start(t, "aggregator", bin.aggregator, args...)
 	m := a.waitLine(listenRE, 60*time.Second)
 	return a, m[1]

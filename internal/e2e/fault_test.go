@@ -1,0 +1,268 @@
+package e2e
+
+import (
+	"flag"
+	"fmt"
+	"math"
+	"math/rand/v2"
+	"net"
+	"regexp"
+	"sort"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+var chaos = flag.Bool("chaos", false, "run the 30-round chaos test (about two minutes)")
+
+// freeAddr returns a loopback address with a port that was free a moment ago.
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+func median(xs []float64) float64 {
+	s := append([]float64(nil), xs...)
+	sort.Float64s(s)
+	return s[len(s)/2]
+}
+
+// waitStderr waits until a process's stderr matches re.
+func (p *proc) waitStderr(re *regexp.Regexp, timeout time.Duration) {
+	p.t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !re.MatchString(p.Stderr()) {
+		if time.Now().After(deadline) {
+			p.t.Fatalf("%s's stderr never matched %q", p.name, re)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// TestKilledTrainersTaskIsRedistributed kills one of four trainers with
+// SIGKILL while it holds a task; the round must complete, with that task
+// done by another trainer and every selected client counted once.
+func TestKilledTrainersTaskIsRedistributed(t *testing.T) {
+	a, addr := aggregator(t, "-rounds", "4", "-min-trainers", "3")
+	var victim *proc
+	for i := 1; i <= 4; i++ {
+		p := trainer(t, addr, fmt.Sprintf("t%d", i), "-slowdown", "8", "-log-level", "debug")
+		if i == 2 {
+			victim = p
+		}
+	}
+	a.waitLine(regexp.MustCompile(`^round 1/`), time.Minute)
+	victim.waitStderr(regexp.MustCompile(`msg=training .*round=1 `), time.Minute)
+	victim.kill(syscall.SIGKILL)
+	a.waitLine(doneRE, 2*time.Minute)
+	if code := a.wait(30 * time.Second); code != 0 {
+		t.Fatalf("aggregator exit code %d", code)
+	}
+	rs := rounds2(t, a.Lines(), 4)
+	for _, r := range rs {
+		n := 0
+		for _, c := range r.tasks {
+			n += c
+		}
+		if r.updates != 10 || n != 10 {
+			t.Errorf("round %d: %d updates, %d tasks credited; want 10 and 10", r.round, r.updates, n)
+		}
+	}
+	if rs[1].requeued < 1 {
+		t.Errorf("round 2 requeued %d tasks; the killed trainer's task should have been requeued", rs[1].requeued)
+	}
+	for _, r := range rs[2:] {
+		if r.tasks["t2"] != 0 {
+			t.Errorf("round %d credits %d tasks to the killed trainer", r.round, r.tasks["t2"])
+		}
+	}
+	c := counters(t, a.Lines())
+	if c["completed"] != 40 || c["dropped"] != 0 {
+		t.Errorf("counters %v: want completed=40 (each selected client once), dropped=0", c)
+	}
+	t.Logf("round 2 after the kill: %d updates, requeued=%d, tasks %v; counters completed=%d assigned=%d requeued=%d", rs[1].updates, rs[1].requeued, rs[1].tasks, c["completed"], c["assigned"], c["requeued"])
+}
+
+// TestSlowTrainerDoesNotHoldUpTheRound compares round times of three
+// trainers with and without a fourth that is five times slower.
+func TestSlowTrainerDoesNotHoldUpTheRound(t *testing.T) {
+	run := func(withSlow bool) ([]roundLine, map[string]int) {
+		n := 3
+		if withSlow {
+			n = 4
+		}
+		a, addr := aggregator(t, "-rounds", "6", "-min-trainers", fmt.Sprint(n))
+		for i := 1; i <= 3; i++ {
+			trainer(t, addr, fmt.Sprintf("fast%d", i), "-slowdown", "4")
+		}
+		if withSlow {
+			trainer(t, addr, "slow", "-slowdown", "20")
+		}
+		a.waitLine(doneRE, 3*time.Minute)
+		rs := rounds2(t, a.Lines(), 6)
+		total := map[string]int{}
+		for _, r := range rs {
+			for k, v := range r.tasks {
+				total[k] += v
+			}
+		}
+		return rs, total
+	}
+	secs := func(rs []roundLine) []float64 {
+		var s []float64
+		for _, r := range rs[1:] { // round 1 also moves every shard
+			s = append(s, r.secs)
+		}
+		return s
+	}
+	base, _ := run(false)
+	slow, tasks := run(true)
+	b, s := median(secs(base)), median(secs(slow))
+	t.Logf("median round time: 3 trainers %.2fs, with a 5x slower 4th %.2fs (ratio %.2f); tasks %v", b, s, s/b, tasks)
+	if s > 1.5*b {
+		t.Errorf("with the slow trainer rounds took %.2fs, more than 1.5x the %.2fs without it", s, b)
+	}
+	for i := 1; i <= 3; i++ {
+		if f := tasks[fmt.Sprintf("fast%d", i)]; tasks["slow"] >= f {
+			t.Errorf("slow trainer did %d tasks, fast%d only %d; want the fast trainers to take most", tasks["slow"], i, f)
+		}
+	}
+}
+
+// TestAggregatorKilledAndRestarted kills the aggregator with SIGKILL mid-run
+// and restarts it on the same state directory: every round runs exactly
+// once and the final model is the one an uninterrupted run gives.
+func TestAggregatorKilledAndRestarted(t *testing.T) {
+	const nRounds = 8
+	state := t.TempDir()
+	listen := freeAddr(t)
+	args := []string{"-listen", listen, "-rounds", fmt.Sprint(nRounds), "-seed", "11", "-state", state}
+	a1, addr := aggregator(t, args...)
+	for i := 1; i <= 2; i++ {
+		trainer(t, addr, fmt.Sprintf("t%d", i))
+	}
+	a1.waitLine(regexp.MustCompile(`^round 3/`), time.Minute)
+	a1.kill(syscall.SIGKILL)
+	a1.wait(10 * time.Second)
+
+	a2, _ := aggregator(t, args...)
+	a2.waitLine(doneRE, 3*time.Minute)
+	resumed := a2.waitLine(regexp.MustCompile(`^resumed at round (\d+) `), time.Second)
+
+	seen := map[int]int{}
+	for _, r := range append(rounds(a1.Lines()), rounds(a2.Lines())...) {
+		seen[r.round]++
+	}
+	for r := 1; r <= nRounds; r++ {
+		if seen[r] != 1 {
+			t.Errorf("round %d ran %d times across the kill; want exactly once (resumed at %s)", r, seen[r], resumed[1])
+		}
+	}
+	if len(seen) != nRounds {
+		t.Errorf("rounds seen: %v", seen)
+	}
+	got := a2.waitLine(doneRE, time.Second)
+
+	// The same job without the kill.
+	ref, raddr := aggregator(t, "-rounds", fmt.Sprint(nRounds), "-seed", "11", "-state", t.TempDir())
+	trainer(t, raddr, "r1")
+	want := ref.waitLine(doneRE, 3*time.Minute)
+	if got[1] != want[1] || got[2] != want[2] || got[3] != want[3] {
+		t.Errorf("after the kill: rounds=%s accuracy=%s loss=%s; uninterrupted: rounds=%s accuracy=%s loss=%s", got[1], got[2], got[3], want[1], want[2], want[3])
+	}
+	t.Logf("killed after round %d, resumed at round %s; final accuracy %s (uninterrupted run: %s)", len(rounds(a1.Lines())), resumed[1], got[2], want[2])
+}
+
+// TestTrainersGoneForTenSeconds kills every trainer, waits ten seconds and
+// starts new ones: the run carries on to the end.
+func TestTrainersGoneForTenSeconds(t *testing.T) {
+	a, addr := aggregator(t, "-rounds", "5")
+	ts := []*proc{trainer(t, addr, "a1"), trainer(t, addr, "a2")}
+	a.waitLine(regexp.MustCompile(`^round 2/`), time.Minute)
+	for _, p := range ts {
+		p.kill(syscall.SIGKILL)
+	}
+	time.Sleep(10 * time.Second)
+	if strings.Contains(strings.Join(a.Lines(), "\n"), "done rounds") {
+		t.Fatal("the job ended while no trainer was connected")
+	}
+	trainer(t, addr, "b1")
+	trainer(t, addr, "b2")
+	a.waitLine(doneRE, 2*time.Minute)
+	if code := a.wait(30 * time.Second); code != 0 {
+		t.Fatalf("aggregator exit code %d", code)
+	}
+	rs := rounds2(t, a.Lines(), 5)
+	for _, r := range rs {
+		if r.updates != 10 {
+			t.Errorf("round %d folded %d updates, want 10", r.round, r.updates)
+		}
+	}
+	t.Logf("trainers gone for 10s; the run completed 5 rounds; rounds took %.1fs %.1fs %.1fs %.1fs %.1fs", rs[0].secs, rs[1].secs, rs[2].secs, rs[3].secs, rs[4].secs)
+}
+
+// TestChaos kills a trainer and starts a new one every few seconds for 30
+// rounds and compares the result with a fault-free run of the same seed.
+// It takes a few minutes: go test ./internal/e2e -run Chaos -chaos
+func TestChaos(t *testing.T) {
+	if !*chaos {
+		t.Skip("long test: run with -chaos")
+	}
+	const nRounds = 30
+	args := []string{"-rounds", fmt.Sprint(nRounds), "-seed", "5"}
+	ref, raddr := aggregator(t, args...)
+	trainer(t, raddr, "ref1")
+	trainer(t, raddr, "ref2")
+	want := ref.waitLine(doneRE, 5*time.Minute)
+
+	a, addr := aggregator(t, args...)
+	live := []*proc{}
+	next := 1
+	spawn := func() {
+		live = append(live, trainer(t, addr, fmt.Sprintf("c%d", next), "-slowdown", "3"))
+		next++
+	}
+	for i := 0; i < 3; i++ {
+		spawn()
+	}
+	rng := rand.New(rand.NewPCG(1, 2))
+	kills := 0
+	deadline := time.Now().Add(10 * time.Minute)
+	for {
+		select {
+		case <-a.exited:
+		case <-time.After(time.Duration(1500+rng.IntN(2000)) * time.Millisecond):
+			i := rng.IntN(len(live))
+			live[i].kill(syscall.SIGKILL)
+			live = append(live[:i], live[i+1:]...)
+			kills++
+			spawn()
+			if time.Now().Before(deadline) {
+				continue
+			}
+			t.Fatal("chaos run did not finish in 10 minutes")
+		}
+		break
+	}
+	got := a.waitLine(doneRE, time.Second)
+	c := counters(t, a.Lines())
+	var accGot, accWant float64
+	fmt.Sscan(got[2], &accGot)
+	fmt.Sscan(want[2], &accWant)
+	t.Logf("%d trainers killed; accuracy %.4f vs fault-free %.4f; counters %v", kills, accGot, accWant, c)
+	if math.Abs(accGot-accWant) > 0.005 {
+		t.Errorf("accuracy %.4f differs from the fault-free %.4f by more than 0.5 points", accGot, accWant)
+	}
+	if c["completed"] != nRounds*10 {
+		t.Errorf("completed=%d, want exactly %d (10 per round, none twice)", c["completed"], nRounds*10)
+	}
+	if c["dropped"] != 0 {
+		t.Errorf("dropped=%d tasks", c["dropped"])
+	}
+}
