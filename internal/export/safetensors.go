@@ -103,6 +103,7 @@ type Safetensors struct {
 	// Tensors lists the tensors in data order.
 	Tensors []Tensor
 	data    []byte
+	byName  map[string]int // index into Tensors
 }
 
 // tensorEntry is a header entry as JSON; nil fields were absent.
@@ -166,7 +167,11 @@ func DecodeSafetensors(r io.Reader) (*Safetensors, error) {
 	if int64(len(data)) > total {
 		return nil, fmt.Errorf("%w: unexpected bytes after the last tensor: the header accounts for %d bytes of tensor data", ErrFormat, total)
 	}
-	return &Safetensors{Meta: meta, Tensors: tensors, data: data}, nil
+	byName := make(map[string]int, len(tensors))
+	for i, t := range tensors {
+		byName[t.Name] = i
+	}
+	return &Safetensors{Meta: meta, Tensors: tensors, data: data, byName: byName}, nil
 }
 
 // parseHeader decodes the JSON header strictly: one object, keys exact
@@ -426,12 +431,11 @@ func (s *Safetensors) Params(spec model.Spec) ([]float32, error) {
 
 // shape looks up a tensor's shape by name.
 func (s *Safetensors) shape(name string) ([]int, bool) {
-	for _, t := range s.Tensors {
-		if t.Name == name {
-			return t.Shape, true
-		}
+	i, ok := s.byName[name]
+	if !ok {
+		return nil, false
 	}
-	return nil, false
+	return s.Tensors[i].Shape, true
 }
 
 // names lists the tensor names for messages, sorted and shortened.
