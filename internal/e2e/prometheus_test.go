@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -306,4 +307,38 @@ scrape_configs:
 	}
 	t.Logf("checked %d dashboard queries with $__rate_interval = $__interval = %s: %d returned data, %d did not; %.1fs in all",
 		len(queries), rateWindow, len(queries)-empty, empty, time.Since(began).Seconds())
+}
+
+// TestMetricsFlagErrors checks that a bad metrics flag stops either
+// command at start with a message naming the flag.
+func TestMetricsFlagErrors(t *testing.T) {
+	// A tiny table dataset, so the aggregator gets to its metrics set-up
+	// without loading MNIST.
+	var csv strings.Builder
+	csv.WriteString("label,x1,x2\n")
+	for i := range 40 {
+		fmt.Fprintf(&csv, "%d,%d.5,%d\n", i%2, i%2, i%7)
+	}
+	table := filepath.Join(t.TempDir(), "tiny.csv")
+	if err := os.WriteFile(table, []byte(csv.String()), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	small := []string{"-listen", "127.0.0.1:0", "-dataset", table, "-model", "logreg", "-clients", "4"}
+	for _, tc := range []struct {
+		name, path string
+		args       []string
+		want       string
+	}{
+		{"aggregator path taken", bin.aggregator, slices.Concat(small, []string{"-metrics-path", "/healthz"}), "-metrics-path"},
+		{"aggregator relative path", bin.aggregator, slices.Concat(small, []string{"-metrics-path", "metrics"}), "want a URL path starting with /"},
+		{"trainer bad address", bin.trainer, []string{"-aggregator", "127.0.0.1:1", "-metrics", "256.0.0.1:1"}, "-metrics 256.0.0.1:1"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			p := start(t, tc.name, tc.path, tc.args...)
+			if code := p.wait(time.Minute); code != 2 || !strings.Contains(p.Stderr(), tc.want) {
+				t.Errorf("%v: exit %d, stderr %q; want exit 2 naming %q", tc.args, code, p.Stderr(), tc.want)
+			}
+		})
+	}
 }
