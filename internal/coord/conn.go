@@ -420,6 +420,7 @@ func (h *Hub) gather(c *conn, u *wire.Update, update []float32, payloadErr error
 	}
 	if err != nil {
 		t.failures++
+		t.failedBy[c.name] = true
 		r.res.Failed++
 		h.stats.TasksFailed++
 		h.rejectLocked(c, u.Task, err.Error())
@@ -476,6 +477,7 @@ func (h *Hub) trainerError(c *conn, e *wire.Error) {
 	delete(t.running, c)
 	if r := h.round; r != nil && r.tasks[t.wire.ID] == t {
 		t.failures++
+		t.failedBy[c.name] = true
 		r.res.Failed++
 		h.stats.TasksFailed++
 		h.requeueLocked(r, t)

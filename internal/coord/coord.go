@@ -168,6 +168,7 @@ type task struct {
 	state    taskState
 	inQueue  bool
 	running  map[*conn]time.Time // attempts in flight, by trainer, with start time
+	failedBy map[string]bool     // names of trainers whose result for this task was rejected
 	failures int
 	lost     int
 }
@@ -253,9 +254,10 @@ func (h *Hub) RunRound(ctx context.Context, spec RoundSpec) (*RoundResult, error
 				Shard: sh.Hash, Rows: sh.Rows, Mode: spec.Mode, Epochs: spec.Epochs,
 				Batch: spec.Batch, LR: spec.LR, Seed: TaskSeed(spec.Seed, spec.Round, k),
 			},
-			shard:   sh,
-			running: make(map[*conn]time.Time),
-			inQueue: true,
+			shard:    sh,
+			running:  make(map[*conn]time.Time),
+			failedBy: make(map[string]bool),
+			inQueue:  true,
 		}
 		r.tasks[t.wire.ID] = t
 		r.order = append(r.order, t)
@@ -352,32 +354,24 @@ func (h *Hub) checkDeadlinesLocked(now time.Time) {
 }
 
 // dispatchLocked hands queued tasks to idle trainers, oldest idle first.
+// Each idle trainer gets the first queued task it may take (see
+// mayTakeLocked); finished tasks are purged from the queue on the way.
 func (h *Hub) dispatchLocked() {
 	r := h.round
 	if r == nil || r.closed {
 		return
 	}
-	for len(h.idle) > 0 && len(r.queue) > 0 {
-		t := r.queue[0]
-		r.queue = r.queue[1:]
-		t.inQueue = false
-		if t.state == done || t.state == dropped {
+	for i := 0; i < len(h.idle) && len(r.queue) > 0; {
+		cn := h.idle[i]
+		j := h.pickLocked(r, cn)
+		if j < 0 {
+			i++
 			continue
 		}
-		cn := h.idle[0]
-		if _, already := t.running[cn]; already {
-			// Never give a trainer a second copy of its own task; let
-			// another trainer take it.
-			if len(h.idle) == 1 {
-				t.inQueue = true
-				r.queue = append(r.queue, t)
-				return
-			}
-			cn = h.idle[1]
-			h.idle = append(h.idle[:1], h.idle[2:]...)
-		} else {
-			h.idle = h.idle[1:]
-		}
+		t := r.queue[j]
+		r.queue = append(r.queue[:j], r.queue[j+1:]...)
+		t.inQueue = false
+		h.idle = append(h.idle[:i], h.idle[i+1:]...)
 		if !h.assignLocked(cn, r, t) {
 			// The trainer went away while we wrote to it; its reader
 			// will drop it. The task goes back to the front.
@@ -385,6 +379,43 @@ func (h *Hub) dispatchLocked() {
 			r.queue = append([]*task{t}, r.queue...)
 		}
 	}
+}
+
+// pickLocked returns the index in the queue of the first task cn may take,
+// or -1.
+func (h *Hub) pickLocked(r *round, cn *conn) int {
+	for j := 0; j < len(r.queue); j++ {
+		t := r.queue[j]
+		if t.state == done || t.state == dropped {
+			t.inQueue = false
+			r.queue = append(r.queue[:j], r.queue[j+1:]...)
+			j--
+			continue
+		}
+		if h.mayTakeLocked(t, cn) {
+			return j
+		}
+	}
+	return -1
+}
+
+// mayTakeLocked reports whether cn may be given t: not while it already
+// runs a copy, and not after its result for t was rejected — unless every
+// connected trainer has failed t, so that a task is retried rather than
+// stranded when few trainers remain.
+func (h *Hub) mayTakeLocked(t *task, cn *conn) bool {
+	if _, running := t.running[cn]; running {
+		return false
+	}
+	if !t.failedBy[cn.name] {
+		return true
+	}
+	for c := range h.conns {
+		if !t.failedBy[c.name] {
+			return false
+		}
+	}
+	return true
 }
 
 // assignLocked sends a task, and what the trainer lacks to do it, to cn.
