@@ -119,7 +119,11 @@ func setupExport(mux *http.ServeMux, j *job.Job, e *exportOptions) error {
 		if !math.IsNaN(e.initMeta.Accuracy) {
 			from = fmt.Sprintf(" (exported at version %d with accuracy %.4f)", e.initMeta.Version, e.initMeta.Accuracy)
 		}
-		fmt.Fprintf(j.Output(), "init: starting from %s, %s%s\n", e.init, e.initSpec, from)
+		if _, version, _ := j.Model(); version > 0 {
+			fmt.Fprintf(j.Output(), "init: %s not used: the job resumed from its -state checkpoint at version %d\n", e.init, version)
+		} else {
+			fmt.Fprintf(j.Output(), "init: starting from %s, %s%s\n", e.init, e.initSpec, from)
+		}
 	}
 	if e.dir != "" {
 		if err := os.MkdirAll(e.dir, 0o755); err != nil {
