@@ -1,0 +1,235 @@
+package coord_test
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"log/slog"
+	"math"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"fedgather/internal/coord"
+	"fedgather/internal/data"
+	"fedgather/internal/model"
+	"fedgather/internal/trainer"
+	"fedgather/internal/wire"
+)
+
+// fixture is a hub serving K small synthetic client shards over a real
+// loopback websocket server, with in-process trainers (run under -race).
+type fixture struct {
+	hub    *coord.Hub
+	srv    *httptest.Server
+	spec   model.Spec
+	params []float32
+	k      int
+}
+
+func newFixture(t *testing.T, k int, cfg coord.Config) *fixture {
+	return newSizedFixture(t, k, 50, "mlp:16", cfg)
+}
+
+func newSizedFixture(t *testing.T, k, rows int, arch string, cfg coord.Config) *fixture {
+	t.Helper()
+	spec, err := model.Parse(arch, 20, 3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	shards := make([]coord.Shard, k)
+	for c := range shards {
+		ds := &data.Dataset{Dim: 20, Classes: 3}
+		for i := 0; i < rows; i++ {
+			y := int32((c + i) % 3)
+			for d := 0; d < 20; d++ {
+				ds.X = append(ds.X, float32(math.Sin(float64(d*(int(y)+1)+i))))
+			}
+			ds.Y = append(ds.Y, y)
+		}
+		b, err := data.EncodeShard(ds)
+		if err != nil {
+			t.Fatal(err)
+		}
+		sum := sha256.Sum256(b)
+		shards[c] = coord.Shard{Hash: hex.EncodeToString(sum[:]), Rows: rows, Bytes: b}
+	}
+	cfg.Model = wire.ModelSpec{Name: spec.Name, Sizes: spec.Sizes}
+	cfg.Params = spec.NumParams()
+	cfg.Shards = shards
+	cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	hub, err := coord.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(hub)
+	t.Cleanup(srv.Close)
+	p := make([]float32, spec.NumParams())
+	spec.Init(p, 1)
+	return &fixture{hub: hub, srv: srv, spec: spec, params: p, k: k}
+}
+
+func (f *fixture) startTrainer(t *testing.T, ctx context.Context, name string, slowdown float64) (done chan error) {
+	t.Helper()
+	tr, err := trainer.New(trainer.Config{
+		Aggregator: f.srv.URL, Name: name, Slowdown: slowdown,
+		MaxBackoff: 200 * time.Millisecond,
+		Logger:     slog.New(slog.NewTextHandler(io.Discard, nil)),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	done = make(chan error, 1)
+	go func() { done <- tr.Run(ctx) }()
+	return done
+}
+
+func (f *fixture) round(t *testing.T, r int, clients []int) *coord.RoundResult {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	res, err := f.hub.RunRound(ctx, coord.RoundSpec{
+		Round: r, Version: r, Model: f.params, Clients: clients,
+		Mode: "fedavg", Epochs: 1, Batch: 5, LR: 0.1, Seed: 3,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return res
+}
+
+func TestRoundsWithTrainersJoiningAndLeaving(t *testing.T) {
+	f := newFixture(t, 12, coord.Config{})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var dones []chan error
+	for i := 0; i < 3; i++ {
+		dones = append(dones, f.startTrainer(t, ctx, fmt.Sprintf("t%d", i), 1))
+	}
+	if err := f.hub.WaitTrainers(ctx, 3); err != nil {
+		t.Fatal(err)
+	}
+	all := []int{0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11}
+	var first []float32
+	for r := 0; r < 3; r++ {
+		res := f.round(t, r, all)
+		if res.Updates != 12 || res.Completed != 12 || res.Samples != 600 {
+			t.Fatalf("round %d: %+v", r, res)
+		}
+		if r == 0 {
+			first = res.Mean
+		}
+	}
+	// A second hub-level run of round 0 with one trainer gives the same mean.
+	ctx1, cancel1 := context.WithCancel(context.Background())
+	defer cancel1()
+	g := newFixture(t, 12, coord.Config{})
+	g.startTrainer(t, ctx1, "solo", 1)
+	if err := g.hub.WaitTrainers(ctx1, 1); err != nil {
+		t.Fatal(err)
+	}
+	res := g.round(t, 0, all)
+	for i := range first {
+		if math.Float32bits(first[i]) != math.Float32bits(res.Mean[i]) {
+			t.Fatalf("mean[%d] with 3 trainers %v, with 1 trainer %v", i, first[i], res.Mean[i])
+		}
+	}
+	s := f.hub.Snapshot()
+	if s.TasksCompleted != 36 || s.ShardsSent > 36 || s.ModelsSent > 9 {
+		t.Fatalf("stats %+v: want 36 completed, each shard at most once per trainer, one model per trainer per round", s)
+	}
+	cancel()
+	for _, d := range dones {
+		if err := <-d; err != nil {
+			t.Fatalf("trainer ended with %v", err)
+		}
+	}
+}
+
+func TestTrainerStoppedMidRoundTaskRequeued(t *testing.T) {
+	// Big enough shards that the victim, 1000x slowed, holds its task for
+	// seconds.
+	f := newSizedFixture(t, 8, 2000, "mlp:64", coord.Config{})
+	slowCtx, stopSlow := context.WithCancel(context.Background())
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	f.startTrainer(t, slowCtx, "victim", 1000)
+	if err := f.hub.WaitTrainers(ctx, 1); err != nil {
+		t.Fatal(err)
+	}
+	var once sync.Once
+	go func() {
+		time.Sleep(300 * time.Millisecond)
+		f.startTrainer(t, ctx, "rescuer", 1)
+		time.Sleep(100 * time.Millisecond)
+		once.Do(stopSlow)
+	}()
+	res := f.round(t, 0, []int{0, 1, 2, 3, 4, 5, 6, 7})
+	once.Do(stopSlow)
+	if res.Updates != 8 {
+		t.Fatalf("round folded %d updates, want 8", res.Updates)
+	}
+	if res.Requeued == 0 || res.Tasks["victim"] != 0 {
+		t.Fatalf("requeued %d, tasks %v: want the stopped victim's task requeued and done by the rescuer", res.Requeued, res.Tasks)
+	}
+	if res.Tasks["rescuer"] != 8 {
+		t.Fatalf("tasks %v: want the rescuer to do the victim's work", res.Tasks)
+	}
+}
+
+func TestFinishTellsTrainersToExit(t *testing.T) {
+	f := newFixture(t, 2, coord.Config{})
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	done := f.startTrainer(t, ctx, "t", 1)
+	if err := f.hub.WaitTrainers(ctx, 1); err != nil {
+		t.Fatal(err)
+	}
+	f.hub.Finish("test over")
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("trainer ended with %v", err)
+		}
+	case <-ctx.Done():
+		t.Fatal("trainer did not exit after Finish")
+	}
+	// One that connects afterwards is told at once, too.
+	if err := <-f.startTrainer(t, ctx, "late", 1); err != nil {
+		t.Fatalf("late trainer ended with %v", err)
+	}
+}
+
+func TestWrongTokenIsRefused(t *testing.T) {
+	f := newFixture(t, 2, coord.Config{Token: "right"})
+	tr, err := trainer.New(trainer.Config{Aggregator: f.srv.URL, Name: "x", Token: "wrong", Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	err = tr.Run(ctx)
+	if err == nil || !strings.Contains(err.Error(), "wrong or missing token") {
+		t.Fatalf("trainer with a wrong token: %v", err)
+	}
+}
+
+func TestTaskSeedDependsOnRoundAndClientOnly(t *testing.T) {
+	seen := map[uint64]bool{}
+	for r := 0; r < 20; r++ {
+		for c := 0; c < 100; c++ {
+			s := coord.TaskSeed(1, r, c)
+			if seen[s] {
+				t.Fatalf("seed collision at round %d client %d", r, c)
+			}
+			seen[s] = true
+		}
+	}
+	if coord.TaskSeed(1, 2, 3) != coord.TaskSeed(1, 2, 3) || coord.TaskSeed(1, 2, 3) == coord.TaskSeed(2, 2, 3) {
+		t.Fatal("TaskSeed is not a function of (seed, round, client)")
+	}
+}

@@ -1,0 +1,113 @@
+package wire
+
+import (
+	"bytes"
+	"errors"
+	"math"
+	"strings"
+	"testing"
+)
+
+func TestEncodeDecodeRoundTrip(t *testing.T) {
+	payload := Float32Bytes([]float32{1, -2.5, 3e-7})
+	b, err := Encode(TypeUpdate, Update{Task: 9, Round: 2, Samples: 600, Loss: 0.25}, payload)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, err := Decode(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var u Update
+	if err := f.Parse(&u); err != nil {
+		t.Fatal(err)
+	}
+	if f.Type != TypeUpdate || u.Task != 9 || u.Samples != 600 || !bytes.Equal(f.Payload, payload) {
+		t.Fatalf("round trip gave %v %+v", f.Type, u)
+	}
+	got := make([]float32, 3)
+	if err := ReadFloat32s(got, f.Payload); err != nil || got[1] != -2.5 {
+		t.Fatalf("tensor %v, %v", got, err)
+	}
+	var w bytes.Buffer
+	if err := Write(&w, TypeUpdate, Update{Task: 9, Round: 2, Samples: 600, Loss: 0.25}, payload); err != nil || !bytes.Equal(w.Bytes(), b) {
+		t.Fatalf("Write and Encode differ: %v", err)
+	}
+}
+
+func TestDecodeErrors(t *testing.T) {
+	good, _ := Encode(TypePull, Pull{}, nil)
+	for _, tc := range []struct {
+		name string
+		b    []byte
+		want string
+	}{
+		{"empty", nil, "shorter than the 6-byte prefix"},
+		{"version", append([]byte{2}, good[1:]...), "frame says version 2"},
+		{"type 0", append([]byte{1, 0}, good[2:]...), "unknown message type 0"},
+		{"type 10", append([]byte{1, 10}, good[2:]...), "unknown message type 10"},
+		{"huge header", []byte{1, 3, 0xff, 0xff, 0xff, 0xff}, "exceeds the limit"},
+		{"header overrun", []byte{1, 3, 9, 0, 0, 0, '{', '}'}, "exceeds the 2 bytes left"},
+	} {
+		_, err := Decode(tc.b)
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: %v, want %q", tc.name, err, tc.want)
+		}
+	}
+	if _, err := Decode(append([]byte{2}, good[1:]...)); !errors.Is(err, ErrVersion) {
+		t.Errorf("version error %v does not wrap ErrVersion", err)
+	}
+	f, _ := Decode(good)
+	var h Hello
+	bad, _ := Encode(TypeHello, map[string]any{"name": 3}, nil)
+	f2, _ := Decode(bad)
+	if err := f2.Parse(&h); err == nil {
+		t.Error("hello with a numeric name parsed")
+	}
+	if err := f.Parse(&Pull{}); err != nil {
+		t.Errorf("pull: %v", err)
+	}
+	trailing := append(append([]byte{}, good[:2]...), 4, 0, 0, 0, '{', '}', '{', '}')
+	f3, err := Decode(trailing)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := f3.Parse(&Pull{}); err == nil || !strings.Contains(err.Error(), "trailing data") {
+		t.Errorf("trailing JSON: %v", err)
+	}
+}
+
+func TestReadFloat32sRejectsBadTensors(t *testing.T) {
+	dst := make([]float32, 2)
+	if err := ReadFloat32s(dst, make([]byte, 7)); err == nil || !strings.Contains(err.Error(), "7 bytes, want 8") {
+		t.Errorf("short payload: %v", err)
+	}
+	for _, x := range []float32{float32(math.NaN()), float32(math.Inf(-1))} {
+		if err := ReadFloat32s(dst, Float32Bytes([]float32{0, x})); err == nil || !strings.Contains(err.Error(), "tensor value 1") {
+			t.Errorf("%v: %v", x, err)
+		}
+	}
+}
+
+// FuzzDecode feeds arbitrary bytes to the frame decoder and the strict
+// header parser: they must return errors, never panic.
+func FuzzDecode(f *testing.F) {
+	for _, seed := range []struct {
+		t Type
+		h any
+	}{{TypeHello, Hello{Name: "a", Shards: []string{"x"}}}, {TypeTask, Task{ID: 1, Mode: "fedavg"}}, {TypeUpdate, Update{Task: 1}}, {TypeError, Error{Code: "x"}}} {
+		b, _ := Encode(seed.t, seed.h, []byte{0, 0, 128, 63})
+		f.Add(b)
+	}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		fr, err := Decode(b)
+		if err != nil {
+			return
+		}
+		for _, v := range []any{&Hello{}, &Welcome{}, &Model{}, &Shard{}, &Task{}, &Update{}, &Done{}, &Error{}} {
+			_ = fr.Parse(v)
+		}
+		dst := make([]float32, len(fr.Payload)/4)
+		_ = ReadFloat32s(dst, fr.Payload)
+	})
+}
