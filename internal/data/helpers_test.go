@@ -1,0 +1,68 @@
+package data
+
+import (
+	"strings"
+	"sync"
+	"testing"
+)
+
+// mnistDir is the committed MNIST copy, relative to this package.
+const mnistDir = "../../datasets/mnist"
+
+// mnistPair holds the train and test splits of MNIST.
+type mnistPair struct{ train, test *Dataset }
+
+// testMNIST loads MNIST once per test binary; callers must not modify it.
+var testMNIST = sync.OnceValues(func() (mnistPair, error) {
+	train, test, err := LoadMNIST(mnistDir)
+	return mnistPair{train, test}, err
+})
+
+// mnist returns the shared MNIST splits or fails the test.
+func mnist(t testing.TB) (train, test *Dataset) {
+	t.Helper()
+	p, err := testMNIST()
+	if err != nil {
+		t.Fatalf("LoadMNIST(%s): %v", mnistDir, err)
+	}
+	return p.train, p.test
+}
+
+// wantErr checks that err is non-nil and contains every one of subs.
+func wantErr(t *testing.T, err error, subs ...string) {
+	t.Helper()
+	if err == nil {
+		t.Fatalf("expected an error containing %q, got nil", subs)
+	}
+	for _, s := range subs {
+		if !strings.Contains(err.Error(), s) {
+			t.Errorf("error %q does not contain %q", err, s)
+		}
+	}
+}
+
+// checkCover checks that parts are disjoint, each sorted, and together cover
+// 0..n-1 exactly once.
+func checkCover(t *testing.T, parts [][]int, n int) {
+	t.Helper()
+	seen := make([]bool, n)
+	total := 0
+	for c, p := range parts {
+		for j, i := range p {
+			if i < 0 || i >= n {
+				t.Fatalf("client %d: index %d outside [0, %d)", c, i, n)
+			}
+			if seen[i] {
+				t.Fatalf("client %d: index %d given to two clients (or twice)", c, i)
+			}
+			seen[i] = true
+			if j > 0 && p[j-1] >= i {
+				t.Fatalf("client %d: indices not strictly ascending at position %d", c, j)
+			}
+		}
+		total += len(p)
+	}
+	if total != n {
+		t.Fatalf("parts cover %d indices, expected %d", total, n)
+	}
+}

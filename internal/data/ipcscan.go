@@ -1,0 +1,603 @@
+package data
+
+import (
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"fmt"
+)
+
+// This file checks the framing and FlatBuffers metadata of an Arrow IPC
+// stream before the Arrow reader sees it. The reader trusts vector lengths
+// and offsets in the metadata: a 300-byte message can make it allocate
+// gigabytes (it sizes slices from claimed vector lengths) or recurse forever
+// (a field whose children point back at itself), and neither out-of-memory
+// nor stack exhaustion can be recovered. scanShardStream walks exactly the
+// tables the reader will walk, checks that every table, vector and string
+// lies inside its message, bounds the nesting depth and the total bytes the
+// walk visits (so shared sub-objects cannot amplify the work), and enforces
+// the message sequence a shard may have.
+//
+// Compressed bodies get the same treatment. Arrow decompresses each buffer
+// with a default ZSTD decoder, which reserves twice the frame's window size
+// up front (up to 1 GiB for a window, or twice the frame content size for a
+// single-segment frame, up to 128 GiB), whatever the buffer's real size. So
+// every compressed buffer must hold exactly one ZSTD frame whose content
+// size is at most the buffer's stated uncompressed length and whose window
+// is at most max(8 MiB, 2 × that length), and the stated length itself must
+// fit the decode budget.
+
+// IPC stream framing and metadata limits.
+const (
+	ipcContinuation = 0xffffffff
+	// maxShardMetadata bounds one message's FlatBuffers metadata. A shard's
+	// schema message is a few hundred bytes and a batch's about two hundred.
+	maxShardMetadata = 1 << 20
+	// maxFieldDepth bounds how deeply schema fields may nest.
+	maxFieldDepth = 32
+)
+
+// FlatBuffers union tags of the Arrow IPC schema (Message.fbs, Schema.fbs).
+const (
+	fbHeaderSchema          = 1
+	fbHeaderDictionaryBatch = 2
+	fbHeaderRecordBatch     = 3
+	fbTypeTimestamp         = 10
+	fbTypeUnion             = 14
+	fbCompressionZSTD       = 1
+)
+
+// ZSTD frame limits (RFC 8878).
+const (
+	zstdMagic     = 0xfd2fb528
+	zstdMinWindow = 1 << 10
+	// zstdMaxWindow is the largest window accepted regardless of the
+	// buffer's size: the klauspost encoder behind arrow-go's writer uses
+	// 8 MiB windows at its default level.
+	zstdMaxWindow = 8 << 20
+)
+
+// ipcStreamInfo summarises a scanned stream.
+type ipcStreamInfo struct {
+	batches int   // record batch messages
+	rows    int64 // total rows over all batches
+}
+
+// scanShardStream checks that b is a framed IPC stream of one schema message
+// followed by record batch messages and the end-of-stream marker, with
+// nothing after it, every message's metadata well formed, every body inside
+// b, at most maxRows rows in total, and every body buffer inside its body
+// and, if compressed, a single well-bounded ZSTD frame of at most maxBuffer
+// uncompressed bytes.
+func scanShardStream(b []byte, maxRows int, maxBuffer int64) (ipcStreamInfo, error) {
+	var info ipcStreamInfo
+	switch {
+	case len(b) == 0:
+		return info, errors.New("expected an Arrow IPC stream, got 0 bytes")
+	case bytes.HasPrefix(b, []byte("ARROW1")):
+		return info, errors.New(`expected the Arrow IPC stream format, got the IPC file format (magic "ARROW1")`)
+	}
+	pos := 0
+	for msg := 0; ; msg++ {
+		if len(b)-pos < 8 {
+			return info, fmt.Errorf("message %d at byte %d: expected an 8-byte message prefix or end-of-stream marker, got %d bytes (truncated stream?)", msg, pos, len(b)-pos)
+		}
+		if c := binary.LittleEndian.Uint32(b[pos:]); c != ipcContinuation {
+			return info, fmt.Errorf("message %d at byte %d: expected the Arrow IPC continuation marker 0xffffffff, got 0x%08x", msg, pos, c)
+		}
+		metaLen := int64(int32(binary.LittleEndian.Uint32(b[pos+4:])))
+		pos += 8
+		if metaLen == 0 { // end of stream
+			if msg == 0 {
+				return info, fmt.Errorf("expected a schema message first, got the end-of-stream marker")
+			}
+			if pos != len(b) {
+				return info, fmt.Errorf("expected the stream to end after its end-of-stream marker at byte %d, got %d more bytes", pos-8, len(b)-pos)
+			}
+			return info, nil
+		}
+		if metaLen < 4 || metaLen > maxShardMetadata {
+			return info, fmt.Errorf("message %d at byte %d: expected a metadata length in [4, %d], got %d", msg, pos-8, maxShardMetadata, metaLen)
+		}
+		if metaLen > int64(len(b)-pos) {
+			return info, fmt.Errorf("message %d at byte %d: expected %d metadata bytes, only %d remain (truncated stream?)", msg, pos-8, metaLen, len(b)-pos)
+		}
+		m, err := checkMessage(b[pos : pos+int(metaLen)])
+		if err != nil {
+			return info, fmt.Errorf("message %d at byte %d: malformed metadata: %w", msg, pos-8, err)
+		}
+		pos += int(metaLen)
+		if m.bodyLen < 0 || m.bodyLen > int64(len(b)-pos) {
+			return info, fmt.Errorf("message %d at byte %d: expected %d body bytes, only %d remain (truncated stream?)", msg, pos-8-int(metaLen), m.bodyLen, len(b)-pos)
+		}
+		body := b[pos : pos+int(m.bodyLen)]
+		pos += int(m.bodyLen)
+
+		switch {
+		case msg == 0 && m.header != fbHeaderSchema:
+			return info, fmt.Errorf("message 0: expected a schema message, got %s", headerName(m.header))
+		case msg > 0 && m.header != fbHeaderRecordBatch:
+			return info, fmt.Errorf("message %d: expected a record batch message, got %s", msg, headerName(m.header))
+		case m.header == fbHeaderRecordBatch:
+			if m.rows < 0 || m.rows > int64(maxRows)-info.rows {
+				return info, fmt.Errorf("record batch %d: expected at most %d rows in the shard, got %d after %d earlier rows",
+					info.batches, maxRows, m.rows, info.rows)
+			}
+			if err := checkBatchBody(body, m, maxBuffer); err != nil {
+				return info, fmt.Errorf("record batch %d: %w", info.batches, err)
+			}
+			info.rows += m.rows
+			info.batches++
+		}
+	}
+}
+
+// headerName names a MessageHeader union tag.
+func headerName(h byte) string {
+	switch h {
+	case 0:
+		return "a message without header"
+	case fbHeaderSchema:
+		return "a schema message"
+	case fbHeaderDictionaryBatch:
+		return "a dictionary batch (shards use no dictionaries)"
+	case fbHeaderRecordBatch:
+		return "a record batch message"
+	case 4, 5:
+		return "a tensor message"
+	}
+	return fmt.Sprintf("unknown message type %d", h)
+}
+
+// ipcMessage is what checkMessage learns from a message's metadata.
+type ipcMessage struct {
+	header  byte
+	bodyLen int64
+	// For record batches:
+	rows       int64      // RecordBatch.length
+	compressed bool       // RecordBatch.compression is present
+	codec      byte       // its codec
+	buffers    [][2]int64 // RecordBatch.buffers as (offset, length)
+}
+
+// checkBatchBody checks that every buffer of a record batch lies inside
+// body and that compressed buffers are ZSTD frames of bounded size.
+func checkBatchBody(body []byte, m ipcMessage, maxBuffer int64) error {
+	if m.compressed && m.codec != fbCompressionZSTD {
+		return fmt.Errorf("expected ZSTD or no body compression, got codec %d", m.codec)
+	}
+	for j, ol := range m.buffers {
+		off, n := ol[0], ol[1]
+		if off < 0 || n < 0 || off > int64(len(body)) || n > int64(len(body))-off {
+			return fmt.Errorf("buffer %d: expected bytes [%d, %d) to lie inside the %d-byte body", j, off, off+n, len(body))
+		}
+		if !m.compressed || n == 0 {
+			continue
+		}
+		if n < 8 {
+			return fmt.Errorf("buffer %d: expected an 8-byte uncompressed-length prefix, got %d bytes", j, n)
+		}
+		size := int64(binary.LittleEndian.Uint64(body[off:]))
+		if size == -1 { // stored uncompressed
+			continue
+		}
+		if size < 0 || size > maxBuffer {
+			return fmt.Errorf("buffer %d: expected an uncompressed length in [0, %d] for this shard size, got %d", j, maxBuffer, size)
+		}
+		if err := checkZstdFrame(body[off+8:off+n], size); err != nil {
+			return fmt.Errorf("buffer %d: %w", j, err)
+		}
+	}
+	return nil
+}
+
+// checkZstdFrame checks that data is exactly one ZSTD frame (RFC 8878,
+// section 3.1.1) decoding to at most size bytes, with a window that a
+// decoder can reserve without harm.
+func checkZstdFrame(data []byte, size int64) error {
+	p := 0
+	need := func(n int) error {
+		if n > len(data)-p {
+			return fmt.Errorf("ZSTD frame truncated at byte %d of %d", p, len(data))
+		}
+		return nil
+	}
+	if err := need(5); err != nil {
+		return err
+	}
+	if m := binary.LittleEndian.Uint32(data); m != zstdMagic {
+		return fmt.Errorf("expected a ZSTD frame (magic 0x%08x), got 0x%08x", uint32(zstdMagic), m)
+	}
+	fhd := data[4]
+	p = 5
+	single := fhd&0x20 != 0
+	if fhd&0x08 != 0 {
+		return errors.New("ZSTD frame header has its reserved bit set")
+	}
+	var window uint64
+	if !single {
+		if err := need(1); err != nil {
+			return err
+		}
+		exp, mantissa := uint64(data[p]>>3), uint64(data[p]&7)
+		base := uint64(1) << (10 + exp)
+		window = base + base/8*mantissa
+		p++
+	}
+	p += [4]int{0, 1, 2, 4}[fhd&3] // dictionary ID
+	fcsLen := [4]int{0, 2, 4, 8}[fhd>>6]
+	if fhd>>6 == 0 && single {
+		fcsLen = 1
+	}
+	if err := need(fcsLen); err != nil {
+		return err
+	}
+	var content uint64
+	hasContent := fcsLen > 0
+	switch fcsLen {
+	case 1:
+		content = uint64(data[p])
+	case 2:
+		content = uint64(binary.LittleEndian.Uint16(data[p:])) + 256
+	case 4:
+		content = uint64(binary.LittleEndian.Uint32(data[p:]))
+	case 8:
+		content = binary.LittleEndian.Uint64(data[p:])
+	}
+	p += fcsLen
+	if hasContent && content > uint64(size) {
+		return fmt.Errorf("ZSTD frame content size %d exceeds the buffer's uncompressed length %d", content, size)
+	}
+	if single {
+		window = max(content, zstdMinWindow)
+	}
+	if limit := max(uint64(zstdMaxWindow), 2*uint64(size)); window > limit {
+		return fmt.Errorf("ZSTD frame window of %d bytes exceeds %d for a %d-byte buffer", window, limit, size)
+	}
+	for last := false; !last; {
+		if err := need(3); err != nil {
+			return err
+		}
+		h := uint32(data[p]) | uint32(data[p+1])<<8 | uint32(data[p+2])<<16
+		p += 3
+		last = h&1 != 0
+		n := int(h >> 3)
+		switch (h >> 1) & 3 {
+		case 1: // RLE block: one byte repeated n times
+			n = 1
+		case 3:
+			return fmt.Errorf("ZSTD block at byte %d has the reserved block type", p-3)
+		}
+		if err := need(n); err != nil {
+			return err
+		}
+		p += n
+	}
+	if fhd&0x04 != 0 { // content checksum
+		if err := need(4); err != nil {
+			return err
+		}
+		p += 4
+	}
+	if p != len(data) {
+		return fmt.Errorf("expected one ZSTD frame, got %d bytes after it", len(data)-p)
+	}
+	return nil
+}
+
+// checkMessage verifies the FlatBuffers Message table in meta and the header
+// table it carries.
+func checkMessage(meta []byte) (ipcMessage, error) {
+	var m ipcMessage
+	v := &fbVerifier{buf: meta, budget: 4*int64(len(meta)) + 4096}
+	root, err := v.u32(0)
+	if err != nil {
+		return m, err
+	}
+	msg, err := v.table(int64(root))
+	if err != nil {
+		return m, fmt.Errorf("Message: %w", err)
+	}
+	if m.header, err = v.scalar8(msg, 1); err != nil {
+		return m, fmt.Errorf("Message.header_type: %w", err)
+	}
+	if m.bodyLen, err = v.scalar64(msg, 3); err != nil {
+		return m, fmt.Errorf("Message.bodyLength: %w", err)
+	}
+	if err := v.keyValues(msg, 4); err != nil {
+		return m, fmt.Errorf("Message.custom_metadata: %w", err)
+	}
+	hdr, ok, err := v.tableField(msg, 2)
+	if err != nil {
+		return m, fmt.Errorf("Message.header: %w", err)
+	}
+	if !ok {
+		return m, errors.New("Message.header: expected a header table, got none")
+	}
+	switch m.header {
+	case fbHeaderSchema:
+		err = v.schema(hdr)
+	case fbHeaderRecordBatch:
+		err = v.recordBatch(hdr, &m)
+	}
+	return m, err
+}
+
+// fbVerifier bounds-checks FlatBuffers objects inside buf. budget is the
+// number of bytes of tables and vectors the walk may still visit; a buffer
+// without shared sub-objects never needs more than len(buf).
+type fbVerifier struct {
+	buf    []byte
+	budget int64
+}
+
+// fbTable is a verified table: its position and its vtable's.
+type fbTable struct{ pos, vt, vtLen int64 }
+
+// errFBBounds reports an object that does not fit in the buffer.
+type errFBBounds struct{}
+
+func (errFBBounds) Error() string { return "offset or length outside the message metadata" }
+
+// need checks that [pos, pos+n) lies inside the buffer.
+func (v *fbVerifier) need(pos, n int64) error {
+	if pos < 0 || n < 0 || pos > int64(len(v.buf)) || n > int64(len(v.buf))-pos {
+		return errFBBounds{}
+	}
+	return nil
+}
+
+// charge spends n bytes of the visiting budget.
+func (v *fbVerifier) charge(n int64) error {
+	v.budget -= n
+	if v.budget < 0 {
+		return errors.New("metadata visits more bytes than it holds (shared or cyclic objects)")
+	}
+	return nil
+}
+
+func (v *fbVerifier) u16(pos int64) (uint16, error) {
+	if err := v.need(pos, 2); err != nil {
+		return 0, err
+	}
+	return binary.LittleEndian.Uint16(v.buf[pos:]), nil
+}
+
+func (v *fbVerifier) u32(pos int64) (uint32, error) {
+	if err := v.need(pos, 4); err != nil {
+		return 0, err
+	}
+	return binary.LittleEndian.Uint32(v.buf[pos:]), nil
+}
+
+// table verifies the table at pos and its vtable.
+func (v *fbVerifier) table(pos int64) (fbTable, error) {
+	soff, err := v.u32(pos)
+	if err != nil {
+		return fbTable{}, err
+	}
+	vt := pos - int64(int32(soff))
+	vtLen, err := v.u16(vt)
+	if err != nil {
+		return fbTable{}, err
+	}
+	if err := v.need(vt, int64(vtLen)); err != nil {
+		return fbTable{}, err
+	}
+	if err := v.charge(4 + int64(vtLen)); err != nil {
+		return fbTable{}, err
+	}
+	return fbTable{pos: pos, vt: vt, vtLen: int64(vtLen)}, nil
+}
+
+// field returns the position of field i of t and whether it is present,
+// checking that size bytes there lie inside the buffer. Like the FlatBuffers
+// runtime, a slot is present when its vtable entry lies below the vtable
+// length and is non-zero.
+func (v *fbVerifier) field(t fbTable, i int, size int64) (int64, bool, error) {
+	slot := 4 + 2*int64(i)
+	if slot >= t.vtLen {
+		return 0, false, nil
+	}
+	off, err := v.u16(t.vt + slot)
+	if err != nil || off == 0 {
+		return 0, false, err
+	}
+	p := t.pos + int64(off)
+	return p, true, v.need(p, size)
+}
+
+// scalar8 reads a one-byte field, 0 when absent.
+func (v *fbVerifier) scalar8(t fbTable, i int) (byte, error) {
+	p, ok, err := v.field(t, i, 1)
+	if err != nil || !ok {
+		return 0, err
+	}
+	return v.buf[p], nil
+}
+
+// scalar64 reads an eight-byte signed field, 0 when absent.
+func (v *fbVerifier) scalar64(t fbTable, i int) (int64, error) {
+	p, ok, err := v.field(t, i, 8)
+	if err != nil || !ok {
+		return 0, err
+	}
+	return int64(binary.LittleEndian.Uint64(v.buf[p:])), nil
+}
+
+// ref follows the offset stored in field i of t.
+func (v *fbVerifier) ref(t fbTable, i int) (int64, bool, error) {
+	p, ok, err := v.field(t, i, 4)
+	if err != nil || !ok {
+		return 0, false, err
+	}
+	off, _ := v.u32(p)
+	return p + int64(off), true, nil
+}
+
+// tableField verifies the table referenced by field i of t.
+func (v *fbVerifier) tableField(t fbTable, i int) (fbTable, bool, error) {
+	p, ok, err := v.ref(t, i)
+	if err != nil || !ok {
+		return fbTable{}, false, err
+	}
+	tt, err := v.table(p)
+	return tt, err == nil, err
+}
+
+// vector verifies the vector referenced by field i of t, with elements of
+// elemSize bytes, and returns the position of its first element and its
+// length. Strings are byte vectors.
+func (v *fbVerifier) vector(t fbTable, i int, elemSize int64) (start, n int64, err error) {
+	p, ok, err := v.ref(t, i)
+	if err != nil || !ok {
+		return 0, 0, err
+	}
+	l, err := v.u32(p)
+	if err != nil {
+		return 0, 0, err
+	}
+	n = int64(l)
+	if err := v.need(p+4, n*elemSize); err != nil {
+		return 0, 0, err
+	}
+	if err := v.charge(4 + n*elemSize); err != nil {
+		return 0, 0, err
+	}
+	return p + 4, n, nil
+}
+
+// tables verifies a vector of tables in field i of t and calls each for
+// every element.
+func (v *fbVerifier) tables(t fbTable, i int, each func(j int64, e fbTable) error) error {
+	start, n, err := v.vector(t, i, 4)
+	if err != nil {
+		return err
+	}
+	for j := range n {
+		p := start + 4*j
+		off, _ := v.u32(p)
+		e, err := v.table(p + int64(off))
+		if err != nil {
+			return fmt.Errorf("element %d: %w", j, err)
+		}
+		if err := each(j, e); err != nil {
+			return fmt.Errorf("element %d: %w", j, err)
+		}
+	}
+	return nil
+}
+
+// keyValues verifies a [KeyValue] custom_metadata vector in field i of t.
+func (v *fbVerifier) keyValues(t fbTable, i int) error {
+	return v.tables(t, i, func(_ int64, kv fbTable) error {
+		if _, _, err := v.vector(kv, 0, 1); err != nil {
+			return fmt.Errorf("key: %w", err)
+		}
+		if _, _, err := v.vector(kv, 1, 1); err != nil {
+			return fmt.Errorf("value: %w", err)
+		}
+		return nil
+	})
+}
+
+// schema verifies a Schema table: fields, custom_metadata, features.
+func (v *fbVerifier) schema(s fbTable) error {
+	if err := v.tables(s, 1, func(_ int64, f fbTable) error { return v.fieldTable(f, 1) }); err != nil {
+		return fmt.Errorf("Schema.fields: %w", err)
+	}
+	if err := v.keyValues(s, 2); err != nil {
+		return fmt.Errorf("Schema.custom_metadata: %w", err)
+	}
+	if _, _, err := v.vector(s, 3, 8); err != nil {
+		return fmt.Errorf("Schema.features: %w", err)
+	}
+	return nil
+}
+
+// fieldTable verifies a Field table at nesting depth depth: name, type,
+// dictionary, children (recursively) and custom_metadata.
+func (v *fbVerifier) fieldTable(f fbTable, depth int) error {
+	if depth > maxFieldDepth {
+		return fmt.Errorf("fields nest deeper than %d levels", maxFieldDepth)
+	}
+	if _, _, err := v.vector(f, 0, 1); err != nil {
+		return fmt.Errorf("name: %w", err)
+	}
+	typ, err := v.scalar8(f, 2)
+	if err != nil {
+		return fmt.Errorf("type_type: %w", err)
+	}
+	tt, ok, err := v.tableField(f, 3)
+	if err != nil {
+		return fmt.Errorf("type: %w", err)
+	}
+	if ok {
+		switch typ {
+		case fbTypeTimestamp:
+			_, _, err = v.vector(tt, 1, 1) // timezone
+		case fbTypeUnion:
+			_, _, err = v.vector(tt, 1, 4) // typeIds
+		}
+		if err != nil {
+			return fmt.Errorf("type: %w", err)
+		}
+	}
+	dict, ok, err := v.tableField(f, 4)
+	if err != nil {
+		return fmt.Errorf("dictionary: %w", err)
+	}
+	if ok {
+		if _, _, err := v.tableField(dict, 1); err != nil {
+			return fmt.Errorf("dictionary.indexType: %w", err)
+		}
+	}
+	if err := v.tables(f, 5, func(_ int64, c fbTable) error { return v.fieldTable(c, depth+1) }); err != nil {
+		return fmt.Errorf("children: %w", err)
+	}
+	if err := v.keyValues(f, 6); err != nil {
+		return fmt.Errorf("custom_metadata: %w", err)
+	}
+	return nil
+}
+
+// recordBatch verifies a RecordBatch table and records its row count,
+// compression and buffers in m.
+func (v *fbVerifier) recordBatch(rb fbTable, m *ipcMessage) error {
+	var err error
+	if m.rows, err = v.scalar64(rb, 0); err != nil {
+		return fmt.Errorf("RecordBatch.length: %w", err)
+	}
+	if _, _, err := v.vector(rb, 1, 16); err != nil {
+		return fmt.Errorf("RecordBatch.nodes: %w", err)
+	}
+	start, n, err := v.vector(rb, 2, 16)
+	if err != nil {
+		return fmt.Errorf("RecordBatch.buffers: %w", err)
+	}
+	m.buffers = make([][2]int64, n)
+	for j := range m.buffers {
+		p := start + 16*int64(j)
+		m.buffers[j] = [2]int64{
+			int64(binary.LittleEndian.Uint64(v.buf[p:])),
+			int64(binary.LittleEndian.Uint64(v.buf[p+8:])),
+		}
+	}
+	comp, ok, err := v.tableField(rb, 3)
+	if err != nil {
+		return fmt.Errorf("RecordBatch.compression: %w", err)
+	}
+	if ok {
+		m.compressed = true
+		if m.codec, err = v.scalar8(comp, 0); err != nil {
+			return fmt.Errorf("RecordBatch.compression.codec: %w", err)
+		}
+		if method, err := v.scalar8(comp, 1); err != nil || method != 0 {
+			return fmt.Errorf("RecordBatch.compression.method: expected BUFFER (0), got %d (%v)", method, err)
+		}
+	}
+	if _, _, err := v.vector(rb, 4, 8); err != nil {
+		return fmt.Errorf("RecordBatch.variadicBufferCounts: %w", err)
+	}
+	return nil
+}

@@ -1,0 +1,548 @@
+package data
+
+import (
+	"bytes"
+	"encoding/binary"
+	"math"
+	"strings"
+	"testing"
+
+	"github.com/apache/arrow-go/v18/arrow"
+	"github.com/apache/arrow-go/v18/arrow/array"
+	"github.com/apache/arrow-go/v18/arrow/ipc"
+	"github.com/apache/arrow-go/v18/arrow/memory"
+)
+
+// mnistShard returns the first n MNIST training rows as a dataset.
+func mnistShard(t testing.TB, n int) *Dataset {
+	t.Helper()
+	train, _ := mnist(t)
+	idx := make([]int, n)
+	for i := range idx {
+		idx[i] = i
+	}
+	return train.Subset(idx)
+}
+
+// bitEqual reports whether a and b hold bit-identical data.
+func bitEqual(a, b *Dataset) bool {
+	if a.Dim != b.Dim || a.Classes != b.Classes || len(a.X) != len(b.X) || !equalInt32(a.Y, b.Y) {
+		return false
+	}
+	for i := range a.X {
+		if math.Float32bits(a.X[i]) != math.Float32bits(b.X[i]) {
+			return false
+		}
+	}
+	return true
+}
+
+func TestShardRoundTrip(t *testing.T) {
+	train, _ := mnist(t)
+	parts, err := PartitionPathological(train.Y, 100, 2, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name     string
+		d        *Dataset
+		batchRow int // rows per record batch; 0 for EncodeShard's choice
+		batches  int
+	}{
+		{"pathological client of 600", train.Subset(parts[0]), 0, 1},
+		{"first 600", mnistShard(t, 600), 0, 1},
+		{"6000 rows", mnistShard(t, 6000), 0, 2}, // 16 MiB batches hold 5349 rows
+		{"600 rows in batches of 250", mnistShard(t, 600), 250, 3},
+		{"empty", &Dataset{X: []float32{}, Y: []int32{}, Dim: 784, Classes: 10}, 0, 1},
+		{"negative zero and extremes", &Dataset{
+			X: []float32{float32(math.Copysign(0, -1)), math.MaxFloat32, -math.SmallestNonzeroFloat32, 1e-40},
+			Y: []int32{2, 0}, Dim: 2, Classes: 3,
+		}, 0, 1},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			var b []byte
+			var err error
+			if tc.batchRow > 0 {
+				b, err = encodeShard(tc.d, tc.batchRow)
+			} else {
+				b, err = EncodeShard(tc.d)
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			got, err := DecodeShard(b, tc.d.Dim, tc.d.Classes, tc.d.Len())
+			if err != nil {
+				t.Fatalf("DecodeShard: %v", err)
+			}
+			if !bitEqual(got, tc.d) {
+				t.Fatalf("round trip is not bit-exact")
+			}
+			if n := countBatches(t, b); n != tc.batches {
+				t.Errorf("%d record batches, expected %d", n, tc.batches)
+			}
+			if tc.d.Len() == 600 && tc.batchRow == 0 {
+				raw := 600 * (784 + 1) * 4
+				t.Logf("600-row MNIST shard: %d bytes encoded, %d bytes raw float32+int32 (%.1f%%)", len(b), raw, 100*float64(len(b))/float64(raw))
+			}
+		})
+	}
+}
+
+// countBatches counts the record batches in an IPC stream.
+func countBatches(t *testing.T, b []byte) int {
+	t.Helper()
+	r, err := ipc.NewReader(bytes.NewReader(b))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Release()
+	n := 0
+	for r.Next() {
+		n++
+	}
+	if r.Err() != nil {
+		t.Fatal(r.Err())
+	}
+	return n
+}
+
+func TestEncodeShardRejectsInvalid(t *testing.T) {
+	tests := []struct {
+		name string
+		d    *Dataset
+		want string
+	}{
+		{"nil", nil, "got nil"},
+		{"zero dim", &Dataset{Dim: 0, Classes: 2}, "Dim must be positive, got 0"},
+		{"zero classes", &Dataset{Dim: 1, Classes: 0}, "Classes must be positive, got 0"},
+		{"length mismatch", &Dataset{X: []float32{1, 2, 3}, Y: []int32{0, 1}, Dim: 2, Classes: 2}, "len(X) = 3"},
+		{"label too big", &Dataset{X: []float32{1, 2}, Y: []int32{0, 2}, Dim: 1, Classes: 2}, "row 1: label 2 outside [0, 2)"},
+		{"negative label", &Dataset{X: []float32{1}, Y: []int32{-1}, Dim: 1, Classes: 2}, "label -1"},
+		{"NaN", &Dataset{X: []float32{1, float32(math.NaN())}, Y: []int32{0}, Dim: 2, Classes: 2}, "row 0, feature 1: expected a finite value, got NaN"},
+		{"Inf", &Dataset{X: []float32{float32(math.Inf(-1))}, Y: []int32{0}, Dim: 1, Classes: 2}, "got -Inf"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := EncodeShard(tc.d)
+			wantErr(t, err, "encode shard", tc.want)
+		})
+	}
+}
+
+// shardStream writes one record batch per entry of batches with the given
+// schema; each batch function fills a record builder.
+func shardStream(t testing.TB, schema *arrow.Schema, batches ...func(b *array.RecordBuilder)) []byte {
+	t.Helper()
+	var buf bytes.Buffer
+	w := ipc.NewWriter(&buf, ipc.WithSchema(schema), ipc.WithZstd())
+	for _, fill := range batches {
+		rb := array.NewRecordBuilder(memory.DefaultAllocator, schema)
+		fill(rb)
+		rec := rb.NewRecordBatch()
+		if err := w.Write(rec); err != nil {
+			t.Fatal(err)
+		}
+		rec.Release()
+		rb.Release()
+	}
+	if err := w.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return buf.Bytes()
+}
+
+// schemaOf builds a schema with "classes" metadata (omitted when classes is "").
+func schemaOf(classes string, fields ...arrow.Field) *arrow.Schema {
+	if classes == "" {
+		return arrow.NewSchema(fields, nil)
+	}
+	md := arrow.NewMetadata([]string{"classes"}, []string{classes})
+	return arrow.NewSchema(fields, &md)
+}
+
+var (
+	labelField = arrow.Field{Name: "label", Type: arrow.PrimitiveTypes.Int32}
+	feat4Field = arrow.Field{Name: "features", Type: arrow.FixedSizeListOf(4, arrow.PrimitiveTypes.Float32)}
+)
+
+// fillRows appends rows (label, 4 features) to a {label, features[4]} builder.
+func fillRows(labels []int32, feats []float32) func(*array.RecordBuilder) {
+	return func(rb *array.RecordBuilder) {
+		rb.Field(0).(*array.Int32Builder).AppendValues(labels, nil)
+		lb := rb.Field(1).(*array.FixedSizeListBuilder)
+		vb := lb.ValueBuilder().(*array.Float32Builder)
+		for i := range labels {
+			lb.Append(true)
+			vb.AppendValues(feats[4*i:4*i+4], nil)
+		}
+	}
+}
+
+func TestDecodeShardErrors(t *testing.T) {
+	good := fillRows([]int32{0, 1}, []float32{1, 2, 3, 4, 5, 6, 7, 8})
+	s4 := schemaOf("3", labelField, feat4Field)
+	valid := shardStream(t, s4, good)
+	mnist600, err := EncodeShard(mnistShard(t, 600))
+	if err != nil {
+		t.Fatal(err)
+	}
+	d783 := mnistShard(t, 3)
+	d783 = &Dataset{X: d783.X[:3*783], Y: d783.Y, Dim: 783, Classes: 10}
+	enc783, err := EncodeShard(d783)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	tests := []struct {
+		name                  string
+		b                     []byte
+		dim, classes, maxRows int
+		want                  []string
+	}{
+		{name: "valid", b: valid, dim: 4, classes: 3, maxRows: 2},
+		{name: "valid three batches", b: shardStream(t, s4, good, good, good), dim: 4, classes: 3, maxRows: 6},
+		{name: "label float64", dim: 4, classes: 3, maxRows: 9,
+			b: shardStream(t, schemaOf("3", arrow.Field{Name: "label", Type: arrow.PrimitiveTypes.Float64}, feat4Field), func(rb *array.RecordBuilder) {
+				rb.Field(0).(*array.Float64Builder).Append(1)
+				rb.Field(1).(*array.FixedSizeListBuilder).Append(true)
+				rb.Field(1).(*array.FixedSizeListBuilder).ValueBuilder().(*array.Float32Builder).AppendValues([]float32{1, 2, 3, 4}, nil)
+			}),
+			want: []string{`column "label": expected type int32, got float64`}},
+		{name: "missing features column", dim: 4, classes: 3, maxRows: 9,
+			b: shardStream(t, schemaOf("3", labelField), func(rb *array.RecordBuilder) {
+				rb.Field(0).(*array.Int32Builder).Append(1)
+			}),
+			want: []string{"expected schema {label: int32, features: fixed_size_list<float32>[4]}", "got 1 columns [label: int32]"}},
+		{name: "extra column", dim: 4, classes: 3, maxRows: 9,
+			b: shardStream(t, schemaOf("3", labelField, feat4Field, arrow.Field{Name: "weight", Type: arrow.PrimitiveTypes.Float32}), func(rb *array.RecordBuilder) {
+				fillRows([]int32{0}, []float32{1, 2, 3, 4})(rb)
+				rb.Field(2).(*array.Float32Builder).Append(1)
+			}),
+			want: []string{"got 3 columns", "weight: float32"}},
+		{name: "renamed column", dim: 4, classes: 3, maxRows: 9,
+			b:    shardStream(t, schemaOf("3", arrow.Field{Name: "y", Type: arrow.PrimitiveTypes.Int32}, feat4Field), fillRows([]int32{0}, []float32{1, 2, 3, 4})),
+			want: []string{"got columns [y: int32 features:"}},
+		{name: "list size 783", b: enc783, dim: 784, classes: 10, maxRows: 600,
+			want: []string{`column "features": expected list size 784`, "got 783"}},
+		{name: "features of float64", dim: 4, classes: 3, maxRows: 9,
+			b: shardStream(t, schemaOf("3", labelField, arrow.Field{Name: "features", Type: arrow.FixedSizeListOf(4, arrow.PrimitiveTypes.Float64)}), func(rb *array.RecordBuilder) {
+				rb.Field(0).(*array.Int32Builder).Append(1)
+				rb.Field(1).(*array.FixedSizeListBuilder).Append(true)
+				rb.Field(1).(*array.FixedSizeListBuilder).ValueBuilder().(*array.Float64Builder).AppendValues([]float64{1, 2, 3, 4}, nil)
+			}),
+			want: []string{"expected float32 list elements, got float64"}},
+		{name: "features as variable list", dim: 4, classes: 3, maxRows: 9,
+			b: shardStream(t, schemaOf("3", labelField, arrow.Field{Name: "features", Type: arrow.ListOf(arrow.PrimitiveTypes.Float32)}), func(rb *array.RecordBuilder) {
+				rb.Field(0).(*array.Int32Builder).Append(1)
+				rb.Field(1).(*array.ListBuilder).Append(true)
+				rb.Field(1).(*array.ListBuilder).ValueBuilder().(*array.Float32Builder).AppendValues([]float32{1, 2, 3, 4}, nil)
+			}),
+			want: []string{"expected type fixed_size_list<float32>[4], got list<item: float32"}},
+		{name: "classes mismatch", b: mnist600, dim: 784, classes: 9, maxRows: 600,
+			want: []string{`expected schema metadata "classes" = 9, got "10"`}},
+		{name: "classes missing", b: shardStream(t, schemaOf("", labelField, feat4Field), good), dim: 4, classes: 3, maxRows: 9,
+			want: []string{`expected schema metadata "classes" = 3, got no such key`}},
+		{name: "too many rows", b: mnist600, dim: 784, classes: 10, maxRows: 599,
+			want: []string{"record batch 0: expected at most 599 rows in the shard, got 600 after 0 earlier rows"}},
+		{name: "too many rows over batches", b: shardStream(t, s4, good, good, good), dim: 4, classes: 3, maxRows: 5,
+			want: []string{"record batch 2", "expected at most 5 rows in the shard, got 2 after 4 earlier rows"}},
+		{name: "label out of range", b: shardStream(t, s4, fillRows([]int32{0, 3}, make([]float32, 8))), dim: 4, classes: 3, maxRows: 9,
+			want: []string{"row 1: expected a label in [0, 3), got 3"}},
+		{name: "negative label", b: shardStream(t, s4, fillRows([]int32{-2}, make([]float32, 4))), dim: 4, classes: 3, maxRows: 9,
+			want: []string{"row 0: expected a label in [0, 3), got -2"}},
+		{name: "NaN feature", b: shardStream(t, s4, fillRows([]int32{0, 1}, []float32{0, 0, 0, 0, 0, 0, float32(math.NaN()), 0})), dim: 4, classes: 3, maxRows: 9,
+			want: []string{"row 1, feature 2: expected a finite value, got NaN"}},
+		{name: "Inf feature", b: shardStream(t, s4, fillRows([]int32{0}, []float32{float32(math.Inf(1)), 0, 0, 0})), dim: 4, classes: 3, maxRows: 9,
+			want: []string{"row 0, feature 0: expected a finite value, got +Inf"}},
+		{name: "null label", dim: 4, classes: 3, maxRows: 9,
+			b: shardStream(t, s4, func(rb *array.RecordBuilder) {
+				rb.Field(0).(*array.Int32Builder).AppendNull()
+				rb.Field(1).(*array.FixedSizeListBuilder).Append(true)
+				rb.Field(1).(*array.FixedSizeListBuilder).ValueBuilder().(*array.Float32Builder).AppendValues([]float32{1, 2, 3, 4}, nil)
+			}),
+			want: []string{`column "label": expected no nulls, got 1`}},
+		{name: "null feature row", dim: 4, classes: 3, maxRows: 9,
+			b: shardStream(t, s4, func(rb *array.RecordBuilder) {
+				rb.Field(0).(*array.Int32Builder).Append(0)
+				rb.Field(1).(*array.FixedSizeListBuilder).AppendNull()
+			}),
+			want: []string{`column "features": expected no null rows, got 1`}},
+		{name: "null feature value", dim: 4, classes: 3, maxRows: 9,
+			b: shardStream(t, s4, func(rb *array.RecordBuilder) {
+				rb.Field(0).(*array.Int32Builder).Append(0)
+				rb.Field(1).(*array.FixedSizeListBuilder).Append(true)
+				rb.Field(1).(*array.FixedSizeListBuilder).ValueBuilder().(*array.Float32Builder).AppendValues([]float32{1, 2, 3, 4}, []bool{true, false, true, true})
+			}),
+			want: []string{`column "features": expected no null features, got 1`}},
+		{name: "empty input", b: nil, dim: 4, classes: 3, maxRows: 9, want: []string{"expected an Arrow IPC stream, got 0 bytes"}},
+		{name: "garbage", b: []byte("this is not an arrow stream, not at all........"), dim: 4, classes: 3, maxRows: 9,
+			want: []string{"expected the Arrow IPC continuation marker 0xffffffff, got 0x73696874"}},
+		{name: "truncated in half", b: mnist600[:len(mnist600)/2], dim: 784, classes: 10, maxRows: 600,
+			want: []string{"message 1 at byte", "body bytes, only", "truncated stream?"}},
+		{name: "truncated by one byte", b: valid[:len(valid)-1], dim: 4, classes: 3, maxRows: 9,
+			want: []string{"message 2", "expected an 8-byte message prefix or end-of-stream marker, got 7 bytes"}},
+		{name: "truncated before end marker", b: valid[:len(valid)-8], dim: 4, classes: 3, maxRows: 9,
+			want: []string{"message 2", "got 0 bytes (truncated stream?)"}},
+		{name: "schema only", b: valid[:firstMessageEnd(t, valid)], dim: 4, classes: 3, maxRows: 9,
+			want: []string{"message 1", "got 0 bytes"}},
+		{name: "no schema", b: []byte{0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0}, dim: 4, classes: 3, maxRows: 9,
+			want: []string{"expected a schema message first, got the end-of-stream marker"}},
+		{name: "trailing bytes", b: append(append([]byte{}, valid...), 1, 2, 3), dim: 4, classes: 3, maxRows: 9,
+			want: []string{"got 3 more bytes"}},
+		{name: "legacy framing", b: valid[4:], dim: 4, classes: 3, maxRows: 9,
+			want: []string{"expected the Arrow IPC continuation marker 0xffffffff"}},
+		{name: "two schema messages", b: append(append([]byte{}, valid[:firstMessageEnd(t, valid)]...), valid...), dim: 4, classes: 3, maxRows: 9,
+			want: []string{"message 1: expected a record batch message, got a schema message"}},
+		{name: "huge metadata vector", b: patchSchema(t, valid, "metadata length"), dim: 4, classes: 3, maxRows: 9,
+			want: []string{"message 0", "Schema.custom_metadata", "outside the message metadata"}},
+		{name: "cyclic field children", b: patchSchema(t, valid, "cycle"), dim: 4, classes: 3, maxRows: 9,
+			want: []string{"message 0", "Schema.fields: element 1: children: element 0"}},
+		{name: "field child aliased to label field", b: patchSchema(t, valid, "alias"), dim: 4, classes: 3, maxRows: 9,
+			want: []string{`column "features": expected float32 list elements, got int32`}},
+		{name: "file format, not stream", b: arrowFileBytes(t, s4, good), dim: 4, classes: 3, maxRows: 9,
+			want: []string{"expected the Arrow IPC stream format, got the IPC file format"}},
+		{name: "huge decompressed size", b: patchUncompressedSize(t, mnist600, 600*784*4, 1<<40), dim: 784, classes: 10, maxRows: 600,
+			want: []string{"record batch 0: buffer 4: expected an uncompressed length in [0, ", "got 1099511627776"}},
+		{name: "negative decompressed size", b: patchUncompressedSize(t, mnist600, 600*784*4, -7), dim: 784, classes: 10, maxRows: 600,
+			want: []string{"buffer 4", "got -7"}},
+		{name: "huge ZSTD window", b: patchZstdHeader(t, mnist600, 600*784*4, 1, 0xf0), dim: 784, classes: 10, maxRows: 600,
+			want: []string{"buffer 4: ZSTD frame window of 1099511627776 bytes exceeds 8388608"}},
+		{name: "ZSTD reserved bit", b: patchZstdHeader(t, mnist600, 600*784*4, 0, 0x0c), dim: 784, classes: 10, maxRows: 600,
+			want: []string{"reserved bit"}},
+		{name: "bad dim", b: valid, dim: 0, classes: 3, maxRows: 9, want: []string{"expected dim in [1,"}},
+		{name: "bad classes", b: valid, dim: 4, classes: -1, maxRows: 9, want: []string{"expected classes in [1,"}},
+		{name: "bad maxRows", b: valid, dim: 4, classes: 3, maxRows: -1, want: []string{"expected maxRows ≥ 0, got -1"}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			d, err := DecodeShard(tc.b, tc.dim, tc.classes, tc.maxRows)
+			if tc.want == nil {
+				if err != nil {
+					t.Fatal(err)
+				}
+				if err := d.Validate(); err != nil {
+					t.Fatal(err)
+				}
+				return
+			}
+			wantErr(t, err, tc.want...)
+			if d != nil {
+				t.Errorf("got a dataset along with the error")
+			}
+		})
+	}
+}
+
+// firstMessageEnd returns the offset just past the first (schema) message of
+// an IPC stream: continuation token, length, metadata, no body.
+func firstMessageEnd(t *testing.T, b []byte) int {
+	t.Helper()
+	if len(b) < 8 || binary.LittleEndian.Uint32(b) != 0xffffffff {
+		t.Fatal("not a continuation-prefixed IPC stream")
+	}
+	return 8 + int(binary.LittleEndian.Uint32(b[4:]))
+}
+
+// patchSchema corrupts the schema message of a {label, features} stream
+// made by shardStream or EncodeShard:
+//
+//   - "metadata length": the Schema.custom_metadata vector claims 2^27
+//     entries (the Arrow reader would allocate 4 GiB for their strings);
+//   - "cycle": the features field's first child points back at the features
+//     field through uint32 wrap-around (the Arrow reader would recurse until
+//     the Go stack overflows, a fatal error);
+//   - "alias": the features field's child is the label field (which lies
+//     after it, so no wrap-around): a well-formed DAG that parses as
+//     fixed_size_list<int32>.
+func patchSchema(t *testing.T, b []byte, how string) []byte {
+	t.Helper()
+	out := append([]byte{}, b...)
+	metaLen := int64(binary.LittleEndian.Uint32(out[4:]))
+	v := &fbVerifier{buf: out[8 : 8+metaLen], budget: math.MaxInt64}
+	must := func(err error) {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	root, err := v.u32(0)
+	must(err)
+	msg, err := v.table(int64(root))
+	must(err)
+	s, _, err := v.tableField(msg, 2)
+	must(err)
+	switch how {
+	case "metadata length":
+		p, ok, err := v.ref(s, 2)
+		must(err)
+		if !ok {
+			t.Fatal("schema has no custom_metadata")
+		}
+		binary.LittleEndian.PutUint32(v.buf[p:], 1<<27)
+		return out
+	}
+	start, _, err := v.vector(s, 1, 4)
+	must(err)
+	field := func(j int64) int64 {
+		off, err := v.u32(start + 4*j)
+		must(err)
+		return start + 4*j + int64(off)
+	}
+	feat, err := v.table(field(1))
+	must(err)
+	kids, n, err := v.vector(feat, 5, 4)
+	must(err)
+	if n != 1 {
+		t.Fatalf("features field has %d children, expected 1", n)
+	}
+	target := field(1)
+	if how == "alias" {
+		target = field(0)
+	}
+	binary.LittleEndian.PutUint32(v.buf[kids:], uint32(target-kids)) // wraps when target < kids
+	return out
+}
+
+// patchUncompressedSize rewrites the 8-byte uncompressed-length prefix of the
+// compressed buffer whose real uncompressed length is old.
+func patchUncompressedSize(t *testing.T, b []byte, old, patched int64) []byte {
+	t.Helper()
+	var pat [8]byte
+	binary.LittleEndian.PutUint64(pat[:], uint64(old))
+	if bytes.Count(b, pat[:]) != 1 {
+		t.Fatalf("expected the length prefix %d exactly once in the stream, found it %d times", old, bytes.Count(b, pat[:]))
+	}
+	out := append([]byte{}, b...)
+	at := bytes.Index(out, pat[:])
+	binary.LittleEndian.PutUint64(out[at:], uint64(patched))
+	return out
+}
+
+// patchZstdHeader sets byte at (0 = frame header descriptor, 1 = window
+// descriptor) of the ZSTD frame in the buffer whose uncompressed length is
+// size.
+func patchZstdHeader(t *testing.T, b []byte, size int64, at int, v byte) []byte {
+	t.Helper()
+	out := patchUncompressedSize(t, b, size, size)
+	var pat [8]byte
+	binary.LittleEndian.PutUint64(pat[:], uint64(size))
+	p := bytes.Index(out, pat[:]) + 8
+	if binary.LittleEndian.Uint32(out[p:]) != zstdMagic {
+		t.Fatalf("no ZSTD frame after the length prefix")
+	}
+	out[p+4+at] = v
+	return out
+}
+
+// arrowFileBytes writes an Arrow IPC file (not stream) in memory.
+func arrowFileBytes(t *testing.T, schema *arrow.Schema, fill func(*array.RecordBuilder)) []byte {
+	t.Helper()
+	var buf bytes.Buffer
+	w, err := ipc.NewFileWriter(&buf, ipc.WithSchema(schema))
+	if err != nil {
+		t.Fatal(err)
+	}
+	rb := array.NewRecordBuilder(memory.DefaultAllocator, schema)
+	defer rb.Release()
+	fill(rb)
+	rec := rb.NewRecordBatch()
+	defer rec.Release()
+	if err := w.Write(rec); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return buf.Bytes()
+}
+
+// TestDecodeShardTruncations cuts a valid stream at every length: each prefix
+// is an error, never a panic or a shorter shard.
+func TestDecodeShardTruncations(t *testing.T) {
+	d := &Dataset{X: []float32{1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12}, Y: []int32{0, 2, 1}, Dim: 4, Classes: 3}
+	b, err := EncodeShard(d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for n := range len(b) {
+		if _, err := DecodeShard(b[:n], 4, 3, 10); err == nil {
+			t.Fatalf("prefix of %d of %d bytes decoded without error", n, len(b))
+		}
+	}
+}
+
+func FuzzDecodeShard(f *testing.F) {
+	const dim, classes, maxRows = 4, 3, 64
+	small := &Dataset{X: []float32{0, 0.5, 1, 0, 0, 0, 0.25, 0}, Y: []int32{2, 0}, Dim: dim, Classes: classes}
+	enc, err := EncodeShard(small)
+	if err != nil {
+		f.Fatal(err)
+	}
+	empty, err := EncodeShard(&Dataset{Dim: dim, Classes: classes})
+	if err != nil {
+		f.Fatal(err)
+	}
+	s4 := schemaOf("3", labelField, feat4Field)
+	good := fillRows([]int32{0, 1}, []float32{1, 2, 3, 4, 5, 6, 7, 8})
+	f.Add(enc)
+	f.Add(empty)
+	f.Add(shardStream(f, s4, good, good))
+	f.Add(enc[:len(enc)/2])
+	f.Add([]byte{})
+	f.Add([]byte{0xff, 0xff, 0xff, 0xff, 0x10, 0, 0, 0})
+	f.Fuzz(func(t *testing.T, b []byte) {
+		d, err := DecodeShard(b, dim, classes, maxRows)
+		if err != nil {
+			if strings.Contains(err.Error(), "malformed Arrow IPC stream (") {
+				t.Fatalf("DecodeShard's last-resort recover fired: %v", err)
+			}
+			return
+		}
+		if d.Dim != dim || d.Classes != classes || d.Len() > maxRows {
+			t.Fatalf("decoded Dim %d Classes %d rows %d; expected %d, %d, ≤ %d", d.Dim, d.Classes, d.Len(), dim, classes, maxRows)
+		}
+		if err := d.Validate(); err != nil {
+			t.Fatalf("decoded an invalid dataset: %v", err)
+		}
+		re, err := EncodeShard(d)
+		if err != nil {
+			t.Fatal(err)
+		}
+		d2, err := DecodeShard(re, dim, classes, maxRows)
+		if err != nil || !bitEqual(d, d2) {
+			t.Fatalf("re-encoding is not stable: %v", err)
+		}
+	})
+}
+
+func BenchmarkEncodeShard(b *testing.B) {
+	d := mnistShard(b, 600)
+	raw := int64(len(d.X)*4 + len(d.Y)*4)
+	b.SetBytes(raw)
+	var n int
+	for b.Loop() {
+		enc, err := EncodeShard(d)
+		if err != nil {
+			b.Fatal(err)
+		}
+		n = len(enc)
+	}
+	b.ReportMetric(float64(n), "encoded_bytes")
+	b.ReportMetric(float64(raw), "raw_bytes")
+}
+
+func BenchmarkDecodeShard(b *testing.B) {
+	d := mnistShard(b, 600)
+	enc, err := EncodeShard(d)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.SetBytes(int64(len(d.X)*4 + len(d.Y)*4))
+	for b.Loop() {
+		if _, err := DecodeShard(enc, d.Dim, d.Classes, d.Len()); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportMetric(float64(len(enc)), "encoded_bytes")
+}
