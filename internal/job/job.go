@@ -18,6 +18,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"runtime"
 	"sort"
 	"strconv"
 	"strings"
@@ -143,14 +144,9 @@ func New(cfg Config) (*Job, error) {
 	if err != nil {
 		return nil, fmt.Errorf("partition %s: %w", cfg.Partition, err)
 	}
-	shards := make([]coord.Shard, len(split))
-	for k, idx := range split {
-		b, err := data.EncodeShard(train.Subset(idx))
-		if err != nil {
-			return nil, fmt.Errorf("encode client %d's shard: %w", k, err)
-		}
-		sum := sha256.Sum256(b)
-		shards[k] = coord.Shard{Hash: hex.EncodeToString(sum[:]), Rows: len(idx), Bytes: b}
+	shards, err := encodeShards(train, split)
+	if err != nil {
+		return nil, err
 	}
 	opt, err := allreduce.NewServerOptimizer(cfg.ServerOpt, cfg.ServerLR, cfg.ServerMomentum, spec.NumParams())
 	if err != nil {
@@ -187,6 +183,36 @@ func New(cfg Config) (*Job, error) {
 	}
 	j.accuracy, j.loss = j.ws.Evaluate(j.params, j.test)
 	return j, nil
+}
+
+// encodeShards encodes every client's shard once, as it will travel, on all
+// cores: Arrow IPC with ZSTD is the slow part of start-up.
+func encodeShards(train *data.Dataset, split [][]int) ([]coord.Shard, error) {
+	shards := make([]coord.Shard, len(split))
+	errs := make([]error, len(split))
+	next := make(chan int)
+	var wg sync.WaitGroup
+	for w := 0; w < runtime.GOMAXPROCS(0); w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for k := range next {
+				b, err := data.EncodeShard(train.Subset(split[k]))
+				if err != nil {
+					errs[k] = fmt.Errorf("encode client %d's shard: %w", k, err)
+					continue
+				}
+				sum := sha256.Sum256(b)
+				shards[k] = coord.Shard{Hash: hex.EncodeToString(sum[:]), Rows: len(split[k]), Bytes: b}
+			}
+		}()
+	}
+	for k := range split {
+		next <- k
+	}
+	close(next)
+	wg.Wait()
+	return shards, errors.Join(errs...)
 }
 
 func (c *Config) check() error {
