@@ -134,8 +134,11 @@ func TestGatherMemoryIsOneModel(t *testing.T) {
 			}
 		}
 		runtime.ReadMemStats(&after)
-		if grown := after.TotalAlloc - before.TotalAlloc; grown > 4096 {
-			t.Errorf("%d updates allocated %d bytes while gathering; want none", m, grown)
+		// Folding allocates nothing; the bound leaves room for the runtime's
+		// own background allocations (the race detector makes a few KB),
+		// and is far below even one extra model (796,840 bytes).
+		if grown := after.TotalAlloc - before.TotalAlloc; grown > 64<<10 {
+			t.Errorf("%d updates allocated %d bytes while gathering; want no growth with the number of updates", m, grown)
 		}
 		if a.Bytes() != 8*n {
 			t.Errorf("accumulator holds %d bytes, want one model of %d int64 = %d", a.Bytes(), n, 8*n)
