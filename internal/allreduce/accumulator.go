@@ -6,11 +6,18 @@
 // addition is exact and associative; the mean therefore does not depend on
 // the order in which updates arrive nor on how clients were spread over
 // trainers, which makes a seeded run bit-reproducible.
+//
+// Each value is converted to fixed point as RoundToEven(value·weight·2^frac)
+// and added; validation and folding are one pass over the update (see Add).
+// On amd64 CPUs with AVX2 an assembly kernel does the arithmetic; it gives
+// bit-identical sums to the portable Go kernel (build tag purego forces the
+// latter).
 package allreduce
 
 import (
 	"fmt"
 	"math"
+	"math/bits"
 )
 
 // MaxAbs is the largest magnitude accepted for one value of an update. A
@@ -28,10 +35,26 @@ type Accumulator struct {
 	count     int
 }
 
+// MaxTotalWeight is the largest total weight an accumulator accepts
+// (see NewAccumulator).
+const MaxTotalWeight = 1 << 29
+
 // NewAccumulator returns an accumulator for updates of n values whose
 // weights add up to at most maxWeight (the sum of the selected clients'
-// sample counts). The fixed-point resolution is chosen from maxWeight so
-// that no sum can overflow: with MNIST's 60,000 examples it is 2^-32.
+// sample counts), and at most MaxTotalWeight.
+//
+// The fixed-point scale 2^frac is the largest power of two for which one
+// value's term stays within the exact float64-to-integer conversion:
+//
+//	frac = 51 − ⌈log2(MaxAbs·maxWeight)⌉, so |x|·w·2^frac ≤ 2^51
+//
+// for every accepted value |x| ≤ MaxAbs and weight w ≤ maxWeight. Since the
+// weights add up to at most maxWeight, the whole sum is bounded by 2^51 too,
+// far below int64's 2^63: no sum can overflow. Each term is rounded to the
+// nearest multiple of 2^-frac, and maxWeight·2^frac ≥ 2^36, so the mean of
+// m updates is within m·2^-37 (about m·7e-12) of the exact weighted mean
+// before its final rounding to float32. With MNIST's 60,000 examples in one
+// round, frac is 21; with a 6,000-example round (the demo), 24.
 func NewAccumulator(n int, maxWeight int64) (*Accumulator, error) {
 	if n <= 0 {
 		return nil, fmt.Errorf("accumulator size %d: want at least one value", n)
@@ -39,11 +62,12 @@ func NewAccumulator(n int, maxWeight int64) (*Accumulator, error) {
 	if maxWeight <= 0 {
 		return nil, fmt.Errorf("accumulator total weight %d: want a positive sample count", maxWeight)
 	}
-	// |sum| <= MaxAbs·maxWeight·2^frac must stay below 2^62.
-	frac := 62 - int(math.Ceil(math.Log2(float64(MaxAbs)*float64(maxWeight))))
-	if frac < 8 {
-		return nil, fmt.Errorf("accumulator total weight %d is too large for 64-bit fixed point (at most %d)", maxWeight, int64(1)<<(62-8)/MaxAbs)
+	if maxWeight > MaxTotalWeight {
+		return nil, fmt.Errorf("accumulator total weight %d is too large for 64-bit fixed point (at most %d)", maxWeight, MaxTotalWeight)
 	}
+	// ⌈log2(v)⌉ for v ≥ 1 is the bit length of v−1. MaxAbs·maxWeight ≤ 2^43,
+	// so frac ≥ 8.
+	frac := 51 - bits.Len64(uint64(MaxAbs*maxWeight-1))
 	return &Accumulator{sum: make([]int64, n), scale: math.Ldexp(1, frac), maxWeight: maxWeight}, nil
 }
 
@@ -65,6 +89,13 @@ func (a *Accumulator) Reset() {
 // Validate checks an update against the accumulator without adding it:
 // length, weight and finite, bounded values. Add performs the same checks.
 func (a *Accumulator) Validate(update []float32, weight int64) error {
+	if err := a.checkShape(update, weight); err != nil {
+		return err
+	}
+	return CheckFinite(update)
+}
+
+func (a *Accumulator) checkShape(update []float32, weight int64) error {
 	if len(update) != len(a.sum) {
 		return fmt.Errorf("update has %d values, the model has %d", len(update), len(a.sum))
 	}
@@ -74,30 +105,55 @@ func (a *Accumulator) Validate(update []float32, weight int64) error {
 	if a.weight+weight > a.maxWeight {
 		return fmt.Errorf("update weight %d brings the round's total to %d, above the %d announced", weight, a.weight+weight, a.maxWeight)
 	}
-	return CheckFinite(update)
+	return nil
 }
 
 // CheckFinite reports the first value of u that is NaN, infinite or larger in
 // magnitude than MaxAbs.
 func CheckFinite(u []float32) error {
+	if inRange(u) {
+		return nil
+	}
+	return badValue(u, 0)
+}
+
+// badValue describes the first value of u outside ±MaxAbs, u being the
+// update's values from index offset on.
+func badValue(u []float32, offset int) error {
 	for i, x := range u {
 		if !(x >= -MaxAbs && x <= MaxAbs) { // false for NaN too
-			return fmt.Errorf("update value %d is %v; want finite values within ±%d", i, x, MaxAbs)
+			return fmt.Errorf("update value %d is %v; want finite values within ±%d", offset+i, x, MaxAbs)
 		}
 	}
 	return nil
 }
 
+// foldChunk is how many values Add checks before folding them: small enough
+// that the chunk is still in the L1 cache when it is folded, so the update
+// crosses the memory bus once.
+const foldChunk = 2048
+
 // Add validates update and folds weight·update into the sum. An update that
 // fails validation leaves the accumulator unchanged.
+//
+// Checking and folding are one pass: each chunk of the update is checked,
+// then folded while it is in cache. When a chunk holds a bad value, the
+// chunks already folded are subtracted again, which restores the sum
+// exactly: fixed-point addition is exact, and the rounding of −x·w is the
+// negation of that of x·w.
 func (a *Accumulator) Add(update []float32, weight int64) error {
-	if err := a.Validate(update, weight); err != nil {
+	if err := a.checkShape(update, weight); err != nil {
 		return err
 	}
 	f := float64(weight) * a.scale
-	s := a.sum[:len(update)]
-	for i, x := range update {
-		s[i] += int64(float64(x) * f)
+	s := a.sum
+	for lo := 0; lo < len(update); lo += foldChunk {
+		hi := min(lo+foldChunk, len(update))
+		if !inRange(update[lo:hi]) {
+			fold(s[:lo], update[:lo], -f)
+			return badValue(update[lo:hi], lo)
+		}
+		fold(s[lo:hi], update[lo:hi], f)
 	}
 	a.weight += weight
 	a.count++

@@ -4,6 +4,7 @@ import (
 	"math"
 	"math/rand/v2"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -183,6 +184,116 @@ func TestServerOptimizers(t *testing.T) {
 	}
 }
 
+// TestFoldRoundsToNearestEven checks the portable kernel against
+// math.RoundToEven of the exact product, ties included.
+func TestFoldRoundsToNearestEven(t *testing.T) {
+	r := rand.New(rand.NewPCG(5, 6))
+	xs := []float32{0.5, -0.5, 1.5, -1.5, 2.5, -2.5, 0.25, 3.75, MaxAbs, -MaxAbs, 1e-30, math.SmallestNonzeroFloat32}
+	fs := []float64{1, 2, 0x1p51 / MaxAbs, -1, 0x1p-3}
+	for range 1000 {
+		xs = append(xs, float32(r.NormFloat64()))
+		fs = append(fs, math.Ldexp(float64(1+r.IntN(1<<20)), r.IntN(30)))
+	}
+	for k, f := range fs {
+		x := xs[k%len(xs)]
+		if math.Abs(float64(x)*f) > 0x1p51 {
+			continue
+		}
+		s := []int64{7}
+		foldGeneric(s, []float32{x}, f)
+		if want := 7 + int64(math.RoundToEven(float64(x)*f)); s[0] != want {
+			t.Fatalf("fold of %v·%v gave %d, want %d", x, f, s[0]-7, want-7)
+		}
+	}
+}
+
+// TestScaleAtTheEdges checks the fixed-point scale rule: one update of
+// ±MaxAbs carrying the whole announced weight reaches at most 2^51 in fixed
+// point, folds exactly, and averages back to ±MaxAbs; weights past
+// MaxTotalWeight are refused.
+func TestScaleAtTheEdges(t *testing.T) {
+	for _, w := range []int64{1, 2, 3, 600, 6000, 60000, 1<<20 - 1, 1 << 20, 1<<20 + 1, MaxTotalWeight - 1, MaxTotalWeight} {
+		a, err := NewAccumulator(2*foldChunk+3, w)
+		if err != nil {
+			t.Fatalf("weight %d: %v", w, err)
+		}
+		frac := int(math.Log2(a.scale))
+		if wantFrac := 51 - int(math.Ceil(math.Log2(float64(MaxAbs)*float64(w)))); frac != wantFrac {
+			t.Fatalf("weight %d: frac %d, want 51-ceil(log2(MaxAbs*w)) = %d", w, frac, wantFrac)
+		}
+		if frac < 8 || frac > 37 {
+			t.Fatalf("weight %d: frac %d outside [8, 37]", w, frac)
+		}
+		top := float64(MaxAbs) * float64(w) * a.scale
+		if top > 0x1p51 || top <= 0x1p50 {
+			t.Fatalf("weight %d: largest term %g, want in (2^50, 2^51]", w, top)
+		}
+		u := make([]float32, a.Len())
+		for i := range u {
+			u[i] = MaxAbs
+			if i%3 == 1 {
+				u[i] = -MaxAbs
+			} else if i%3 == 2 {
+				u[i] = 0x1p-20
+			}
+		}
+		if err := a.Add(u, w); err != nil {
+			t.Fatalf("weight %d: %v", w, err)
+		}
+		for i, x := range u {
+			if want := int64(math.RoundToEven(float64(x) * float64(w) * a.scale)); a.sum[i] != want {
+				t.Fatalf("weight %d: sum[%d]=%d, want %d", w, i, a.sum[i], want)
+			}
+		}
+		mean := make([]float32, a.Len())
+		if err := a.Mean(mean); err != nil {
+			t.Fatal(err)
+		}
+		for i := range mean {
+			// ±MaxAbs is exact in fixed point; 2^-20 is rounded to the
+			// resolution, within the documented 2^-37 for one update.
+			if d := math.Abs(float64(mean[i]) - float64(u[i])); d > 0 && (u[i] != 0x1p-20 || d > 0x1p-37) {
+				t.Fatalf("weight %d: mean[%d]=%v, want %v", w, i, mean[i], u[i])
+			}
+		}
+	}
+	if _, err := NewAccumulator(10, MaxTotalWeight+1); err == nil || !strings.Contains(err.Error(), "too large") {
+		t.Fatalf("weight MaxTotalWeight+1: error %v, want too large", err)
+	}
+}
+
+// TestRejectedUpdateLeavesSumUnchanged puts a bad value in each chunk of an
+// update (the fold rolls back the chunks it already added) and checks that
+// the sum is bit-identical to before.
+func TestRejectedUpdateLeavesSumUnchanged(t *testing.T) {
+	r := rand.New(rand.NewPCG(7, 8))
+	const n = 3*foldChunk + 45
+	us, ws := randomUpdates(r, 3, n)
+	a, err := NewAccumulator(n, 1<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for k := range 2 {
+		if err := a.Add(us[k], ws[k]); err != nil {
+			t.Fatal(err)
+		}
+	}
+	before := slices.Clone(a.sum)
+	for _, pos := range []int{0, 1, foldChunk - 1, foldChunk, 2*foldChunk + 7, n - 1} {
+		for _, bad := range []float32{float32(math.NaN()), float32(math.Inf(-1)), -2 * MaxAbs} {
+			u := slices.Clone(us[2])
+			u[pos] = bad
+			err := a.Add(u, ws[2])
+			if err == nil || !strings.Contains(err.Error(), "update value "+strconv.Itoa(pos)+" is") {
+				t.Fatalf("bad value %v at %d: error %v", bad, pos, err)
+			}
+			if !slices.Equal(a.sum, before) || a.Count() != 2 || a.Weight() != ws[0]+ws[1] {
+				t.Fatalf("bad value %v at %d changed the accumulator", bad, pos)
+			}
+		}
+	}
+}
+
 func BenchmarkAccumulate(b *testing.B) {
 	for _, n := range []int{199210, 16 << 20} {
 		u := make([]float32, n)
@@ -190,7 +301,7 @@ func BenchmarkAccumulate(b *testing.B) {
 			u[i] = float32(i%13) * 0.001
 		}
 		a, _ := NewAccumulator(n, 1<<40/MaxAbs)
-		b.Run(sizeName(4*n), func(b *testing.B) {
+		b.Run(kernel()+"/"+sizeName(4*n), func(b *testing.B) {
 			b.SetBytes(int64(4 * n))
 			for i := 0; i < b.N; i++ {
 				if a.Count() > 1000 {
@@ -207,4 +318,19 @@ func sizeName(bytes int) string {
 		return strconv.Itoa(bytes>>20) + "MiB"
 	}
 	return strconv.Itoa(bytes>>10) + "KiB"
+}
+
+// BenchmarkCopy is the yardstick for BenchmarkAccumulate: copying the same
+// bytes.
+func BenchmarkCopy(b *testing.B) {
+	for _, n := range []int{199210, 16 << 20} {
+		u := make([]float32, n)
+		dst := make([]float32, n)
+		b.Run(sizeName(4*n), func(b *testing.B) {
+			b.SetBytes(int64(4 * n))
+			for i := 0; i < b.N; i++ {
+				copy(dst, u)
+			}
+		})
+	}
 }

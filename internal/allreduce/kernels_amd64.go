@@ -1,0 +1,48 @@
+//go:build amd64 && !purego
+
+package allreduce
+
+// useAVX2 is fixed at start-up from the CPU's features (CPUID, and the
+// operating system's support for saving YMM registers).
+var useAVX2 = cpuHasAVX2()
+
+// avx2Block is the number of elements the assembly kernels handle per loop
+// iteration; the remainder goes to the generic kernels.
+const avx2Block = 32
+
+//go:noescape
+func foldAVX2(sum *int64, x *float32, n int, f float64)
+
+//go:noescape
+func inRangeAVX2(x *float32, n int) bool
+
+func cpuHasAVX2() bool
+
+// kernel names the fold implementation in use, for benchmarks and reports.
+func kernel() string {
+	if useAVX2 {
+		return "avx2"
+	}
+	return "generic"
+}
+
+func fold(s []int64, x []float32, f float64) {
+	n := len(x) &^ (avx2Block - 1)
+	if useAVX2 && n > 0 {
+		s = s[:len(x)]
+		foldAVX2(&s[0], &x[0], n, f)
+		s, x = s[n:], x[n:]
+	}
+	foldGeneric(s, x, f)
+}
+
+func inRange(x []float32) bool {
+	n := len(x) &^ (avx2Block - 1)
+	if useAVX2 && n > 0 {
+		if !inRangeAVX2(&x[0], n) {
+			return false
+		}
+		x = x[n:]
+	}
+	return inRangeGeneric(x)
+}

@@ -1,0 +1,148 @@
+//go:build amd64 && !purego
+
+#include "textflag.h"
+
+// func cpuHasAVX2() bool
+// AVX2 needs the instruction set (CPUID leaf 7 EBX bit 5), AVX and OSXSAVE
+// (leaf 1 ECX bits 28 and 27), and the OS saving XMM and YMM state (XCR0
+// bits 1 and 2).
+TEXT ·cpuHasAVX2(SB), NOSPLIT, $0-1
+	MOVL $0, AX
+	CPUID
+	CMPL AX, $7
+	JB   no
+	MOVL $1, AX
+	MOVL $0, CX
+	CPUID
+	ANDL $0x18000000, CX
+	CMPL CX, $0x18000000
+	JNE  no
+	MOVL $0, CX
+	XGETBV
+	ANDL $6, AX
+	CMPL AX, $6
+	JNE  no
+	MOVL $7, AX
+	MOVL $0, CX
+	CPUID
+	BTL  $5, BX
+	JCC  no
+	MOVB $1, ret+0(FP)
+	RET
+
+no:
+	MOVB $0, ret+0(FP)
+	RET
+
+// func foldAVX2(sum *int64, x *float32, n int, f float64)
+// For i < n (a multiple of 32): sum[i] += RoundToEven(float64(x[i])·f),
+// by the same operations as foldGeneric: convert, multiply, add 1.5·2^52,
+// subtract the bits of 1.5·2^52 as an integer, add to the sum.
+TEXT ·foldAVX2(SB), NOSPLIT, $0-32
+	MOVQ         sum+0(FP), DI
+	MOVQ         x+8(FP), SI
+	MOVQ         n+16(FP), CX
+	VBROADCASTSD f+24(FP), Y15
+	MOVQ         $0x4338000000000000, AX
+	MOVQ         AX, X14
+	VPBROADCASTQ X14, Y14
+	SHRQ         $5, CX
+	JZ           folddone
+
+foldloop:
+	VCVTPS2PD (SI), Y0
+	VCVTPS2PD 16(SI), Y1
+	VCVTPS2PD 32(SI), Y2
+	VCVTPS2PD 48(SI), Y3
+	VCVTPS2PD 64(SI), Y4
+	VCVTPS2PD 80(SI), Y5
+	VCVTPS2PD 96(SI), Y6
+	VCVTPS2PD 112(SI), Y7
+	VMULPD    Y15, Y0, Y0
+	VMULPD    Y15, Y1, Y1
+	VMULPD    Y15, Y2, Y2
+	VMULPD    Y15, Y3, Y3
+	VMULPD    Y15, Y4, Y4
+	VMULPD    Y15, Y5, Y5
+	VMULPD    Y15, Y6, Y6
+	VMULPD    Y15, Y7, Y7
+	VADDPD    Y14, Y0, Y0
+	VADDPD    Y14, Y1, Y1
+	VADDPD    Y14, Y2, Y2
+	VADDPD    Y14, Y3, Y3
+	VADDPD    Y14, Y4, Y4
+	VADDPD    Y14, Y5, Y5
+	VADDPD    Y14, Y6, Y6
+	VADDPD    Y14, Y7, Y7
+	VPSUBQ    Y14, Y0, Y0
+	VPSUBQ    Y14, Y1, Y1
+	VPSUBQ    Y14, Y2, Y2
+	VPSUBQ    Y14, Y3, Y3
+	VPSUBQ    Y14, Y4, Y4
+	VPSUBQ    Y14, Y5, Y5
+	VPSUBQ    Y14, Y6, Y6
+	VPSUBQ    Y14, Y7, Y7
+	VPADDQ    (DI), Y0, Y0
+	VPADDQ    32(DI), Y1, Y1
+	VPADDQ    64(DI), Y2, Y2
+	VPADDQ    96(DI), Y3, Y3
+	VPADDQ    128(DI), Y4, Y4
+	VPADDQ    160(DI), Y5, Y5
+	VPADDQ    192(DI), Y6, Y6
+	VPADDQ    224(DI), Y7, Y7
+	VMOVDQU   Y0, (DI)
+	VMOVDQU   Y1, 32(DI)
+	VMOVDQU   Y2, 64(DI)
+	VMOVDQU   Y3, 96(DI)
+	VMOVDQU   Y4, 128(DI)
+	VMOVDQU   Y5, 160(DI)
+	VMOVDQU   Y6, 192(DI)
+	VMOVDQU   Y7, 224(DI)
+	ADDQ      $128, SI
+	ADDQ      $256, DI
+	DECQ      CX
+	JNZ       foldloop
+
+folddone:
+	VZEROUPPER
+	RET
+
+// func inRangeAVX2(x *float32, n int) bool
+// Reports whether, for i < n (a multiple of 32), every x[i] is finite with
+// |x[i]| ≤ MaxAbs: the magnitude bits, compared as signed 32-bit integers,
+// must not exceed those of MaxAbs (NaN and ±Inf compare above).
+TEXT ·inRangeAVX2(SB), NOSPLIT, $0-17
+	MOVQ         x+0(FP), SI
+	MOVQ         n+8(FP), CX
+	MOVL         $0x7fffffff, AX
+	MOVQ         AX, X13
+	VPBROADCASTD X13, Y13
+	MOVL         $0x46800000, AX
+	MOVQ         AX, X12
+	VPBROADCASTD X12, Y12
+	VPXOR        Y8, Y8, Y8
+	SHRQ         $5, CX
+	JZ           rangedone
+
+rangeloop:
+	VPAND    (SI), Y13, Y0
+	VPAND    32(SI), Y13, Y1
+	VPAND    64(SI), Y13, Y2
+	VPAND    96(SI), Y13, Y3
+	VPCMPGTD Y12, Y0, Y0
+	VPCMPGTD Y12, Y1, Y1
+	VPCMPGTD Y12, Y2, Y2
+	VPCMPGTD Y12, Y3, Y3
+	VPOR     Y0, Y1, Y0
+	VPOR     Y2, Y3, Y2
+	VPOR     Y0, Y8, Y8
+	VPOR     Y2, Y8, Y8
+	ADDQ     $128, SI
+	DECQ     CX
+	JNZ      rangeloop
+
+rangedone:
+	VPTEST    Y8, Y8
+	SETEQ     ret+16(FP)
+	VZEROUPPER
+	RET
