@@ -301,7 +301,7 @@ func BenchmarkAccumulate(b *testing.B) {
 			u[i] = float32(i%13) * 0.001
 		}
 		a, _ := NewAccumulator(n, 1<<40/MaxAbs)
-		b.Run(kernel()+"/"+sizeName(4*n), func(b *testing.B) {
+		b.Run(Kernel()+"/"+sizeName(4*n), func(b *testing.B) {
 			b.SetBytes(int64(4 * n))
 			for i := 0; i < b.N; i++ {
 				if a.Count() > 1000 {
