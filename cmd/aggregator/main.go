@@ -79,6 +79,8 @@ func flags(stderr io.Writer) (*flag.FlagSet, *options) {
 	fs.StringVar(&c.ServerOpt, "server-opt", "avg", "server optimiser: avg (FedAvg) or avgm (FedAvg with server momentum)")
 	fs.Float64Var(&c.ServerLR, "server-lr", 1, "server learning rate applied to the mean update")
 	fs.Float64Var(&c.ServerMomentum, "server-momentum", 0.9, "server momentum β for avgm")
+	fs.StringVar(&c.Eval, "eval", "trainers", "where each round's model is evaluated on the test set: trainers (scattered as tasks) or local (in the aggregator)")
+	fs.IntVar(&c.EvalShards, "eval-shards", 10, "test-set shards, one eval task each, with -eval trainers")
 	fs.StringVar(&c.StateDir, "state", "", "directory for a checkpoint after every round; the job resumes from it when restarted")
 	fs.StringVar(&o.token, "token", "", "shared secret trainers must present (default: none)")
 	fs.DurationVar(&c.Hub.TaskDeadline, "task-deadline", 0, "re-issue a task running longer than this (default: 2x the median task time, at least 500ms)")

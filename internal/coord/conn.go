@@ -46,7 +46,6 @@ type conn struct {
 	// guarded by hub.mu
 	idle    bool
 	version int
-	round   int
 	shards  map[string]bool
 	task    *task
 	dead    bool
@@ -134,7 +133,7 @@ func (h *Hub) serve(ws *websocket.Conn, remote string) {
 		hello.Name = remote
 	}
 
-	c := &conn{hub: h, ws: ws, name: hello.Name, out: make(chan outFrame, 64), gone: make(chan struct{}), version: -1, round: -1, shards: make(map[string]bool)}
+	c := &conn{hub: h, ws: ws, name: hello.Name, out: make(chan outFrame, 64), gone: make(chan struct{}), version: -1, shards: make(map[string]bool)}
 	h.mu.Lock()
 	for _, s := range hello.Shards {
 		for i := range h.cfg.Shards {
@@ -242,11 +241,16 @@ func (c *conn) reader(buf *bytes.Buffer) error {
 				c.fatal("protocol", err.Error())
 				return err
 			}
-			perr := wire.ReadFloat32s(update, f.Payload)
-			if perr == nil {
+			// An eval result has no payload; gather checks which kind
+			// the task wants.
+			var perr error
+			payload := update
+			if len(f.Payload) == 0 {
+				payload = nil
+			} else if perr = wire.ReadFloat32s(update, f.Payload); perr == nil {
 				perr = allreduce.CheckFinite(update)
 			}
-			h.gather(c, &u, update, perr)
+			h.gather(c, &u, payload, perr)
 		case wire.TypeError:
 			var e wire.Error
 			if err := f.Parse(&e); err != nil {
@@ -383,7 +387,7 @@ func (h *Hub) gather(c *conn, u *wire.Update, update []float32, payloadErr error
 		c.task = nil
 	}
 	r := h.round
-	if r == nil || r.spec.Round != u.Round || r.closed {
+	if r == nil || r.spec.Round != u.Round || r.closed || u.Task < r.first {
 		h.stats.UpdatesStale++
 		return
 	}
@@ -406,6 +410,12 @@ func (h *Hub) gather(c *conn, u *wire.Update, update []float32, payloadErr error
 	err := payloadErr
 	switch {
 	case err != nil:
+	case r.spec.Eval && update != nil:
+		err = fmt.Errorf("update for eval task %d carries a tensor; eval results have no payload", u.Task)
+	case !r.spec.Eval && update == nil:
+		err = fmt.Errorf("update for task %d has no tensor payload, want %d float32 values", u.Task, h.cfg.Params)
+	case r.spec.Eval && (u.Correct < 0 || u.Correct > u.Samples):
+		err = fmt.Errorf("eval task %d reports %d correct of %d examples", u.Task, u.Correct, u.Samples)
 	case u.Client != t.wire.Client:
 		err = fmt.Errorf("update for task %d names client %d, the task is for client %d", u.Task, u.Client, t.wire.Client)
 	case u.Version != t.wire.Version:
@@ -415,7 +425,7 @@ func (h *Hub) gather(c *conn, u *wire.Update, update []float32, payloadErr error
 	case !(u.Loss >= 0) || u.Loss > 1e30:
 		err = fmt.Errorf("update for task %d reports training loss %v; want a finite non-negative number", u.Task, u.Loss)
 	}
-	if err == nil {
+	if err == nil && !r.spec.Eval {
 		err = r.acc.Add(update, int64(t.wire.Rows))
 	}
 	if err != nil {
@@ -428,23 +438,28 @@ func (h *Hub) gather(c *conn, u *wire.Update, update []float32, payloadErr error
 		return
 	}
 	t.state = done
+	t.correct, t.loss = u.Correct, u.Loss
+	r.folded++
+	r.samples += int64(t.wire.Rows)
 	r.lossSum += u.Loss * float64(t.wire.Rows)
 	r.res.Completed++
 	r.res.Tasks[c.name]++
 	h.stats.TasksCompleted++
-	ts := h.trainers[c.name]
-	ts.Tasks++
-	ts.Samples += int64(u.Samples) * int64(max(t.wire.Epochs, 1))
-	if u.Seconds > 0 && u.Seconds < 1e6 {
-		ts.Seconds += u.Seconds
+	if !r.spec.Eval {
+		ts := h.trainers[c.name]
+		ts.Tasks++
+		ts.Samples += int64(u.Samples) * int64(max(t.wire.Epochs, 1))
+		if u.Seconds > 0 && u.Seconds < 1e6 {
+			ts.Seconds += u.Seconds
+		}
 	}
-	if held {
+	if held && !r.spec.Eval {
 		h.durations = append(h.durations, time.Since(started).Seconds())
 		if len(h.durations) > 64 {
 			h.durations = h.durations[len(h.durations)-64:]
 		}
 	}
-	if r.acc.Count() >= r.needed {
+	if r.folded >= r.needed {
 		// Over-selection: the remaining tasks are no longer wanted.
 		for _, o := range r.order {
 			if o.state == queued || o.state == running {

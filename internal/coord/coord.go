@@ -39,11 +39,13 @@ type Shard struct {
 
 // Config is what the hub needs to know of the job.
 type Config struct {
-	Model      wire.ModelSpec
-	Params     int     // parameters of the model
-	Shards     []Shard // indexed by client
-	Token      string  // when set, trainers must present it
-	MaxMessage int64   // largest frame accepted from a trainer
+	Model  wire.ModelSpec
+	Params int     // parameters of the model
+	Shards []Shard // indexed by client
+	// EvalShards are the test set's shards, for evaluation rounds.
+	EvalShards []Shard
+	Token      string // when set, trainers must present it
+	MaxMessage int64  // largest frame accepted from a trainer
 
 	PingPeriod time.Duration // how often to ping each trainer
 	PongWait   time.Duration // a trainer silent this long is dropped
@@ -138,6 +140,10 @@ type RoundSpec struct {
 	Batch   int
 	LR      float32
 	Seed    uint64 // job seed; each task's seed derives from it, the round and the client
+	// Eval makes this an evaluation round: Clients index Config.EvalShards,
+	// each task evaluates Model on one test shard, and the result carries
+	// Correct and EvalLoss instead of a mean update.
+	Eval bool
 }
 
 // RoundResult is what a round gathered.
@@ -149,6 +155,11 @@ type RoundResult struct {
 	Seconds   float64   // wall time of the round
 	Tasks     map[string]int
 	Dropped   []int // clients whose task was given up after too many failures
+
+	// Evaluation rounds: examples classified correctly and the mean test
+	// loss, summed in task order so the figures are reproducible.
+	Correct  int64
+	EvalLoss float64
 
 	Assigned, Completed, Failed, Requeued, Reissued, Duplicates int
 }
@@ -171,6 +182,10 @@ type task struct {
 	failedBy map[string]bool     // names of trainers whose result for this task was rejected
 	failures int
 	lost     int
+
+	// an eval task's result
+	correct int
+	loss    float64
 }
 
 type round struct {
@@ -179,7 +194,10 @@ type round struct {
 	tasks    map[int64]*task
 	order    []*task
 	queue    []*task
-	acc      *allreduce.Accumulator
+	acc      *allreduce.Accumulator // nil for evaluation rounds
+	folded   int                    // results counted
+	samples  int64                  // Σ n_k of the results counted
+	first    int64                  // id of the round's first task; older ids are stale
 	needed   int
 	lossSum  float64
 	res      RoundResult
@@ -213,16 +231,24 @@ func (h *Hub) RunRound(ctx context.Context, spec RoundSpec) (*RoundResult, error
 	if needed <= 0 || needed > len(spec.Clients) {
 		needed = len(spec.Clients)
 	}
+	shards := h.cfg.Shards
+	if spec.Eval {
+		shards = h.cfg.EvalShards
+		spec.Mode = "eval"
+	}
 	var total int64
 	for _, k := range spec.Clients {
-		if k < 0 || k >= len(h.cfg.Shards) {
-			return nil, fmt.Errorf("round %d selects client %d of %d", spec.Round, k, len(h.cfg.Shards))
+		if k < 0 || k >= len(shards) {
+			return nil, fmt.Errorf("round %d selects shard %d of %d", spec.Round, k, len(shards))
 		}
-		total += int64(h.cfg.Shards[k].Rows)
+		total += int64(shards[k].Rows)
 	}
-	acc, err := allreduce.NewAccumulator(h.cfg.Params, total)
-	if err != nil {
-		return nil, err
+	var acc *allreduce.Accumulator
+	if !spec.Eval {
+		var err error
+		if acc, err = allreduce.NewAccumulator(h.cfg.Params, total); err != nil {
+			return nil, err
+		}
 	}
 	model := slices.Clone(spec.Model)
 	mp, err := wire.Prefix(wire.TypeModel, wire.Model{Version: spec.Version, Params: len(model)})
@@ -245,9 +271,10 @@ func (h *Hub) RunRound(ctx context.Context, spec RoundSpec) (*RoundResult, error
 		h.mu.Unlock()
 		return nil, fmt.Errorf("round %d started while round %d is running", spec.Round, h.round.spec.Round)
 	}
+	r.first = h.nextTask + 1
 	for _, k := range spec.Clients {
 		h.nextTask++
-		sh := &h.cfg.Shards[k]
+		sh := &shards[k]
 		t := &task{
 			wire: wire.Task{
 				ID: h.nextTask, Round: spec.Round, Version: spec.Version, Client: k,
@@ -292,9 +319,20 @@ func (h *Hub) closeRound(r *round) *RoundResult {
 	h.round = nil
 	res := r.res
 	res.Seconds = time.Since(r.start).Seconds()
-	res.Updates = r.acc.Count()
-	res.Samples = r.acc.Weight()
-	if res.Samples > 0 {
+	res.Updates = r.folded
+	res.Samples = r.samples
+	switch {
+	case res.Samples == 0:
+	case r.spec.Eval:
+		var lossSum float64
+		for _, t := range r.order {
+			if t.state == done {
+				res.Correct += int64(t.correct)
+				lossSum += t.loss * float64(t.wire.Rows)
+			}
+		}
+		res.EvalLoss = lossSum / float64(res.Samples)
+	default:
 		res.Mean = make([]float32, h.cfg.Params)
 		_ = r.acc.Mean(res.Mean) // cannot fail: sizes match and weight > 0
 		res.TrainLoss = r.lossSum / float64(res.Samples)
@@ -422,11 +460,11 @@ func (h *Hub) mayTakeLocked(t *task, cn *conn) bool {
 // It reports false when cn can no longer be written to.
 func (h *Hub) assignLocked(cn *conn, r *round, t *task) bool {
 	cn.idle = false
-	if cn.version != r.spec.Version || cn.round != r.spec.Round {
+	if cn.version != r.spec.Version {
 		if !cn.send(r.model) {
 			return false
 		}
-		cn.version, cn.round = r.spec.Version, r.spec.Round
+		cn.version = r.spec.Version
 		h.stats.ModelsSent++
 	}
 	if !cn.shards[t.shard.Hash] {
@@ -478,7 +516,7 @@ func (h *Hub) maybeFinishLocked(r *round) {
 	if r.closed {
 		return
 	}
-	if r.acc.Count() < r.needed {
+	if r.folded < r.needed {
 		for _, t := range r.order {
 			if t.state == queued || t.state == running {
 				return

@@ -61,6 +61,7 @@ func newSizedFixture(t *testing.T, k, rows int, arch string, cfg coord.Config) *
 	cfg.Model = wire.ModelSpec{Name: spec.Name, Sizes: spec.Sizes}
 	cfg.Params = spec.NumParams()
 	cfg.Shards = shards
+	cfg.EvalShards = shards
 	cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
 	hub, err := coord.New(cfg)
 	if err != nil {
@@ -231,5 +232,39 @@ func TestTaskSeedDependsOnRoundAndClientOnly(t *testing.T) {
 	}
 	if coord.TaskSeed(1, 2, 3) != coord.TaskSeed(1, 2, 3) || coord.TaskSeed(1, 2, 3) == coord.TaskSeed(2, 2, 3) {
 		t.Fatal("TaskSeed is not a function of (seed, round, client)")
+	}
+}
+
+// TestEvalRoundMatchesLocalEvaluation scatters evaluation over trainers and
+// checks the gathered accuracy and loss are the local figures.
+func TestEvalRoundMatchesLocalEvaluation(t *testing.T) {
+	f := newFixture(t, 6, coord.Config{})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	f.startTrainer(t, ctx, "a", 1)
+	f.startTrainer(t, ctx, "b", 1)
+	if err := f.hub.WaitTrainers(ctx, 2); err != nil {
+		t.Fatal(err)
+	}
+	res, err := f.hub.RunRound(ctx, coord.RoundSpec{Round: 0, Version: 0, Model: f.params, Clients: []int{0, 1, 2, 3, 4, 5}, Eval: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The same evaluation, locally, over the concatenated shards.
+	all := &data.Dataset{Dim: 20, Classes: 3}
+	for _, sh := range f.hub.EvalShardsForTest() {
+		ds, err := data.DecodeShard(sh.Bytes, 20, 3, 1000)
+		if err != nil {
+			t.Fatal(err)
+		}
+		all.X = append(all.X, ds.X...)
+		all.Y = append(all.Y, ds.Y...)
+	}
+	acc, loss := model.NewWorkspace(f.spec, 64).Evaluate(f.params, all)
+	if res.Samples != 300 || res.Updates != 6 || res.Mean != nil {
+		t.Fatalf("eval round result %+v", res)
+	}
+	if got := float64(res.Correct) / float64(res.Samples); got != acc || math.Abs(res.EvalLoss-loss) > 1e-9 {
+		t.Fatalf("scattered evaluation: accuracy %v loss %v; local: %v %v", got, res.EvalLoss, acc, loss)
 	}
 }

@@ -188,8 +188,8 @@ func TestBadInputIsRefusedAndNothingIsLost(t *testing.T) {
 		}
 	}
 	c := counters(t, a.Lines())
-	if c["rejected"] != 3 || c["completed"] != 30 {
-		t.Errorf("counters %v; want rejected=3 completed=30", c)
+	if c["rejected"] != 3 || c["completed"] != 3*tasksPerRound {
+		t.Errorf("counters %v; want rejected=3 completed=%d", c, 3*tasksPerRound)
 	}
 	if !regexp.MustCompile(`update rejected`).MatchString(a.Stderr()) {
 		t.Error("the aggregator's log does not mention the rejected updates")

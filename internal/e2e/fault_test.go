@@ -83,8 +83,8 @@ func TestKilledTrainersTaskIsRedistributed(t *testing.T) {
 		}
 	}
 	c := counters(t, a.Lines())
-	if c["completed"] != 40 || c["dropped"] != 0 {
-		t.Errorf("counters %v: want completed=40 (each selected client once), dropped=0", c)
+	if c["completed"] != 4*tasksPerRound || c["dropped"] != 0 {
+		t.Errorf("counters %v: want completed=%d (each task once), dropped=0", c, 4*tasksPerRound)
 	}
 	t.Logf("round 2 after the kill: %d updates, requeued=%d, tasks %v; counters completed=%d assigned=%d requeued=%d", rs[1].updates, rs[1].requeued, rs[1].tasks, c["completed"], c["assigned"], c["requeued"])
 }
@@ -259,8 +259,8 @@ func TestChaos(t *testing.T) {
 	if math.Abs(accGot-accWant) > 0.005 {
 		t.Errorf("accuracy %.4f differs from the fault-free %.4f by more than 0.5 points", accGot, accWant)
 	}
-	if c["completed"] != nRounds*10 {
-		t.Errorf("completed=%d, want exactly %d (10 per round, none twice)", c["completed"], nRounds*10)
+	if c["completed"] != nRounds*tasksPerRound {
+		t.Errorf("completed=%d, want exactly %d (%d per round, none twice)", c["completed"], nRounds*tasksPerRound, tasksPerRound)
 	}
 	if c["dropped"] != 0 {
 		t.Errorf("dropped=%d tasks", c["dropped"])

@@ -257,6 +257,10 @@ func rounds(lines []string) []roundLine {
 	return rs
 }
 
+// tasksPerRound is what every round completes by default: m = 10 training
+// tasks (K=100, C=0.1) and 10 evaluation tasks (-eval-shards 10).
+const tasksPerRound = 10 + 10
+
 var doneRE = regexp.MustCompile(`^done rounds=(\d+) accuracy=([0-9.]+) loss=([0-9.]+) seconds=([0-9.]+)$`)
 
 // counters parses the "tasks ..." accounting line.

@@ -56,6 +56,12 @@ type Config struct {
 	ServerLR       float64
 	ServerMomentum float64
 
+	// Eval chooses where each new version is evaluated on the test set:
+	// "trainers" scatters EvalShards tasks over the trainers like training
+	// tasks; "local" evaluates in the aggregator.
+	Eval       string
+	EvalShards int
+
 	StateDir   string // checkpoint after every round; resume from it at start
 	InitParams []float32
 
@@ -148,6 +154,12 @@ func New(cfg Config) (*Job, error) {
 	if err != nil {
 		return nil, err
 	}
+	var evalShards []coord.Shard
+	if cfg.Eval == "trainers" {
+		if evalShards, err = encodeShards(test, evenSplit(test.Len(), cfg.EvalShards)); err != nil {
+			return nil, err
+		}
+	}
 	opt, err := allreduce.NewServerOptimizer(cfg.ServerOpt, cfg.ServerLR, cfg.ServerMomentum, spec.NumParams())
 	if err != nil {
 		return nil, err
@@ -156,6 +168,7 @@ func New(cfg Config) (*Job, error) {
 	hc.Model = wire.ModelSpec{Name: spec.Name, Sizes: spec.Sizes}
 	hc.Params = spec.NumParams()
 	hc.Shards = shards
+	hc.EvalShards = evalShards
 	hc.Logger = cfg.Logger
 	hub, err := coord.New(hc)
 	if err != nil {
@@ -183,6 +196,46 @@ func New(cfg Config) (*Job, error) {
 	}
 	j.accuracy, j.loss = j.ws.Evaluate(j.params, j.test)
 	return j, nil
+}
+
+// evaluate measures the current model on the test set: scattered over the
+// trainers as one eval task per test shard, or here.
+func (j *Job) evaluate(ctx context.Context, round int) (accuracy, loss float64, err error) {
+	if j.cfg.Eval == "local" {
+		accuracy, loss = j.ws.Evaluate(j.params, j.test)
+		return accuracy, loss, nil
+	}
+	params, version, _ := j.Model()
+	shards := make([]int, j.cfg.EvalShards)
+	for i := range shards {
+		shards[i] = i
+	}
+	res, err := j.hub.RunRound(ctx, coord.RoundSpec{Round: round, Version: version, Model: params, Clients: shards, Eval: true})
+	if err != nil {
+		return 0, 0, err
+	}
+	if res.Samples != int64(j.test.Len()) {
+		// Some test shards could not be evaluated (dropped after
+		// repeated failures): finish the job here rather than report a
+		// partial figure.
+		j.cfg.Logger.Warn("evaluating on the aggregator: trainers evaluated only part of the test set", "examples", res.Samples, "of", j.test.Len())
+		accuracy, loss = j.ws.Evaluate(j.params, j.test)
+		return accuracy, loss, nil
+	}
+	return float64(res.Correct) / float64(res.Samples), res.EvalLoss, nil
+}
+
+// evenSplit cuts n rows into k contiguous, near-equal parts.
+func evenSplit(n, k int) [][]int {
+	k = max(min(k, n), 1)
+	parts := make([][]int, k)
+	for p := range parts {
+		lo, hi := p*n/k, (p+1)*n/k
+		for i := lo; i < hi; i++ {
+			parts[p] = append(parts[p], i)
+		}
+	}
+	return parts
 }
 
 // encodeShards encodes every client's shard once, as it will travel, on all
@@ -246,6 +299,15 @@ func (c *Config) check() error {
 	}
 	if c.MinTrainers < 1 {
 		errs = append(errs, fmt.Sprintf("-min-trainers %d: want at least 1", c.MinTrainers))
+	}
+	switch c.Eval {
+	case "trainers":
+		if c.EvalShards < 1 {
+			errs = append(errs, fmt.Sprintf("-eval-shards %d: want at least 1", c.EvalShards))
+		}
+	case "local":
+	default:
+		errs = append(errs, fmt.Sprintf("-eval %q: want trainers or local", c.Eval))
 	}
 	if c.OverSelect < 0 {
 		errs = append(errs, fmt.Sprintf("-over-select %d: want ≥ 0", c.OverSelect))
@@ -420,7 +482,10 @@ func (j *Job) Run(ctx context.Context) (Summary, error) {
 		} else {
 			fmt.Fprintf(cfg.Out, "round %d gathered no update; the model is unchanged\n", r+1)
 		}
-		acc, loss := j.ws.Evaluate(j.params, j.test)
+		acc, loss, err := j.evaluate(ctx, r)
+		if err != nil {
+			return j.summary(r, start), err
+		}
 		j.mu.Lock()
 		j.accuracy, j.loss = acc, loss
 		j.mu.Unlock()

@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"math/rand/v2"
 	"net/http"
 	"net/url"
@@ -396,13 +397,16 @@ func (t *Trainer) task(ws *websocket.Conn, task *wire.Task) error {
 		problem = fmt.Sprintf("task %d needs shard %s, which this trainer does not hold", task.ID, task.Shard)
 	case ds.Len() != task.Rows:
 		problem = fmt.Sprintf("task %d says %d rows, shard has %d", task.ID, task.Rows, ds.Len())
-	case task.Mode != "fedavg" && task.Mode != "fedsgd":
-		problem = fmt.Sprintf("task %d mode %q: want fedavg or fedsgd", task.ID, task.Mode)
-	case task.Epochs < 1 || task.Batch < 0 || !(task.LR > 0):
+	case task.Mode != "fedavg" && task.Mode != "fedsgd" && task.Mode != "eval":
+		problem = fmt.Sprintf("task %d mode %q: want fedavg, fedsgd or eval", task.ID, task.Mode)
+	case task.Mode != "eval" && (task.Epochs < 1 || task.Batch < 0 || !(task.LR > 0)):
 		problem = fmt.Sprintf("task %d has epochs %d, batch %d, lr %v; want epochs ≥ 1, batch ≥ 0, lr > 0", task.ID, task.Epochs, task.Batch, task.LR)
 	}
 	if problem != "" {
 		return t.write(ws, wire.TypeError, wire.Error{Code: "task", Message: problem, Task: task.ID}, nil)
+	}
+	if task.Mode == "eval" {
+		return t.evaluate(ws, task, ds)
 	}
 	t.cfg.Logger.Debug("training", "task", task.ID, "round", task.Round, "client", task.Client, "rows", task.Rows)
 	start := time.Now()
@@ -429,4 +433,18 @@ func (t *Trainer) task(ws *websocket.Conn, task *wire.Task) error {
 	t.cfg.Metrics.taskDone(int64(ds.Len()*task.Epochs), took)
 	u := wire.Update{Task: task.ID, Round: task.Round, Version: task.Version, Client: task.Client, Samples: ds.Len(), Loss: loss, Seconds: took.Seconds()}
 	return t.write(ws, wire.TypeUpdate, u, wire.Float32Bytes(t.local))
+}
+
+// evaluate runs an eval task: the held model version on one test shard.
+func (t *Trainer) evaluate(ws *websocket.Conn, task *wire.Task, ds *data.Dataset) error {
+	t.cfg.Logger.Debug("evaluating", "task", task.ID, "round", task.Round, "shard", task.Client, "rows", task.Rows)
+	start := time.Now()
+	acc, loss := t.ws.Evaluate(t.global, ds)
+	took := time.Since(start)
+	if t.cfg.Slowdown > 1 {
+		time.Sleep(time.Duration(float64(took) * (t.cfg.Slowdown - 1)))
+	}
+	u := wire.Update{Task: task.ID, Round: task.Round, Version: task.Version, Client: task.Client, Samples: ds.Len(),
+		Loss: loss, Correct: int(math.Round(acc * float64(ds.Len()))), Seconds: took.Seconds()}
+	return t.write(ws, wire.TypeUpdate, u, nil)
 }

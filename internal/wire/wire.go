@@ -110,23 +110,26 @@ type Task struct {
 	Client  int     `json:"client"`  // logical client index
 	Shard   string  `json:"shard"`   // content hash of the client's shard
 	Rows    int     `json:"rows"`    // the shard's row count, n_k
-	Mode    string  `json:"mode"`    // "fedavg" (local SGD) or "fedsgd" (one full-shard gradient step)
+	Mode    string  `json:"mode"`    // "fedavg" (local SGD), "fedsgd" (one full-shard gradient step) or "eval" (evaluate the model on a test shard)
 	Epochs  int     `json:"epochs"`  // E
 	Batch   int     `json:"batch"`   // B; 0 means the whole shard
 	LR      float32 `json:"lr"`      // client learning rate
 	Seed    uint64  `json:"seed"`    // seeds the local shuffle
 }
 
-// Update is a task's result; the payload is Δw = w_local − w_version as
-// Params float32 values.
+// Update is a task's result. For a training task the payload is
+// Δw = w_local − w_version as Params float32 values; for an "eval" task
+// there is no payload and Correct counts the test examples classified
+// correctly.
 type Update struct {
 	Task    int64   `json:"task"`
 	Round   int     `json:"round"`
 	Version int     `json:"version"`
 	Client  int     `json:"client"`
-	Samples int     `json:"samples"` // n_k, the examples trained on
-	Loss    float64 `json:"loss"`    // mean training loss over the task
-	Seconds float64 `json:"seconds"` // compute time of the task on the trainer
+	Samples int     `json:"samples"`           // n_k, the examples trained on (or evaluated)
+	Loss    float64 `json:"loss"`              // mean loss over the task: training loss, or test loss for eval
+	Correct int     `json:"correct,omitempty"` // eval tasks: examples whose predicted class is right
+	Seconds float64 `json:"seconds"`           // compute time of the task on the trainer
 }
 
 // Done ends the job for a trainer.
