@@ -446,6 +446,10 @@ func (h *Hub) gather(c *conn, u *wire.Update, update []float32, payloadErr error
 	r.res.Tasks[c.name]++
 	h.stats.TasksCompleted++
 	if !r.spec.Eval {
+		if u.Seconds > 0 && u.Seconds < 1e6 {
+			b := r.busy[c.name]
+			r.busy[c.name] = [2]float64{b[0] + float64(u.Samples*max(t.wire.Epochs, 1)), b[1] + u.Seconds}
+		}
 		ts := h.trainers[c.name]
 		ts.Tasks++
 		ts.Samples += int64(u.Samples) * int64(max(t.wire.Epochs, 1))

@@ -154,7 +154,10 @@ type RoundResult struct {
 	TrainLoss float64   // sample-weighted mean training loss
 	Seconds   float64   // wall time of the round
 	Tasks     map[string]int
-	Dropped   []int // clients whose task was given up after too many failures
+	// Rates is each trainer's measured training throughput in this round:
+	// examples processed (n_k·E) per second of its reported compute time.
+	Rates   map[string]float64
+	Dropped []int // clients whose task was given up after too many failures
 
 	// Evaluation rounds: examples classified correctly and the mean test
 	// loss, summed in task order so the figures are reproducible.
@@ -198,6 +201,7 @@ type round struct {
 	folded   int                    // results counted
 	samples  int64                  // Σ n_k of the results counted
 	first    int64                  // id of the round's first task; older ids are stale
+	busy     map[string][2]float64  // per trainer: examples processed, compute seconds
 	needed   int
 	lossSum  float64
 	res      RoundResult
@@ -265,6 +269,8 @@ func (h *Hub) RunRound(ctx context.Context, spec RoundSpec) (*RoundResult, error
 		start:    time.Now(),
 	}
 	r.res.Tasks = make(map[string]int)
+	r.res.Rates = make(map[string]float64)
+	r.busy = make(map[string][2]float64)
 
 	h.mu.Lock()
 	if h.round != nil {
@@ -336,6 +342,11 @@ func (h *Hub) closeRound(r *round) *RoundResult {
 		res.Mean = make([]float32, h.cfg.Params)
 		_ = r.acc.Mean(res.Mean) // cannot fail: sizes match and weight > 0
 		res.TrainLoss = r.lossSum / float64(res.Samples)
+	}
+	for name, b := range r.busy {
+		if b[1] > 0 {
+			res.Rates[name] = b[0] / b[1]
+		}
 	}
 	for _, t := range r.order {
 		if t.state == dropped {

@@ -211,7 +211,7 @@ type roundLine struct {
 	requeued, reissued, duplicates, dropped int
 }
 
-var roundRE = regexp.MustCompile(`^round (\d+)/\d+ acc=([0-9.]+) .* secs=([0-9.]+) updates=(\d+) tasks=(\S+)(.*) eta=`)
+var roundRE = regexp.MustCompile(`^round (\d+)/\d+ acc=([0-9.]+) .* secs=([0-9.]+) updates=(\d+) tasks=(\S+)(.*) speed=\S+ eta=`)
 
 func parseRound(line string) (roundLine, bool) {
 	m := roundRE.FindStringSubmatch(line)

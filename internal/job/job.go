@@ -499,8 +499,8 @@ func (j *Job) Run(ctx context.Context) (Summary, error) {
 				return j.summary(r+1, start), err
 			}
 		}
-		fmt.Fprintf(cfg.Out, "round %d/%d acc=%.4f test_loss=%.4f train_loss=%.4f secs=%.2f updates=%d tasks=%s%s eta=%s\n",
-			r+1, cfg.Rounds, acc, loss, res.TrainLoss, res.Seconds+aggSecs, res.Updates, formatTasks(res.Tasks), faults(res), eta)
+		fmt.Fprintf(cfg.Out, "round %d/%d acc=%.4f test_loss=%.4f train_loss=%.4f secs=%.2f updates=%d tasks=%s%s speed=%s eta=%s\n",
+			r+1, cfg.Rounds, acc, loss, res.TrainLoss, res.Seconds+aggSecs, res.Updates, formatTasks(res.Tasks), faults(res), formatRates(res.Rates), eta)
 		for _, f := range j.observers {
 			f(Report{Round: r + 1, Rounds: cfg.Rounds, Version: j.version, Accuracy: acc, TestLoss: loss, AggSeconds: aggSecs, UpdateNorm: norm, Result: res, ETA: eta})
 		}
@@ -569,6 +569,24 @@ func formatTasks(t map[string]int) string {
 		return "-"
 	}
 	return b.String()
+}
+
+// formatRates lists each trainer's samples per second in the round, in
+// thousands: trainer-1:16.2k,trainer-2:15.9k.
+func formatRates(rates map[string]float64) string {
+	names := make([]string, 0, len(rates))
+	for n := range rates {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	parts := make([]string, len(names))
+	for i, n := range names {
+		parts[i] = fmt.Sprintf("%s:%.1fk", n, rates[n]/1000)
+	}
+	if len(parts) == 0 {
+		return "-"
+	}
+	return strings.Join(parts, ",")
 }
 
 func faults(r *coord.RoundResult) string {
