@@ -237,7 +237,7 @@ func TestChaos(t *testing.T) {
 	for {
 		select {
 		case <-a.exited:
-		case <-time.After(time.Duration(1500+rng.IntN(2000)) * time.Millisecond):
+		case <-time.After(time.Duration(700+rng.IntN(1300)) * time.Millisecond):
 			i := rng.IntN(len(live))
 			live[i].kill(syscall.SIGKILL)
 			live = append(live[:i], live[i+1:]...)
