@@ -1,16 +1,18 @@
 package model
 
-import (
-	"gonum.org/v1/gonum/blas"
-	"gonum.org/v1/gonum/blas/blas32"
-	"gonum.org/v1/gonum/blas/blas64"
-)
-
-// This file is the package's only contact with BLAS. Everything else calls
-// gemm. An alternative backend (for example OpenBLAS through
-// gonum.org/v1/netlib behind a build tag) replaces sgemm and dgemm below by
-// moving them into a file with the opposite build constraint; nothing else
-// needs to change.
+// This file and the two backend files next to it are the package's only
+// contact with BLAS. Everything else calls gemm. Which library serves gemm
+// is chosen at build time:
+//
+//   - blas_gonum.go (the default, no build tag): gonum's pure-Go BLAS, so
+//     the package builds with CGO_ENABLED=0;
+//   - blas_openblas.go (build tag openblas): OpenBLAS through cgo and
+//     gonum.org/v1/netlib, pinned to one thread.
+//
+// Each backend file defines sgemm, dgemm, Backend and sparseInputMax.
+//
+// The first layer's sparse kernel (sparse.go) does not go through BLAS: it
+// is the same code in both builds.
 
 // Float is the set of element types the numeric core is instantiated for:
 // float32 for training, float64 for gradient checking.
@@ -28,78 +30,5 @@ func gemm[T Float](transA, transB bool, m, n, k int, alpha T, a []T, lda int, b 
 		sgemm(transA, transB, m, n, k, float32(alpha), any(a).([]float32), lda, any(b).([]float32), ldb, float32(beta), cc, ldc)
 	case []float64:
 		dgemm(transA, transB, m, n, k, float64(alpha), any(a).([]float64), lda, any(b).([]float64), ldb, float64(beta), cc, ldc)
-	}
-}
-
-// Tile limits for the gonum backend. gonum's Gemm switches to a goroutine
-// pool, which allocates on every call, once C spans four or more 64×64
-// blocks. Issuing the product as tiles of at most tileRows×tileCols (one
-// block by three) keeps every call on gonum's serial path: no goroutines and
-// no allocation, which is what a trainer running B=10 minibatches wants.
-// Tiles are split evenly (784 columns become 5×157, not 4×192 + 16) so no
-// call is left with a short, overhead-dominated tail.
-const (
-	tileRows = 64
-	tileCols = 192
-)
-
-// tile returns the tile length for splitting n into the fewest pieces of at
-// most limit, as evenly as possible.
-func tile(n, limit int) int {
-	if n <= limit {
-		return max(n, 1)
-	}
-	pieces := (n + limit - 1) / limit
-	return (n + pieces - 1) / pieces
-}
-
-func trans(t bool) blas.Transpose {
-	if t {
-		return blas.Trans
-	}
-	return blas.NoTrans
-}
-
-// sgemm is gemm for float32 through blas32, tiled to stay serial.
-func sgemm(transA, transB bool, m, n, k int, alpha float32, a []float32, lda int, b []float32, ldb int, beta float32, c []float32, ldc int) {
-	impl := blas32.Implementation()
-	tA, tB := trans(transA), trans(transB)
-	tm, tn := tile(m, tileRows), tile(n, tileCols)
-	for i0 := 0; i0 < m; i0 += tm {
-		mi := min(tm, m-i0)
-		aOff := i0 * lda // rows of A
-		if transA {
-			aOff = i0 // columns of Aᵀ
-		}
-		for j0 := 0; j0 < n; j0 += tn {
-			nj := min(tn, n-j0)
-			bOff := j0 // columns of B
-			if transB {
-				bOff = j0 * ldb // rows of Bᵀ
-			}
-			impl.Sgemm(tA, tB, mi, nj, k, alpha, a[aOff:], lda, b[bOff:], ldb, beta, c[i0*ldc+j0:], ldc)
-		}
-	}
-}
-
-// dgemm is gemm for float64 through blas64, tiled to stay serial.
-func dgemm(transA, transB bool, m, n, k int, alpha float64, a []float64, lda int, b []float64, ldb int, beta float64, c []float64, ldc int) {
-	impl := blas64.Implementation()
-	tA, tB := trans(transA), trans(transB)
-	tm, tn := tile(m, tileRows), tile(n, tileCols)
-	for i0 := 0; i0 < m; i0 += tm {
-		mi := min(tm, m-i0)
-		aOff := i0 * lda
-		if transA {
-			aOff = i0
-		}
-		for j0 := 0; j0 < n; j0 += tn {
-			nj := min(tn, n-j0)
-			bOff := j0
-			if transB {
-				bOff = j0 * ldb
-			}
-			impl.Dgemm(tA, tB, mi, nj, k, alpha, a[aOff:], lda, b[bOff:], ldb, beta, c[i0*ldc+j0:], ldc)
-		}
 	}
 }

@@ -1,6 +1,7 @@
 package model
 
 import (
+	"fmt"
 	"math"
 	"math/rand/v2"
 	"testing"
@@ -46,24 +47,34 @@ func TestGradientCheck(t *testing.T) {
 	tests := []struct {
 		model           string
 		inputs, classes int
-		rows, maxBatch  int // maxBatch < rows makes Gradient accumulate over chunks
-		perTensor       int // parameters checked per tensor; 0 means all
+		rows, maxBatch  int       // maxBatch < rows makes Gradient accumulate over chunks
+		perTensor       int       // parameters checked per tensor; 0 means all
+		zeros           float64   // fraction of input features set to zero
+		path            inputPath // how the first layer treats its inputs
 	}{
 		{model: "logreg", inputs: 784, classes: 10, rows: 5, maxBatch: 2},
 		{model: "mlp:9,7", inputs: 12, classes: 4, rows: 6, maxBatch: 4},
 		{model: "mlp:30,20,10", inputs: 16, classes: 5, rows: 3, maxBatch: 3},
 		{model: "2nn", inputs: 12, classes: 3, rows: 4, maxBatch: 3, perTensor: 400},
 		{model: "2nn", inputs: 784, classes: 10, rows: 5, maxBatch: 2, perTensor: 150},
+		// MNIST-like inputs, 80% zeros, through the sparse first layer and
+		// through gemm.
+		{model: "logreg", inputs: 784, classes: 10, rows: 5, maxBatch: 2, zeros: 0.8, path: inputSparse},
+		{model: "2nn", inputs: 784, classes: 10, rows: 5, maxBatch: 2, perTensor: 150, zeros: 0.8, path: inputSparse},
+		{model: "2nn", inputs: 784, classes: 10, rows: 5, maxBatch: 3, perTensor: 150, zeros: 0.8, path: inputDense},
+		{model: "mlp:9,7", inputs: 12, classes: 4, rows: 6, maxBatch: 4, zeros: 0.5, path: inputSparse},
+		{model: "mlp:9,7", inputs: 12, classes: 4, rows: 6, maxBatch: 4, zeros: 0.5, path: inputDense},
 	}
 	for ti, tt := range tests {
 		s, err := Parse(tt.model, tt.inputs, tt.classes)
 		if err != nil {
 			t.Fatal(err)
 		}
-		t.Run(s.String(), func(t *testing.T) {
-			ds := randomDataset(tt.rows, tt.inputs, tt.classes, uint64(ti)+100)
+		t.Run(fmt.Sprintf("%s/zeros=%.1f/path=%d", s, tt.zeros, tt.path), func(t *testing.T) {
+			ds := sparsify(randomDataset(tt.rows, tt.inputs, tt.classes, uint64(ti)+100), tt.zeros, uint64(ti))
 			params := initParams64(s, uint64(ti)+7)
 			ws := NewWorkspaceOf[float64](s, tt.maxBatch)
+			ws.path = tt.path
 			grad := make([]float64, len(params))
 			loss0 := ws.Gradient(params, grad, ds)
 			if _, l := ws.Evaluate(params, ds); math.Abs(l-loss0) > 1e-12*math.Abs(l) {
@@ -121,11 +132,19 @@ func TestGradientCheck(t *testing.T) {
 }
 
 // TestFloat32GradientMatchesFloat64 checks that the float32 instantiation
-// used for training computes the same gradient as the checked float64 one,
-// to float32 accuracy.
+// used for training (with its assembly kernels) computes the same gradient
+// as the checked float64 one, to float32 accuracy, on dense and on
+// MNIST-like sparse inputs.
 func TestFloat32GradientMatchesFloat64(t *testing.T) {
+	for _, zeros := range []float64{0, 0.8} {
+		t.Run(fmt.Sprintf("zeros=%.1f", zeros), func(t *testing.T) {
+			float32MatchesFloat64(t, sparsify(randomDataset(37, 784, 10, 5), zeros, 6))
+		})
+	}
+}
+
+func float32MatchesFloat64(t *testing.T, ds *data.Dataset) {
 	s, _ := Parse("2nn", 784, 10)
-	ds := randomDataset(37, 784, 10, 5)
 	p64 := initParams64(s, 3)
 	p32 := make([]float32, len(p64))
 	for i, v := range p64 {

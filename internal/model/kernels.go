@@ -9,27 +9,43 @@ import (
 	"fedgather/internal/data"
 )
 
-// gatherIdx copies the examples idx of ds into rows 0..len(idx)-1 of the
-// batch buffers.
-func (w *WorkspaceOf[T]) gatherIdx(ds *data.Dataset, idx []int) {
+// gatherIdx loads the examples idx of ds as rows 0..len(idx)-1 of the
+// batch: into the CSR buffers when the first layer runs sparse, else into
+// x. next is the example the following batch starts with, or -1; its
+// features are prefetched.
+func (w *WorkspaceOf[T]) gatherIdx(ds *data.Dataset, idx []int, next int) {
 	for r, i := range idx {
-		w.copyRow(ds, r, i)
+		if r+1 < len(idx) {
+			w.loadRow(ds, r, i, idx[r+1])
+		} else {
+			w.loadRow(ds, r, i, next)
+		}
 	}
 }
 
-// gatherRange copies examples lo..lo+rows-1 of ds into the batch buffers.
+// gatherRange loads examples lo..lo+rows-1 of ds as the batch.
 func (w *WorkspaceOf[T]) gatherRange(ds *data.Dataset, lo, rows int) {
 	for r := range rows {
-		w.copyRow(ds, r, lo+r)
+		w.loadRow(ds, r, lo+r, -1) // rows in memory order need no prefetch hint
 	}
 }
 
-// copyRow copies example i of ds into batch row r, converting to T.
-func (w *WorkspaceOf[T]) copyRow(ds *data.Dataset, r, i int) {
+// loadRow loads example i of ds as batch row r, converting to T. next is
+// the example that will be loaded after it, or -1.
+func (w *WorkspaceOf[T]) loadRow(ds *data.Dataset, r, i, next int) {
 	d := ds.Dim
-	dst := w.x[r*d : r*d+d]
-	for j, v := range ds.X[i*d : i*d+d] {
-		dst[j] = T(v)
+	src := ds.X[i*d : i*d+d]
+	if w.sparse {
+		var nx []float32
+		if next >= 0 {
+			nx = ds.X[next*d : next*d+d]
+		}
+		w.in.setRow(r, src, nx)
+	} else {
+		dst := w.x[r*d : r*d+d]
+		for j, v := range src {
+			dst[j] = T(v)
+		}
 	}
 	y := ds.Y[i]
 	if y < 0 || int(y) >= w.classes {
@@ -40,23 +56,28 @@ func (w *WorkspaceOf[T]) copyRow(ds *data.Dataset, r, i int) {
 
 // forward computes every layer's output for the first rows rows of the
 // batch: act[l] = relu(in·Wᵀ + b) for hidden layers and the logits
-// in·Wᵀ + b for the last.
+// in·Wᵀ + b for the last. The first layer's weights are read from the
+// transposed copy w.wt, through the sparse kernel or gemm.
 func (w *WorkspaceOf[T]) forward(params []T, rows int) {
-	in := w.x[:rows*w.spec.Sizes[0]]
 	last := len(w.layers) - 1
+	var in []T
 	for l, ly := range w.layers {
 		z := w.act[l][:rows*ly.Out]
 		bias := params[ly.BOff : ly.BOff+ly.Out]
 		for r := range rows {
 			copy(z[r*ly.Out:(r+1)*ly.Out], bias)
 		}
-		gemm(false, true, rows, ly.Out, ly.In, 1, in, ly.In, params[ly.WOff:ly.BOff], ly.In, 1, z, ly.Out)
+		switch {
+		case l > 0:
+			gemm(false, true, rows, ly.Out, ly.In, 1, in, ly.In, params[ly.WOff:ly.BOff], ly.In, 1, z, ly.Out)
+		case w.sparse:
+			s := &w.in
+			accSegs(z, ly.Out, ly.Out, s.ptr[1:rows+1], s.val, s.idx, ly.In, w.wt, ly.Out)
+		default:
+			gemm(false, false, rows, ly.Out, ly.In, 1, w.x[:rows*ly.In], ly.In, w.wt, ly.Out, 1, z, ly.Out)
+		}
 		if l < last {
-			for i, v := range z {
-				if v < 0 {
-					z[i] = 0
-				}
-			}
+			relu(z)
 		}
 		in = z
 	}
@@ -68,7 +89,7 @@ func (w *WorkspaceOf[T]) forward(params []T, rows int) {
 // the new sum and the number of rows whose first largest logit is the label. When backward is set it also
 // writes d(loss)/d(logits) = (softmax - onehot) * scale into the last
 // layer's delta. Softmax subtracts the row maximum and the loss uses
-// log-sum-exp, both in float64.
+// log-sum-exp, both in float64, with one exponential per logit.
 func (w *WorkspaceOf[T]) softmax(sum float64, rows int, scale float64, backward bool) (float64, int) {
 	correct := 0
 	last := len(w.layers) - 1
@@ -88,16 +109,17 @@ func (w *WorkspaceOf[T]) softmax(sum float64, rows int, scale float64, backward 
 			correct++
 		}
 		m := float64(mx)
+		e := w.exps[:c]
 		var s float64
-		for _, v := range z {
-			s += math.Exp(float64(v) - m)
+		for j, v := range z {
+			e[j] = math.Exp(float64(v) - m)
+			s += e[j]
 		}
-		lse := m + math.Log(s)
-		sum += lse - float64(z[y])
+		sum += m + math.Log(s) - float64(z[y])
 		if backward {
 			d := delta[r*c : (r+1)*c]
-			for j, v := range z {
-				p := math.Exp(float64(v) - lse)
+			for j, ej := range e {
+				p := ej / s
 				if j == y {
 					p--
 				}
@@ -110,48 +132,96 @@ func (w *WorkspaceOf[T]) softmax(sum float64, rows int, scale float64, backward 
 
 // backward propagates the last layer's delta down the network and writes
 // dst = beta*dst + alpha*grad for every weight and bias, where grad is the
-// gradient of the loss whose delta softmax wrote. With dst = grad, alpha = 1
-// and beta = 0 it computes a gradient; with dst = params, alpha = -lr and
-// beta = 1 it is a fused SGD step. Each layer's input delta is computed from
-// its weights before those weights are written, so the fused form uses the
-// pre-step weights throughout: mathematically a separate gradient and step,
-// though rounding differs because each row's contribution is added to the
-// weights in turn.
-func (w *WorkspaceOf[T]) backward(params []T, rows int, dst []T, alpha, beta T) {
+// gradient of the loss whose delta softmax wrote; the first layer's weights
+// go to dst0 instead, transposed (In×Out) like w.wt. With dst = grad,
+// alpha = 1 and beta = 0 it computes a gradient; with dst = params,
+// dst0 = w.wt, alpha = -lr and beta = 1 it is a fused SGD step. Each
+// layer's input delta is computed from its weights before those weights are
+// written, so the fused form uses the pre-step weights throughout:
+// mathematically a separate gradient and step, though rounding differs
+// because each row's contribution is added to the weights in turn. The
+// first layer needs no input delta.
+func (w *WorkspaceOf[T]) backward(params []T, rows int, dst, dst0 []T, alpha, beta T) {
+	alphas := w.alphas[:rows]
+	for r := range alphas {
+		alphas[r] = alpha
+	}
 	for l := len(w.layers) - 1; l >= 0; l-- {
 		ly := w.layers[l]
 		dz := w.delta[l][:rows*ly.Out]
-		var in []T
-		if l == 0 {
-			in = w.x[:rows*ly.In]
-		} else {
-			in = w.act[l-1][:rows*ly.In]
+		switch {
+		case l > 0:
+			in := w.act[l-1][:rows*ly.In]
 			// delta[l-1] = (dz · W) ⊙ relu'(act[l-1]); relu'(0) = 0 as in PyTorch.
 			dx := w.delta[l-1][:rows*ly.In]
 			gemm(false, false, rows, ly.In, ly.Out, 1, dz, ly.Out, params[ly.WOff:ly.BOff], ly.In, 0, dx, ly.In)
-			for i, a := range in {
-				if a <= 0 {
-					dx[i] = 0
-				}
-			}
-		}
-		// W = beta*W + alpha * dzᵀ · in
-		gemm(true, false, ly.Out, ly.In, rows, alpha, dz, ly.Out, in, ly.In, beta, dst[ly.WOff:ly.BOff], ly.In)
-		// b = beta*b + alpha * column sums of dz
-		db := dst[ly.BOff : ly.BOff+ly.Out]
-		switch beta {
-		case 0:
-			clear(db)
-		case 1:
+			reluMask(dx, in)
+			// W = beta*W + alpha * dzᵀ · in
+			gemm(true, false, ly.Out, ly.In, rows, alpha, dz, ly.Out, in, ly.In, beta, dst[ly.WOff:ly.BOff], ly.In)
+		case w.sparse:
+			// Wᵀ = beta*Wᵀ + alpha * inᵀ · dz, one input column at a time.
+			scale(dst0, beta)
+			c := &w.inT
+			w.in.transposeTo(c, rows, ly.In, alpha)
+			accSegs(dst0, ly.Out, ly.Out, c.end[:ly.In], c.val, c.row, rows, dz, ly.Out)
 		default:
-			for j := range db {
-				db[j] *= beta
-			}
+			gemm(true, false, ly.In, ly.Out, rows, alpha, w.x[:rows*ly.In], ly.In, dz, ly.Out, beta, dst0, ly.Out)
 		}
-		for r := range rows {
-			for j, v := range dz[r*ly.Out : (r+1)*ly.Out] {
-				db[j] += alpha * v
-			}
+		// b = beta*b + alpha * column sums of dz, rows added in order.
+		db := dst[ly.BOff : ly.BOff+ly.Out]
+		scale(db, beta)
+		w.colEnd[0] = int32(rows)
+		accSegs(db, ly.Out, ly.Out, w.colEnd[:], alphas, w.iota[:rows], rows, dz, ly.Out)
+	}
+}
+
+// relu sets the negative elements of z (and -0) to +0, leaving NaNs with
+// a clear sign bit alone. It works on the bits, without a branch per
+// element.
+func relu[T Float](z []T) {
+	switch v := any(z).(type) {
+	case []float32:
+		for i, x := range v {
+			b := math.Float32bits(x)
+			v[i] = math.Float32frombits(b &^ uint32(int32(b)>>31))
+		}
+	case []float64:
+		for i, x := range v {
+			b := math.Float64bits(x)
+			v[i] = math.Float64frombits(b &^ uint64(int64(b)>>63))
+		}
+	}
+}
+
+// reluMask zeroes dx[i] wherever a[i], a ReLU output, is zero: relu'(0) = 0
+// as in PyTorch. A positive (or NaN) a[i] keeps dx[i]. Branch-free.
+func reluMask[T Float](dx, a []T) {
+	switch d := any(dx).(type) {
+	case []float32:
+		a := any(a).([]float32)[:len(d)]
+		for i, x := range a {
+			keep := uint32(-int32(math.Float32bits(x)) >> 31) // all ones when the bits are positive
+			d[i] = math.Float32frombits(math.Float32bits(d[i]) & keep)
+		}
+	case []float64:
+		a := any(a).([]float64)[:len(d)]
+		for i, x := range a {
+			keep := uint64(-int64(math.Float64bits(x)) >> 63)
+			d[i] = math.Float64frombits(math.Float64bits(d[i]) & keep)
+		}
+	}
+}
+
+// scale multiplies v by beta, with beta = 0 clearing v (even of NaNs, as
+// BLAS does) and beta = 1 leaving it alone.
+func scale[T Float](v []T, beta T) {
+	switch beta {
+	case 0:
+		clear(v)
+	case 1:
+	default:
+		for j := range v {
+			v[j] *= beta
 		}
 	}
 }

@@ -22,6 +22,13 @@ const DefaultMaxBatch = 256
 // (every sum runs over rows in the same order), so differently configured
 // trainers agree.
 //
+// The first layer exploits inputs that are mostly zeros, as MNIST's are
+// (about 81% of pixels): each batch is compacted to its non-zero entries,
+// and the forward pass and the weight update touch only the weights those
+// entries multiply; the first layer computes no input delta. For the
+// duration of a call the first layer's weights live transposed in the
+// workspace and are written back to params when SGD returns. See sparse.go.
+//
 // Methods panic when params or grad do not have length Spec().NumParams(),
 // when the dataset's Dim is not the model's input width, or when a label is
 // outside [0, classes): those are programming errors, not data errors, and
@@ -33,16 +40,47 @@ type WorkspaceOf[T Float] struct {
 	classes  int
 	maxBatch int
 
-	rows  int     // row capacity of x, y, act and delta
-	x     []T     // rows × Sizes[0]: the current batch's inputs
+	rows  int     // row capacity of y, act and delta (and of x or in, whichever is in use)
 	y     []int32 // rows: the current batch's labels
 	act   [][]T   // act[l]: rows × layers[l].Out, output of layer l (ReLU applied on hidden layers; logits on the last)
 	delta [][]T   // delta[l]: rows × layers[l].Out, d(loss)/d(pre-activation of layer l)
+
+	// The first layer works on a transposed copy of its weights, wt
+	// (In×Out), loaded from the parameters when a call starts and, for SGD,
+	// stored back when it ends; see sparse.go. Its inputs are either dense
+	// (x) or, when they are mostly zeros, the CSR form in; inT is in grouped
+	// by column for the weight update.
+	wt     []T  // Sizes[0] × Sizes[1]
+	gt     []T  // Sizes[0] × Sizes[1]: Gradient's first-layer weight gradient; allocated on first use
+	sparse bool // the current call's first layer uses in and inT rather than x
+	path   inputPath
+	x      []T // rows × Sizes[0]: the current batch's dense inputs, allocated on first use
+	in     csr[T]
+	inT    csc[T]
+
+	// Bias gradients are column sums of deltas, taken with accSegs over one
+	// segment holding every row: alphas[r] = alpha (set by backward),
+	// iota[r] = r.
+	alphas []T
+	iota   []int32
+	colEnd [1]int32
+
+	exps []float64 // classes: softmax's exponentials for one row
 
 	grad []T   // NumParams; allocated on first full-batch SGD
 	perm []int // example order for SGD
 	pcg  rand.PCG
 }
+
+// inputPath selects how the first layer treats its inputs. Only tests set
+// anything but inputAuto.
+type inputPath uint8
+
+const (
+	inputAuto   inputPath = iota // sparse when the data are (see chooseSparse)
+	inputSparse                  // always the sparse kernel
+	inputDense                   // always gemm
+)
 
 // NewWorkspaceOf returns a workspace for s with element type T. maxBatch is
 // the number of rows Evaluate and Gradient process at a time and the initial
@@ -71,6 +109,8 @@ func NewWorkspaceOf[T Float](s Spec, maxBatch int) *WorkspaceOf[T] {
 		maxBatch: maxBatch,
 		act:      make([][]T, len(ls)),
 		delta:    make([][]T, len(ls)),
+		wt:       make([]T, ls[0].In*ls[0].Out),
+		exps:     make([]float64, s.Sizes[len(s.Sizes)-1]),
 	}
 	w.grow(maxBatch)
 	return w
@@ -91,13 +131,63 @@ func (w *WorkspaceOf[T]) grow(rows int) {
 	if rows <= w.rows {
 		return
 	}
-	w.x = make([]T, rows*w.spec.Sizes[0])
 	w.y = make([]int32, rows)
+	w.alphas = make([]T, rows)
+	w.iota = make([]int32, rows)
+	for r := range w.iota {
+		w.iota[r] = int32(r)
+	}
 	for l, ly := range w.layers {
 		w.act[l] = make([]T, rows*ly.Out)
 		w.delta[l] = make([]T, rows*ly.Out)
 	}
 	w.rows = rows
+}
+
+// begin prepares a call on ds that processes up to rows rows at a time:
+// it chooses the first layer's path, sizes the buffers and loads the first
+// layer's weights from params into wt.
+func (w *WorkspaceOf[T]) begin(params []T, ds *data.Dataset, rows int) {
+	w.grow(rows)
+	in := w.spec.Sizes[0]
+	w.sparse = w.chooseSparse(ds)
+	if w.sparse {
+		w.in.reserve(w.rows, in)
+	} else if len(w.x) < w.rows*in {
+		w.x = make([]T, w.rows*in)
+	}
+	ly := w.layers[0]
+	transpose(w.wt, params[ly.WOff:ly.BOff], ly.Out, ly.In)
+}
+
+// chooseSparse reports whether the first layer should take the sparse path
+// for ds: always with the gonum backend, and with OpenBLAS when at most a
+// fraction sparseInputMax of the inputs are non-zero, judged from up to 256
+// rows spread evenly over ds. The choice depends only on ds, never on the
+// batch size or MaxBatch, so results stay independent of how rows are
+// grouped.
+func (w *WorkspaceOf[T]) chooseSparse(ds *data.Dataset) bool {
+	switch w.path {
+	case inputSparse:
+		return true
+	case inputDense:
+		return false
+	}
+	if sparseInputMax >= 1 {
+		return true
+	}
+	n := ds.Len()
+	step := max(1, n/256)
+	var nonzero, total int
+	for i := 0; i < n; i += step {
+		for _, v := range ds.Row(i) {
+			if v != 0 {
+				nonzero++
+			}
+		}
+		total += ds.Dim
+	}
+	return float64(nonzero) <= sparseInputMax*float64(total)
 }
 
 // check panics unless params and ds fit the workspace's spec.
@@ -163,18 +253,26 @@ func (w *WorkspaceOf[T]) SGD(params []T, ds *data.Dataset, epochs, batch int, lr
 	}
 	w.pcg.Seed(seed, shuffleStream)
 	b := min(batch, n)
-	w.grow(b)
+	w.begin(params, ds, b)
 	for range epochs {
 		shuffle(&w.pcg, perm)
 		for lo := 0; lo < n; lo += b {
-			idx := perm[lo:min(lo+b, n)]
+			hi := min(lo+b, n)
+			idx := perm[lo:hi]
 			rows := len(idx)
-			w.gatherIdx(ds, idx)
+			next := -1
+			if hi < n {
+				next = perm[hi]
+			}
+			w.gatherIdx(ds, idx, next)
 			w.forward(params, rows)
 			total, _ = w.softmax(total, rows, 1/float64(rows), true)
-			w.backward(params, rows, params, -lr, 1)
+			w.backward(params, rows, params, w.wt, -lr, 1)
 		}
 	}
+	// Store the trained first-layer weights back in PyTorch layout.
+	ly := w.layers[0]
+	transpose(params[ly.WOff:ly.BOff], w.wt, ly.In, ly.Out)
 	return total / (float64(epochs) * float64(n))
 }
 
@@ -196,6 +294,11 @@ func (w *WorkspaceOf[T]) gradient(params, grad []T, ds *data.Dataset) float64 {
 		clear(grad)
 		return 0
 	}
+	w.begin(params, ds, w.maxBatch)
+	ly := w.layers[0]
+	if len(w.gt) != ly.In*ly.Out {
+		w.gt = make([]T, ly.In*ly.Out)
+	}
 	scale := 1 / float64(n)
 	var total float64
 	for lo := 0; lo < n; lo += w.maxBatch {
@@ -207,8 +310,9 @@ func (w *WorkspaceOf[T]) gradient(params, grad []T, ds *data.Dataset) float64 {
 		if lo > 0 {
 			beta = 1
 		}
-		w.backward(params, rows, grad, 1, beta)
+		w.backward(params, rows, grad, w.gt, 1, beta)
 	}
+	transpose(grad[ly.WOff:ly.BOff], w.gt, ly.In, ly.Out)
 	return total * scale
 }
 
@@ -221,6 +325,7 @@ func (w *WorkspaceOf[T]) Evaluate(params []T, ds *data.Dataset) (accuracy, loss 
 	if n == 0 {
 		return 0, 0
 	}
+	w.begin(params, ds, w.maxBatch)
 	var total float64
 	var correct int
 	for lo := 0; lo < n; lo += w.maxBatch {

@@ -1,0 +1,224 @@
+package model
+
+import (
+	"fmt"
+
+	"gonum.org/v1/gonum/blas/blas32"
+)
+
+// The first layer of an MNIST model multiplies by pixels of which about
+// 80% are zero. This file holds what the first layer uses instead of gemm
+// when its inputs are sparse: the batch in compressed sparse row (CSR) form
+// for the forward pass, the same entries regrouped by column (CSC, with the
+// step size folded in) for the weight update, and one kernel, accSegs, that
+// serves both. The first layer's weights are kept transposed (In×Out,
+// "wᵀ") for the duration of a call, so that both passes add whole
+// contiguous Out-long rows:
+//
+//	forward   z[r,:]  += x[r,j] · wᵀ[j,:]        for the non-zero x[r,j] of row r
+//	backward  wᵀ[j,:] += alpha·x[r,j] · dz[r,:]  for the non-zero x[r,j] of column j
+//
+// and no input delta is needed for the first layer. Every output element
+// receives its terms one at a time, in increasing j (forward) or r
+// (backward) order, each product rounded before it is added: exactly the
+// operations gonum's gemm performs for the same products (it skips zero
+// multipliers too), so with the gonum backend the sparse and dense paths
+// agree bit for bit, and the assembly and Go versions of accSegs always do.
+
+// csr is a batch of input rows in compressed sparse row form: the non-zero
+// values of row r are val[ptr[r]:ptr[r+1]] at columns idx[ptr[r]:ptr[r+1]].
+// cnt[j] counts the batch's non-zeros in column j, for transposeTo.
+type csr[T Float] struct {
+	ptr []int32 // rows+1
+	idx []int32
+	val []T
+	cnt []int32 // In
+}
+
+// csc holds the same entries grouped by column: column j's entries are
+// val[end[j-1]:end[j]] (end[-1] = 0) at rows row[...], in increasing row
+// order, and val holds alpha times the input value.
+type csc[T Float] struct {
+	end []int32 // In
+	row []int32
+	val []T
+}
+
+// reserve makes s hold rows rows of width in without reallocating.
+func (s *csr[T]) reserve(rows, in int) {
+	if cap(s.ptr) < rows+1 {
+		s.ptr = make([]int32, rows+1)
+	}
+	if cap(s.idx) < rows*in {
+		s.idx = make([]int32, rows*in)
+		s.val = make([]T, rows*in)
+	}
+	if len(s.cnt) != in {
+		s.cnt = make([]int32, in)
+	}
+}
+
+// setRow stores row r (0, 1, 2, ... in order) from src, keeping its
+// non-zero entries (NaNs included). next, if not nil, is the row that will
+// be stored after this one, which the AVX2 kernel prefetches.
+func (s *csr[T]) setRow(r int, src, next []float32) {
+	if r == 0 {
+		s.ptr = s.ptr[:1]
+		s.ptr[0] = 0
+		clear(s.cnt)
+	}
+	n := int(s.ptr[r])
+	idx, val := s.idx[n:n+len(src)], s.val[n:n+len(src)]
+	var k int
+	if v32, ok := any(val).([]float32); ok {
+		k = compact32(idx, v32, src, next, s.cnt)
+	} else {
+		k = compactGo(idx, val, src, s.cnt)
+	}
+	s.ptr = append(s.ptr, int32(n+k))
+}
+
+// compact stores the non-zero entries of src (NaNs included) in val and
+// their positions in idx, in order, adds one to cnt[j] for each non-zero
+// src[j], and returns how many there are. idx, val and cnt must be at least
+// as long as src; entries of idx and val past the count are overwritten
+// with garbage. compactGo is the plain Go version; compact32 (float32, with
+// an AVX2 kernel on amd64) gives the same result.
+func compactGo[T Float](idx []int32, val []T, src []float32, cnt []int32) int {
+	idx, val, cnt = idx[:len(src)], val[:len(src)], cnt[:len(src)]
+	k := 0
+	for j, v := range src {
+		// Write unconditionally and advance only past non-zeros.
+		idx[k] = int32(j)
+		val[k] = T(v)
+		if v != 0 {
+			k++
+			cnt[j]++
+		}
+	}
+	return k
+}
+
+// transposeTo fills c with the entries of the first rows rows of s grouped
+// by column (in columns), multiplying every value by alpha.
+func (s *csr[T]) transposeTo(c *csc[T], rows, in int, alpha T) {
+	nnz := int(s.ptr[rows])
+	if cap(c.end) < in {
+		c.end = make([]int32, in)
+	}
+	if cap(c.row) < len(s.idx) {
+		c.row = make([]int32, len(s.idx))
+		c.val = make([]T, len(s.val))
+	}
+	end := c.end[:in]
+	// Turn the column counts into start offsets, then let the fill loop
+	// advance each start to its column's end.
+	var sum int32
+	for j, n := range s.cnt[:in] {
+		end[j] = sum
+		sum += n
+	}
+	if int(sum) != nnz {
+		panic(fmt.Sprintf("model: column counts add up to %d, expected the batch's %d non-zeros", sum, nnz))
+	}
+	for r := range rows {
+		lo, hi := s.ptr[r], s.ptr[r+1]
+		for k := lo; k < hi; k++ {
+			j := s.idx[k]
+			p := end[j]
+			c.row[p] = int32(r)
+			c.val[p] = alpha * s.val[k]
+			end[j] = p + 1
+		}
+	}
+}
+
+// accSegs adds to out, for every segment s < len(ends) and every entry k
+// of it (k from ends[s-1] to ends[s]-1, with ends[-1] = 0) in increasing
+// order, vals[k] times row idx[k] of the row-major matrix m:
+//
+//	out[s*ldOut+i] += vals[k] * m[idx[k]*ldM+i]   for i < n
+//
+// each product rounded to T before the addition (no fused multiply-add), so
+// every implementation gives the same bits. For a CSR batch the segments
+// are rows and out is z; for its CSC form they are columns and out is wᵀ.
+//
+// accSegs trusts idx to lie in [0, bound): the callers build idx
+// themselves (column positions below In, row numbers below the batch size),
+// so checking every entry would only repeat work. It checks that row
+// bound-1 of m, every output row and every entry fit in their slices, and
+// panics if not.
+func accSegs[T Float](out []T, ldOut, n int, ends []int32, vals []T, idx []int32, bound int, m []T, ldM int) {
+	nseg := len(ends)
+	if nseg == 0 || n == 0 {
+		return
+	}
+	nnz := int(ends[nseg-1])
+	if n > ldOut || (nseg-1)*ldOut+n > len(out) || nnz > len(idx) || nnz > len(vals) || (bound-1)*ldM+n > len(m) {
+		panic(fmt.Sprintf("model: accSegs: %d segments of %d values %d apart with %d entries (rows below %d, %d apart) do not fit in %d outputs, %d indices, %d values and a matrix of %d",
+			nseg, n, ldOut, nnz, bound, ldM, len(out), len(idx), len(vals), len(m)))
+	}
+	lo := int32(0)
+	for _, hi := range ends {
+		if hi < lo {
+			panic("model: accSegs: segment ends decrease")
+		}
+		lo = hi
+	}
+	switch o := any(out).(type) {
+	case []float32:
+		accSegs32(o, ldOut, n, ends, any(vals).([]float32), idx, any(m).([]float32), ldM)
+	case []float64:
+		accSegsGo(o, ldOut, n, ends, any(vals).([]float64), idx, any(m).([]float64), ldM)
+	}
+}
+
+// accSegsGo is accSegs in plain Go, without the checks.
+func accSegsGo[T Float](out []T, ldOut, n int, ends []int32, vals []T, idx []int32, m []T, ldM int) {
+	lo := int32(0)
+	for s, hi := range ends {
+		o := out[s*ldOut : s*ldOut+n]
+		for k := lo; k < hi; k++ {
+			v, j := vals[k], int(idx[k])
+			for i, x := range m[j*ldM : j*ldM+n] {
+				o[i] += T(v * x) // the conversion forbids fusing into an FMA
+			}
+		}
+		lo = hi
+	}
+}
+
+// accSegsSaxpy is accSegs for float32 through gonum's Saxpy, which
+// performs the same arithmetic (a rounded product, then an addition).
+func accSegsSaxpy(out []float32, ldOut, n int, ends []int32, vals []float32, idx []int32, m []float32, ldM int) {
+	impl := blas32.Implementation()
+	lo := int32(0)
+	for s, hi := range ends {
+		o := out[s*ldOut : s*ldOut+n]
+		for k := lo; k < hi; k++ {
+			j := int(idx[k])
+			impl.Saxpy(n, vals[k], m[j*ldM:j*ldM+n], 1, o, 1)
+		}
+		lo = hi
+	}
+}
+
+// transpose writes the transpose of the rows×cols row-major matrix src
+// into dst (cols×rows), in cache-sized blocks.
+func transpose[T Float](dst, src []T, rows, cols int) {
+	const blk = 32
+	_ = dst[rows*cols-1]
+	_ = src[rows*cols-1]
+	for r0 := 0; r0 < rows; r0 += blk {
+		r1 := min(r0+blk, rows)
+		for c0 := 0; c0 < cols; c0 += blk {
+			c1 := min(c0+blk, cols)
+			for r := r0; r < r1; r++ {
+				s := src[r*cols : r*cols+cols]
+				for c := c0; c < c1; c++ {
+					dst[c*rows+r] = s[c]
+				}
+			}
+		}
+	}
+}

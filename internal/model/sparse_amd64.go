@@ -1,0 +1,104 @@
+//go:build amd64 && !purego
+
+package model
+
+// useAVX2 reports whether the CPU and the operating system support AVX2
+// (and POPCNT, which every AVX2 CPU has), which the assembly kernels need.
+// It is decided once, at package initialisation.
+var useAVX2 = detectAVX2()
+
+// compactPerm[m] lists the lanes whose bit is set in the 8-bit mask m, in
+// increasing order, padded with zeros: the permutation compactAVX2 applies
+// to a block of eight values whose non-zero lanes are m. Read-only after
+// initialisation.
+var compactPerm = func() (t [256][8]uint8) {
+	for m := range 256 {
+		k := 0
+		for lane := range 8 {
+			if m>>lane&1 != 0 {
+				t[m][k] = uint8(lane)
+				k++
+			}
+		}
+	}
+	return t
+}()
+
+// cpuid and xgetbv are implemented in sparse_amd64.s.
+func cpuid(eaxArg, ecxArg uint32) (eax, ebx, ecx, edx uint32)
+func xgetbv() (eax, edx uint32)
+
+func detectAVX2() bool {
+	maxID, _, _, _ := cpuid(0, 0)
+	if maxID < 7 {
+		return false
+	}
+	_, _, ecx1, _ := cpuid(1, 0)
+	const popcnt, osxsave, avx = 1 << 23, 1 << 27, 1 << 28
+	if ecx1&popcnt == 0 || ecx1&osxsave == 0 || ecx1&avx == 0 {
+		return false
+	}
+	if lo, _ := xgetbv(); lo&6 != 6 { // the OS saves XMM and YMM state
+		return false
+	}
+	_, ebx7, _, _ := cpuid(7, 0)
+	return ebx7&(1<<5) != 0
+}
+
+// accSegsAVX2 is accSegs for float32, in sparse_amd64.s. The pointers
+// are to the first elements of out, ends, vals, idx and m; mask holds 32
+// lanes, -1 for the first n%32 and 0 after.
+//
+//go:noescape
+func accSegsAVX2(out *float32, ldOut, n int, ends *int32, nseg int, vals *float32, idx *int32, m *float32, ldM int, mask *[32]int32)
+
+// accSegs32 is accSegs for float32 (already checked): AVX2 assembly, or
+// gonum's Saxpy on CPUs without AVX2.
+func accSegs32(out []float32, ldOut, n int, ends []int32, vals []float32, idx []int32, m []float32, ldM int) {
+	if !useAVX2 {
+		accSegsSaxpy(out, ldOut, n, ends, vals, idx, m, ldM)
+		return
+	}
+	if ends[len(ends)-1] == 0 {
+		return
+	}
+	var mask [32]int32
+	for i := range n % 32 {
+		mask[i] = -1
+	}
+	accSegsAVX2(&out[0], ldOut, n, &ends[0], len(ends), &vals[0], &idx[0], &m[0], ldM, &mask)
+}
+
+// compactAVX2 is compact32 for the first 8*nblk values of src, in
+// sparse_amd64.s; it may write eight entries past the count it returns,
+// and it prefetches 32*nblk bytes from next.
+//
+//go:noescape
+func compactAVX2(idx *int32, val *float32, src *float32, nblk int, perm *[256][8]uint8, next *float32, cnt *int32) (count int)
+
+// compact32 is compact for float32. next, if as long as src, is prefetched.
+func compact32(idx []int32, val, src, next []float32, cnt []int32) int {
+	nblk := len(src) / 8
+	if !useAVX2 || nblk == 0 {
+		return compactGo(idx, val, src, cnt)
+	}
+	cnt = cnt[:len(src)]
+	pre := &src[0]
+	if len(next) >= len(src) {
+		pre = &next[0]
+	}
+	// Every block writes eight entries at an offset no larger than its own
+	// position in src, so it stays inside idx[:len(src)] and val[:len(src)].
+	idx, val = idx[:len(src)], val[:len(src)]
+	k := compactAVX2(&idx[0], &val[0], &src[0], nblk, &compactPerm, pre, &cnt[0])
+	for j := nblk * 8; j < len(src); j++ {
+		v := src[j]
+		idx[k] = int32(j)
+		val[k] = v
+		if v != 0 {
+			k++
+			cnt[j]++
+		}
+	}
+	return k
+}

@@ -1,0 +1,273 @@
+//go:build amd64 && !purego
+
+#include "textflag.h"
+
+// func cpuid(eaxArg, ecxArg uint32) (eax, ebx, ecx, edx uint32)
+TEXT ·cpuid(SB), NOSPLIT, $0-24
+	MOVL eaxArg+0(FP), AX
+	MOVL ecxArg+4(FP), CX
+	CPUID
+	MOVL AX, eax+8(FP)
+	MOVL BX, ebx+12(FP)
+	MOVL CX, ecx+16(FP)
+	MOVL DX, edx+20(FP)
+	RET
+
+// func xgetbv() (eax, edx uint32)
+TEXT ·xgetbv(SB), NOSPLIT, $0-8
+	MOVL $0, CX
+	XGETBV
+	MOVL AX, eax+0(FP)
+	MOVL DX, edx+4(FP)
+	RET
+
+// func accSegsAVX2(out *float32, ldOut, n int, ends *int32, nseg int, vals *float32, idx *int32, m *float32, ldM int, mask *int32)
+//
+// For segment s = 0..nseg-1 (entries k = ends[s-1]..ends[s]-1, ends[-1] = 0)
+// and i < n: out[s*ldOut+i] += vals[k] * m[idx[k]*ldM+i], k in increasing
+// order. The output row is cut into blocks of 8 vectors (64 lanes), then at
+// most one block of 4, then the last n%32 lanes as one block of up to four
+// masked vectors (mask holds 32 int32 lanes, -1 for i < n%32). Each block is
+// held in registers while k runs over the segment, and every term is a
+// VMULPS followed by a VADDPS (never an FMA), so the result matches plain Go
+// bit for bit.
+//
+// Registers: DI output block, SI vals, DX idx, R8 ends, R9 m plus the block
+// offset, R10 ldM in bytes, R11 first entry of the segment, R13 end of the
+// segment, R12 segment number, BX entry k, AX row address, CX block count.
+// Y0-Y7 accumulators, Y8 broadcast value, Y9-Y15 products or masks.
+TEXT ·accSegsAVX2(SB), NOSPLIT, $0-80
+	MOVQ vals+40(FP), SI
+	MOVQ idx+48(FP), DX
+	MOVQ ends+24(FP), R8
+	MOVQ ldM+64(FP), R10
+	SHLQ $2, R10
+	XORQ R11, R11
+	XORQ R12, R12
+
+seg:
+	CMPQ R12, nseg+32(FP)
+	JGE done
+	MOVLQSX (R8)(R12*4), R13
+	CMPQ R13, R11
+	JLE next
+	MOVQ R12, DI
+	IMULQ ldOut+8(FP), DI
+	SHLQ $2, DI
+	ADDQ out+0(FP), DI
+	MOVQ m+56(FP), R9
+	MOVQ n+16(FP), CX
+	SHRQ $6, CX
+
+b8:
+	TESTQ CX, CX
+	JZ b4test
+	VMOVUPS 0(DI), Y0
+	VMOVUPS 32(DI), Y1
+	VMOVUPS 64(DI), Y2
+	VMOVUPS 96(DI), Y3
+	VMOVUPS 128(DI), Y4
+	VMOVUPS 160(DI), Y5
+	VMOVUPS 192(DI), Y6
+	VMOVUPS 224(DI), Y7
+	MOVQ R11, BX
+b8k:
+	MOVLQSX (DX)(BX*4), AX
+	IMULQ R10, AX
+	ADDQ R9, AX
+	VBROADCASTSS (SI)(BX*4), Y8
+	VMULPS 0(AX), Y8, Y9
+	VADDPS Y9, Y0, Y0
+	VMULPS 32(AX), Y8, Y10
+	VADDPS Y10, Y1, Y1
+	VMULPS 64(AX), Y8, Y11
+	VADDPS Y11, Y2, Y2
+	VMULPS 96(AX), Y8, Y12
+	VADDPS Y12, Y3, Y3
+	VMULPS 128(AX), Y8, Y13
+	VADDPS Y13, Y4, Y4
+	VMULPS 160(AX), Y8, Y14
+	VADDPS Y14, Y5, Y5
+	VMULPS 192(AX), Y8, Y15
+	VADDPS Y15, Y6, Y6
+	VMULPS 224(AX), Y8, Y9
+	VADDPS Y9, Y7, Y7
+	INCQ BX
+	CMPQ BX, R13
+	JL b8k
+	VMOVUPS Y0, 0(DI)
+	VMOVUPS Y1, 32(DI)
+	VMOVUPS Y2, 64(DI)
+	VMOVUPS Y3, 96(DI)
+	VMOVUPS Y4, 128(DI)
+	VMOVUPS Y5, 160(DI)
+	VMOVUPS Y6, 192(DI)
+	VMOVUPS Y7, 224(DI)
+	ADDQ $256, DI
+	ADDQ $256, R9
+	DECQ CX
+	JMP b8
+
+b4test:
+	MOVQ n+16(FP), CX
+	ANDQ $32, CX
+	JZ mtest
+b4:
+	VMOVUPS 0(DI), Y0
+	VMOVUPS 32(DI), Y1
+	VMOVUPS 64(DI), Y2
+	VMOVUPS 96(DI), Y3
+	MOVQ R11, BX
+b4k:
+	MOVLQSX (DX)(BX*4), AX
+	IMULQ R10, AX
+	ADDQ R9, AX
+	VBROADCASTSS (SI)(BX*4), Y8
+	VMULPS 0(AX), Y8, Y9
+	VADDPS Y9, Y0, Y0
+	VMULPS 32(AX), Y8, Y10
+	VADDPS Y10, Y1, Y1
+	VMULPS 64(AX), Y8, Y11
+	VADDPS Y11, Y2, Y2
+	VMULPS 96(AX), Y8, Y12
+	VADDPS Y12, Y3, Y3
+	INCQ BX
+	CMPQ BX, R13
+	JL b4k
+	VMOVUPS Y0, 0(DI)
+	VMOVUPS Y1, 32(DI)
+	VMOVUPS Y2, 64(DI)
+	VMOVUPS Y3, 96(DI)
+	ADDQ $128, DI
+	ADDQ $128, R9
+
+mtest:
+	MOVQ n+16(FP), CX
+	ANDQ $31, CX
+	JZ next
+	MOVQ mask+72(FP), AX
+	CMPQ CX, $8
+	JG m4
+	VMOVDQU (AX), Y12
+	VMASKMOVPS (DI), Y12, Y0
+	MOVQ R11, BX
+m1k:
+	MOVLQSX (DX)(BX*4), AX
+	IMULQ R10, AX
+	ADDQ R9, AX
+	VBROADCASTSS (SI)(BX*4), Y8
+	VMASKMOVPS (AX), Y12, Y9
+	VMULPS Y9, Y8, Y9
+	VADDPS Y9, Y0, Y0
+	INCQ BX
+	CMPQ BX, R13
+	JL m1k
+	VMASKMOVPS Y0, Y12, (DI)
+	JMP next
+
+m4:
+	VMOVDQU 0(AX), Y12
+	VMOVDQU 32(AX), Y13
+	VMOVDQU 64(AX), Y14
+	VMOVDQU 96(AX), Y15
+	VMASKMOVPS 0(DI), Y12, Y0
+	VMASKMOVPS 32(DI), Y13, Y1
+	VMASKMOVPS 64(DI), Y14, Y2
+	VMASKMOVPS 96(DI), Y15, Y3
+	MOVQ R11, BX
+m4k:
+	MOVLQSX (DX)(BX*4), AX
+	IMULQ R10, AX
+	ADDQ R9, AX
+	VBROADCASTSS (SI)(BX*4), Y8
+	VMASKMOVPS 0(AX), Y12, Y4
+	VMULPS Y4, Y8, Y4
+	VADDPS Y4, Y0, Y0
+	VMASKMOVPS 32(AX), Y13, Y5
+	VMULPS Y5, Y8, Y5
+	VADDPS Y5, Y1, Y1
+	VMASKMOVPS 64(AX), Y14, Y6
+	VMULPS Y6, Y8, Y6
+	VADDPS Y6, Y2, Y2
+	VMASKMOVPS 96(AX), Y15, Y7
+	VMULPS Y7, Y8, Y7
+	VADDPS Y7, Y3, Y3
+	INCQ BX
+	CMPQ BX, R13
+	JL m4k
+	VMASKMOVPS Y0, Y12, 0(DI)
+	VMASKMOVPS Y1, Y13, 32(DI)
+	VMASKMOVPS Y2, Y14, 64(DI)
+	VMASKMOVPS Y3, Y15, 96(DI)
+
+next:
+	MOVQ R13, R11
+	INCQ R12
+	JMP seg
+
+done:
+	VZEROUPPER
+	RET
+
+// func compactAVX2(idx *int32, val *float32, src *float32, nblk int, perm *[256][8]uint8, next *float32, cnt *int32) (count int)
+//
+// Stores the non-zero entries among the 8*nblk floats at src (NaNs count as
+// non-zero, like v != 0 in Go) at val[0:count], and their positions at
+// idx[0:count], in order. Each block of eight is compared with zero, its
+// mask selects a permutation that moves the non-zero lanes to the front,
+// and all eight lanes of values and positions are stored at the current
+// count: the caller provides room for eight more entries than it keeps.
+// Meanwhile it prefetches the 32*nblk bytes at next, the row the caller
+// will compact next (rows of a shuffled dataset come from all over memory),
+// and adds one to cnt[j] for every non-zero src[j].
+//
+// Registers: DI idx, SI val, DX src, CX blocks left, R8 perm, AX count,
+// BX mask, R9 popcount. Y0 input, Y1 zero then compare mask, Y2 lane
+// permutation, Y3 positions of the current block, Y4 8 in every lane,
+// Y5 permuted positions, Y6 permuted values, Y7 non-zero lanes (all ones),
+// Y8 counts, R10 next, R11 cnt.
+TEXT ·compactAVX2(SB), NOSPLIT, $0-64
+	MOVQ idx+0(FP), DI
+	MOVQ val+8(FP), SI
+	MOVQ src+16(FP), DX
+	MOVQ nblk+24(FP), CX
+	MOVQ perm+32(FP), R8
+	MOVQ next+40(FP), R10
+	MOVQ cnt+48(FP), R11
+	XORQ AX, AX
+	MOVQ $8, R9
+	MOVQ R9, X4
+	VPBROADCASTD X4, Y4
+	MOVQ $0x0706050403020100, R9
+	MOVQ R9, X3
+	VPMOVZXBD X3, Y3
+	VXORPS Y1, Y1, Y1
+	TESTQ CX, CX
+	JZ cdone
+
+cloop:
+	PREFETCHT0 (R10)
+	VMOVUPS (DX), Y0
+	VCMPPS $4, Y1, Y0, Y7
+	VMOVDQU (R11), Y8
+	VPSUBD Y7, Y8, Y8
+	VMOVDQU Y8, (R11)
+	VMOVMSKPS Y7, BX
+	POPCNTL BX, R9
+	VPMOVZXBD (R8)(BX*8), Y2
+	VPERMPS Y0, Y2, Y6
+	VPERMD Y3, Y2, Y5
+	VMOVUPS Y6, (SI)(AX*4)
+	VMOVDQU Y5, (DI)(AX*4)
+	ADDQ R9, AX
+	VPADDD Y4, Y3, Y3
+	ADDQ $32, DX
+	ADDQ $32, R10
+	ADDQ $32, R11
+	DECQ CX
+	JNZ cloop
+
+cdone:
+	MOVQ AX, count+56(FP)
+	VZEROUPPER
+	RET

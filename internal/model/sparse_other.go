@@ -1,0 +1,14 @@
+//go:build !amd64 || purego
+
+package model
+
+// accSegs32 is accSegs for float32, through gonum's Saxpy.
+func accSegs32(out []float32, ldOut, n int, ends []int32, vals []float32, idx []int32, m []float32, ldM int) {
+	accSegsSaxpy(out, ldOut, n, ends, vals, idx, m, ldM)
+}
+
+// compact32 is compact for float32; next (the row that will be compacted
+// next) is a hint that this version ignores.
+func compact32(idx []int32, val, src, next []float32, cnt []int32) int {
+	return compactGo(idx, val, src, cnt)
+}
