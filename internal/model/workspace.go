@@ -20,7 +20,10 @@ const DefaultMaxBatch = 256
 // maxBatch only sets how many rows are processed at a time: losses,
 // gradients and trained parameters are bit for bit the same whatever it is
 // (every sum runs over rows in the same order), so differently configured
-// trainers agree.
+// trainers agree. The openblas build keeps that for minibatch SGD, but
+// OpenBLAS orders its sums over rows by matrix size, so there Gradient and
+// full-batch SGD depend on maxBatch at the level of rounding (a fixed
+// maxBatch still gives identical results run after run).
 //
 // The first layer exploits inputs that are mostly zeros, as MNIST's are
 // (about 81% of pixels): each batch is compacted to its non-zero entries,
