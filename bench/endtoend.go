@@ -1,0 +1,192 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os/exec"
+	"regexp"
+	"runtime"
+	"strconv"
+	"syscall"
+	"time"
+
+	"fedgather/internal/data"
+	"fedgather/internal/model"
+)
+
+// endToEndRow is the line of "bench endtoend": rounds per second of the
+// demo configuration (2NN, K=100, C=0.1, E=1, B=10, IID; the aggregator's
+// -demo defaults) with 1 and with 2 trainer processes on this machine, and
+// where a round's time goes.
+type endToEndRow struct {
+	Row     string  `json:"row"` // "endtoend"
+	Rounds  int     `json:"rounds"`
+	One     spread  `json:"one_trainer_rounds_per_s"`
+	Two     spread  `json:"two_trainers_rounds_per_s"`
+	Ratio   spread  `json:"ratio"` // two/one per repeat
+	Target  float64 `json:"target"`
+	Repeats int     `json:"repeats"`
+	// In-process measurements, one thread, median of 5: what one round
+	// needs at least.
+	TaskSeconds   float64 `json:"task_seconds"`   // one client's local training (600 examples, E=1, B=10)
+	DecodeSeconds float64 `json:"decode_seconds"` // decoding one client's shard (the trainer does it once per shard it receives)
+	EvalSeconds   float64 `json:"eval_seconds"`   // evaluating the 10,000 test images on one thread
+	// Per-round breakdown from the aggregator's round lines (median).
+	OneRoundSecs spread `json:"one_round_seconds"`
+	TwoRoundSecs spread `json:"two_round_seconds"`
+	Cores        int    `json:"cores"`
+}
+
+func runEndToEnd(args []string) error {
+	fs := flag.NewFlagSet("endtoend", flag.ContinueOnError)
+	agg := fs.String("aggregator", "", "aggregator binary (go build ./cmd/aggregator)")
+	rounds := fs.Int("rounds", 20, "rounds per run (the first is a warm-up)")
+	repeats := fs.Int("repeats", 3, "runs with each trainer count")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if *agg == "" {
+		return errors.New("-aggregator is required")
+	}
+	if *rounds < 3 {
+		return errors.New("-rounds: want at least 3")
+	}
+	row := &endToEndRow{Row: "endtoend", Rounds: *rounds, Target: 1.7, Repeats: *repeats, Cores: runtime.NumCPU()}
+	var one, two, oneSecs, twoSecs []float64
+	for rep := range *repeats {
+		order := []int{1, 2}
+		if rep%2 == 1 {
+			order = []int{2, 1}
+		}
+		for _, n := range order {
+			progress("endtoend: -demo -trainers %d -rounds %d (run %d of %d)", n, *rounds, rep+1, *repeats)
+			rate, secs, err := demoRun(*agg, n, *rounds)
+			if err != nil {
+				return fmt.Errorf("%d trainers: %w", n, err)
+			}
+			if n == 1 {
+				one = append(one, rate)
+				oneSecs = append(oneSecs, secs...)
+			} else {
+				two = append(two, rate)
+				twoSecs = append(twoSecs, secs...)
+			}
+		}
+	}
+	row.One, row.Two, row.Ratio = spreadOf(one), spreadOf(two), spreadOf(ratios(two, one))
+	row.OneRoundSecs, row.TwoRoundSecs = spreadOf(oneSecs), spreadOf(twoSecs)
+	if err := measureParts(row); err != nil {
+		return err
+	}
+	return emit(row)
+}
+
+var roundSecsRE = regexp.MustCompile(`^round (\d+)/\d+ .* secs=([0-9.]+) `)
+
+// demoRun runs the demo with n trainers and returns rounds per second over
+// the rounds after the first, timed by when the aggregator printed their
+// lines, and the secs= figure of each of those rounds.
+func demoRun(bin string, n, rounds int) (float64, []float64, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, bin, "-demo", "-trainers", strconv.Itoa(n), "-min-trainers", strconv.Itoa(n),
+		"-target", "0", "-rounds", strconv.Itoa(rounds), "-log-level", "warn")
+	cmd.Cancel = func() error { return cmd.Process.Signal(syscall.SIGKILL) }
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		return 0, nil, err
+	}
+	if err := cmd.Start(); err != nil {
+		return 0, nil, err
+	}
+	var first, last time.Time
+	var secs []float64
+	seen := 0
+	sc := bufio.NewScanner(out)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		m := roundSecsRE.FindStringSubmatch(sc.Text())
+		if m == nil {
+			continue
+		}
+		seen++
+		now := time.Now()
+		if seen == 1 {
+			first = now
+			continue
+		}
+		last = now
+		s, _ := strconv.ParseFloat(m[2], 64)
+		secs = append(secs, s)
+	}
+	_, _ = io.Copy(io.Discard, out)
+	if err := cmd.Wait(); err != nil {
+		return 0, nil, fmt.Errorf("aggregator -demo: %w", err)
+	}
+	if seen != rounds {
+		return 0, nil, fmt.Errorf("saw %d round lines, want %d", seen, rounds)
+	}
+	return float64(rounds-1) / last.Sub(first).Seconds(), secs, nil
+}
+
+// measureParts times, in this process on one thread, the pieces a demo
+// round is made of.
+func measureParts(row *endToEndRow) error {
+	prev := runtime.GOMAXPROCS(1) // like each trainer process
+	defer runtime.GOMAXPROCS(prev)
+	train, test, err := data.LoadMNIST("datasets/mnist")
+	if err != nil {
+		return err
+	}
+	spec, err := model.Parse("2nn", train.Dim, train.Classes)
+	if err != nil {
+		return err
+	}
+	split, err := data.PartitionIID(train.Len(), 100, 1)
+	if err != nil {
+		return err
+	}
+	shard := train.Subset(split[0])
+	enc, err := data.EncodeShard(shard)
+	if err != nil {
+		return err
+	}
+	params := make([]float32, spec.NumParams())
+	spec.Init(params, 1)
+	trainWS := model.NewWorkspace(spec, 128) // as internal/trainer
+	evalWS := model.NewWorkspace(spec, 1000) // as internal/job
+	local := make([]float32, len(params))
+	timeIt := func(f func() error) (float64, error) {
+		var ts []float64
+		for range 5 {
+			start := time.Now()
+			if err := f(); err != nil {
+				return 0, err
+			}
+			ts = append(ts, time.Since(start).Seconds())
+		}
+		return median(ts), nil
+	}
+	if row.TaskSeconds, err = timeIt(func() error {
+		copy(local, params)
+		trainWS.SGD(local, shard, 1, 10, 0.1, 7)
+		return nil
+	}); err != nil {
+		return err
+	}
+	if row.DecodeSeconds, err = timeIt(func() error {
+		_, err := data.DecodeShard(append([]byte(nil), enc...), train.Dim, train.Classes, 1<<22)
+		return err
+	}); err != nil {
+		return err
+	}
+	row.EvalSeconds, err = timeIt(func() error {
+		evalWS.Evaluate(params, test)
+		return nil
+	})
+	return err
+}

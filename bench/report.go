@@ -1,0 +1,541 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"strings"
+	"time"
+)
+
+// trainRow is one line printed by bench/train or bench/pytorch_train.py
+// (see their header comments).
+type trainRow struct {
+	Impl     string  `json:"impl"`
+	Build    string  `json:"build"`
+	Model    string  `json:"model"`
+	Batch    int     `json:"batch"`
+	Median   float64 `json:"samples_per_s_median"`
+	Min      float64 `json:"samples_per_s_min"`
+	Max      float64 `json:"samples_per_s_max"`
+	Accuracy float64 `json:"accuracy"`
+	Repeats  int     `json:"repeats"`
+}
+
+// results is everything the parts wrote into the results directory.
+type results struct {
+	train     map[string][]trainRow // by build: "gonum", "openblas", "pytorch"; one entry per run
+	trainNote string
+	aggregate []aggregateRow
+	transport []transportRow
+	scale     []scaleRow
+	endtoend  []endToEndRow
+	missing   []string
+}
+
+func runReport(args []string) error {
+	fset := flag.NewFlagSet("report", flag.ContinueOnError)
+	dir := fset.String("dir", "", "directory holding the parts' JSON lines (*.jsonl)")
+	command := fset.String("command", "bash bench/run", "the command that produced the results, for the record")
+	out := fset.String("out", "docs/PERFORMANCE.md", "file to write the report to (- for stdout only)")
+	if err := fset.Parse(args); err != nil {
+		return err
+	}
+	if *dir == "" {
+		return errors.New("-dir is required")
+	}
+	r, err := loadResults(*dir)
+	if err != nil {
+		return err
+	}
+	doc := render(r, *command, time.Now().UTC())
+	if *out != "-" {
+		if err := os.WriteFile(*out, []byte(doc), 0o644); err != nil {
+			return err
+		}
+	}
+	// The summary table on stdout.
+	i := strings.Index(doc, "## Summary")
+	j := strings.Index(doc, "\n## 1.")
+	if i >= 0 && j > i {
+		fmt.Print(doc[i:j])
+	} else {
+		fmt.Print(doc)
+	}
+	return nil
+}
+
+func loadResults(dir string) (*results, error) {
+	r := &results{train: map[string][]trainRow{}}
+	files, err := filepath.Glob(filepath.Join(dir, "*.jsonl"))
+	if err != nil {
+		return nil, err
+	}
+	slices.Sort(files)
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			return nil, err
+		}
+		sc := bufio.NewScanner(bytes.NewReader(b))
+		sc.Buffer(make([]byte, 64<<10), 16<<20)
+		for sc.Scan() {
+			line := bytes.TrimSpace(sc.Bytes())
+			if len(line) == 0 || line[0] != '{' {
+				continue
+			}
+			var probe struct {
+				Row  string `json:"row"`
+				Impl string `json:"impl"`
+			}
+			if err := json.Unmarshal(line, &probe); err != nil {
+				return nil, fmt.Errorf("%s: %w", f, err)
+			}
+			var err error
+			switch {
+			case probe.Impl != "":
+				var t trainRow
+				if err = json.Unmarshal(line, &t); err == nil {
+					key := t.Build
+					if t.Impl == "pytorch" {
+						key = "pytorch"
+					}
+					r.train[key] = append(r.train[key], t)
+				}
+			case probe.Row == "aggregate":
+				var a aggregateRow
+				if err = json.Unmarshal(line, &a); err == nil {
+					r.aggregate = append(r.aggregate, a)
+				}
+			case probe.Row == "transport":
+				var t transportRow
+				if err = json.Unmarshal(line, &t); err == nil {
+					r.transport = append(r.transport, t)
+				}
+			case probe.Row == "scale":
+				var s scaleRow
+				if err = json.Unmarshal(line, &s); err == nil {
+					r.scale = append(r.scale, s)
+				}
+			case probe.Row == "endtoend":
+				var e endToEndRow
+				if err = json.Unmarshal(line, &e); err == nil {
+					r.endtoend = append(r.endtoend, e)
+				}
+			}
+			if err != nil {
+				return nil, fmt.Errorf("%s: %w", f, err)
+			}
+		}
+	}
+	if b, err := os.ReadFile(filepath.Join(dir, "train-note.txt")); err == nil {
+		r.trainNote = strings.TrimSpace(string(b))
+	} else if !errors.Is(err, fs.ErrNotExist) {
+		return nil, err
+	}
+	return r, nil
+}
+
+// f formats a number with about three significant digits.
+func f(v float64) string {
+	switch a := max(v, -v); {
+	case a == 0:
+		return "0"
+	case a >= 10000:
+		return commas(fmt.Sprintf("%.0f", v))
+	case a >= 100:
+		return fmt.Sprintf("%.0f", v)
+	case a >= 10:
+		return fmt.Sprintf("%.1f", v)
+	case a >= 1:
+		return fmt.Sprintf("%.2f", v)
+	}
+	return fmt.Sprintf("%.3g", v)
+}
+
+func commas(s string) string {
+	neg := strings.HasPrefix(s, "-")
+	s = strings.TrimPrefix(s, "-")
+	var b strings.Builder
+	for i, c := range s {
+		if i > 0 && (len(s)-i)%3 == 0 {
+			b.WriteByte(',')
+		}
+		b.WriteRune(c)
+	}
+	if neg {
+		return "-" + b.String()
+	}
+	return b.String()
+}
+
+// sp formats a spread as "median [min–max]".
+func sp(s spread) string {
+	if s.Min == s.Max {
+		return f(s.Median)
+	}
+	return fmt.Sprintf("%s [%s–%s]", f(s.Median), f(s.Min), f(s.Max))
+}
+
+func ratioText(s spread) string {
+	if s.Min == s.Max {
+		return fmt.Sprintf("%.2f×", s.Median)
+	}
+	return fmt.Sprintf("%.2f× [%.2f–%.2f]", s.Median, s.Min, s.Max)
+}
+
+func verdict(ok bool) string {
+	if ok {
+		return "met"
+	}
+	return "**missed**"
+}
+
+func mb(b int64) string { return f(float64(b) / 1e6) }
+
+func render(r *results, command string, now time.Time) string {
+	var b strings.Builder
+	w := func(format string, a ...any) { fmt.Fprintf(&b, format, a...) }
+	w("# Performance\n\n")
+	w("Written by `%s` on %s (UTC). CPU: %s, %d logical CPUs; %s %s/%s.\n\n", command, now.Format("2006-01-02 15:04"), cpuModel(), runtime.NumCPU(), runtime.Version(), runtime.GOOS, runtime.GOARCH)
+	w("Every timing runs ours and its anchor side by side — in the same process, or in alternating runs — and repeats; ")
+	w("a figure is the median, with the minimum and maximum over the repeats in brackets, and a ratio is the median of the per-repeat ratios. ")
+	w("This is a shared two-core machine, so expect figures to move by 10–30%% between runs; the ratios move less. ")
+	w("Targets come from the performance issue. Sections 1–5 give the detail and, for a missed target, where the time goes.\n\n")
+
+	w("## Summary\n\n")
+	w("| # | measure | ours | anchor | ratio | target | |\n|---|---|---|---|---|---|---|\n")
+	summaryTrain(r, w)
+	for _, a := range r.aggregate {
+		w("| 2 | aggregation, %s (GB/s of updates) | Accumulator.Add: %s | copy(): %s | %s | ≥ %.1f× | %s |\n",
+			a.Case, sp(a.Ours), sp(a.Anchor), ratioText(a.Ratio), a.Target, verdict(a.Ratio.Median >= a.Target))
+	}
+	if len(r.aggregate) == 0 {
+		w("| 2 | aggregation | not measured | | | ≥ 0.5× | |\n")
+	}
+	for _, t := range r.transport {
+		w("| 3 | transport: %s scattered and gathered on loopback (MB/s) | websocket + hub: %s | raw TCP: %s | %s | ≥ %.1f× | %s |\n",
+			t.Case, sp(t.Hub), sp(t.Anchor), ratioText(t.Ratio), t.Target, verdict(t.Ratio.Median >= t.Target))
+	}
+	if len(r.transport) == 0 {
+		w("| 3 | transport | not measured | | | ≥ 0.9× | |\n")
+	}
+	summaryScale(r, w)
+	for _, e := range r.endtoend {
+		w("| 5 | end-to-end demo (2NN, K=100, C=0.1, E=1, B=10; rounds/s) | 2 trainers: %s | 1 trainer: %s | %s | ≥ %.1f× | %s |\n",
+			sp(e.Two), sp(e.One), ratioText(e.Ratio), e.Target, verdict(e.Ratio.Median >= e.Target))
+	}
+	if len(r.endtoend) == 0 {
+		w("| 5 | end-to-end | not measured | | | ≥ 1.7× | |\n")
+	}
+	w("\n")
+	sectionTrain(r, w)
+	sectionAggregate(r, w)
+	sectionTransport(r, w)
+	sectionScale(r, w)
+	sectionEndToEnd(r, w)
+	return b.String()
+}
+
+// trainPairs matches each fedgather build's configurations with PyTorch's.
+type trainPair struct {
+	build, model string
+	batch        int
+	ours, torch  []trainRow
+}
+
+func trainPairs(r *results) []trainPair {
+	var out []trainPair
+	torch := r.train["pytorch"]
+	for _, build := range []string{"gonum", "openblas"} {
+		var keys []string
+		byKey := map[string]*trainPair{}
+		for _, t := range r.train[build] {
+			k := fmt.Sprintf("%s/%04d", t.Model, t.Batch)
+			p := byKey[k]
+			if p == nil {
+				p = &trainPair{build: build, model: t.Model, batch: t.Batch}
+				byKey[k] = p
+				keys = append(keys, k)
+			}
+			p.ours = append(p.ours, t)
+		}
+		slices.Sort(keys)
+		for _, k := range keys {
+			p := byKey[k]
+			for _, t := range torch {
+				if t.Model == p.model && t.Batch == p.batch {
+					p.torch = append(p.torch, t)
+				}
+			}
+			out = append(out, *p)
+		}
+	}
+	return out
+}
+
+// rates pools the per-run medians of repeated runs.
+func rates(rows []trainRow) (s spread, acc float64) {
+	var v, a []float64
+	for _, t := range rows {
+		v = append(v, t.Median)
+		a = append(a, t.Accuracy)
+	}
+	s = spreadOf(v)
+	if len(rows) == 1 {
+		s = spread{Median: rows[0].Median, Min: rows[0].Min, Max: rows[0].Max}
+	}
+	return s, median(a)
+}
+
+func pairRatio(p trainPair) spread {
+	var ours, torch []float64
+	for _, t := range p.ours {
+		ours = append(ours, t.Median)
+	}
+	for _, t := range p.torch {
+		torch = append(torch, t.Median)
+	}
+	return spreadOf(ratios(ours, torch))
+}
+
+func summaryTrain(r *results, w func(string, ...any)) {
+	pairs := trainPairs(r)
+	n := 0
+	for _, p := range pairs {
+		if p.model != "2nn" || len(p.torch) == 0 {
+			continue
+		}
+		o, _ := rates(p.ours)
+		t, _ := rates(p.torch)
+		w("| 1 | training throughput, 2NN B=%d, %s build (samples/s) | %s | PyTorch: %s | %s | — | |\n", p.batch, p.build, sp(o), sp(t), ratioText(pairRatio(p)))
+		n++
+	}
+	if n == 0 {
+		w("| 1 | training throughput vs PyTorch | **not measured** (%s) | | | — | |\n", orDefault(r.trainNote, "bench/train or bench/pytorch_train.py missing"))
+	}
+}
+
+func orDefault(s, d string) string {
+	if s == "" {
+		return d
+	}
+	return s
+}
+
+func sectionTrain(r *results, w func(string, ...any)) {
+	w("## 1. Training throughput\n\n")
+	w("One epoch of the 60,000 MNIST training images with plain minibatch SGD on one thread: `bench/train` (fedgather's `internal/model`, pure-Go gonum build and, when it builds, the OpenBLAS build) against `bench/pytorch_train.py` (PyTorch, one thread). ")
+	w("Their header comments define the measurement. bench/run alternates the programs, one timed epoch per configuration per run, and repeats; the figures pool those runs.\n\n")
+	if r.trainNote != "" {
+		w("%s\n\n", r.trainNote)
+	}
+	pairs := trainPairs(r)
+	if len(pairs) == 0 {
+		w("**Not measured**: the training programs were not there or did not run.\n\n")
+		return
+	}
+	w("| build | model | B | fedgather samples/s | PyTorch samples/s | ratio | accuracy fedgather / PyTorch |\n|---|---|---|---|---|---|---|\n")
+	for _, p := range pairs {
+		o, oa := rates(p.ours)
+		if len(p.torch) == 0 {
+			w("| %s | %s | %d | %s | — | — | %.4f / — |\n", p.build, p.model, p.batch, sp(o), oa)
+			continue
+		}
+		t, ta := rates(p.torch)
+		w("| %s | %s | %d | %s | %s | %s | %.4f / %.4f |\n", p.build, p.model, p.batch, sp(o), sp(t), ratioText(pairRatio(p)), oa, ta)
+	}
+	if tr := r.train["pytorch"]; len(tr) > 0 {
+		w("\nPyTorch build: %s.\n", tr[0].Build)
+	}
+	w("\n")
+}
+
+func sectionAggregate(r *results, w func(string, ...any)) {
+	w("## 2. Aggregation throughput\n\n")
+	if len(r.aggregate) == 0 {
+		w("**Not measured.**\n\n")
+		return
+	}
+	w("`go run ./bench aggregate`: updates of float32 values folded into one `allreduce.Accumulator` with weight 600 (`Add`: range check and fold in one pass), against `copy()` of the same bytes, in the same process, alternating. ")
+	w("GB/s are 10^9 bytes of update per second. The *hub path* column is what the aggregator does per update today: `wire.ReadFloat32s` (copy out of the frame and a finite check), `allreduce.CheckFinite`, then `Add`.\n\n")
+	w("| size | kernel | Accumulator.Add | copy() | ratio | hub path | hub path / copy |\n|---|---|---|---|---|---|---|\n")
+	for _, a := range r.aggregate {
+		w("| %s | %s | %s | %s | %s | %s | %s |\n", a.Case, a.Kernel, sp(a.Ours), sp(a.Anchor), ratioText(a.Ratio), sp(a.HubPath), ratioText(a.HubRat))
+	}
+	w("\nThe issue measured about 2.4 GB/s before this work, on a quieter machine (a scalar loop, three range checks per update). ")
+	w("What changed (`internal/allreduce`): an AVX2 kernel converts each value to fixed point exactly with the float64 trick `bits(v + 1.5·2^52) − bits(1.5·2^52)`, eight values per step, selected at start-up by CPUID; ")
+	w("the portable Go kernel computes the same IEEE operations and gives bit-identical sums (tested bit for bit, and `-tags purego` forces it). ")
+	w("Validation and folding are one pass: each 2,048-value chunk is range-checked while it is still in L1 and then folded, and a bad value rolls the folded chunks back exactly. ")
+	w("The scale rule changed to keep every term within the trick's exact range: frac = 51 − ⌈log2(MaxAbs·maxWeight)⌉, total weight at most 2^29 (see `NewAccumulator`).\n\n")
+	for _, a := range r.aggregate {
+		if a.Ratio.Median >= a.Target {
+			continue
+		}
+		w("**%s misses the %.1f× target.** The fold is a read-modify-write of an int64 sum: per value it reads 4 bytes of update and 8 of sum and writes 8 of sum, 20 bytes of memory traffic, where copy() reads 4 and writes 4 (and at this size Go's memmove uses non-temporal stores, so it does not even read the destination). ", a.Case, a.Target)
+		w("Once the 192 MiB of update and sum no longer fit in the caches, both are bound by memory bandwidth, and 8/20 = 0.4× is the ceiling for a 64-bit exact sum; the measured %.2f× sits at that bound. ", a.Ratio.Median)
+		w("Reaching 0.5× would need a narrower sum (for example 32-bit partial sums flushed every few updates, which gives up the simple overflow bound) and is not worth the exactness risk: at the 2NN's 0.8 MB, the size this system runs, everything stays in cache and the target is met.\n\n")
+	}
+	if len(r.aggregate) > 0 && r.aggregate[0].HubRat.Median < 0.5 {
+		w("The hub path is far slower than `Add` alone: `wire.ReadFloat32s`' finite check runs at under 1 GB/s (a scalar `math.IsNaN`/`math.IsInf` per value) and dominates the aggregator's CPU per update. ")
+		w("Proposed (not done here: `internal/wire` and `internal/coord` belong to others): drop the finite check from `ReadFloat32s` on the aggregator's path, or make it a branch-free test of the exponent bits, and drop the separate `allreduce.CheckFinite` in `coord/conn.go`, since `Add` already refuses NaN, ±Inf and out-of-range values in its one pass. See section 3 for the copy.\n\n")
+	}
+}
+
+func sectionTransport(r *results, w func(string, ...any)) {
+	w("## 3. Transport\n\n")
+	if len(r.transport) == 0 {
+		w("**Not measured.**\n\n")
+		return
+	}
+	w("`go run ./bench transport`: one 2NN model (796,840 bytes) sent to a trainer and one update of the same size sent back, over loopback, in one process; MB/s are 10^6 payload bytes per second over both directions. ")
+	w("*websocket + hub* is the real thing: a `coord.Hub` runs one-task rounds (`RunRound`) for one connected trainer that reads frames as `internal/trainer` does and answers each task at once. ")
+	w("*websocket only* is the same frames over a gorilla/websocket pair with our 64 KiB buffers, each side reading as coord and the trainer do. ")
+	w("*direct* and *direct, 1 MiB trainer buffers* measure the change proposed below. *Raw TCP* writes and reads back the same bytes with `io.ReadFull`.\n\n")
+	for _, t := range r.transport {
+		w("| path | MB/s | / raw TCP |\n|---|---|---|\n")
+		w("| websocket + hub (ours, today) | %s | %s |\n", sp(t.Hub), ratioText(t.Ratio))
+		w("| websocket only, read as coord and the trainer do today | %s | %s |\n", sp(t.Wire), ratioText(t.WireRat))
+		w("| proposed: payload read straight into the []float32, one range check | %s | %s |\n", sp(t.Direct), ratioText(t.DirRat))
+		w("| proposed, and the trainer's websocket buffers at 1 MiB | %s | %s |\n", sp(t.Big), ratioText(t.BigRat))
+		w("| raw TCP (anchor) | %s | 1 |\n\n", sp(t.Anchor))
+		w("%d round trips per measurement, %d measurements of each path in rotating order.\n\n", t.Trips, t.Repeats)
+		if t.Ratio.Median >= t.Target {
+			continue
+		}
+		w("**The target (%.1f×) is missed.** A CPU profile of `go run ./bench transport -cpuprofile FILE` puts most of the time in `wire.ReadFloat32s` (its scalar finite check; about 1 ms per 0.8 MB frame, on both the trainer and the aggregator side), then in write system calls, the allocations of `io.ReadAll` and `bytes.Buffer` growth, and `memclr` of new buffers. ", t.Target)
+		w("The websocket framing itself is not the problem: read directly, the same frames reach %s of raw TCP, and %s once the trainer's write buffer holds a whole update, because a client frame must be masked, so gorilla copies it through the write buffer and with 64 KiB buffers an update leaves as 13 frames and 13 write calls (the aggregator's model frames are unmasked and written straight from the model's bytes).\n\n",
+			ratioText(t.DirRat), ratioText(t.BigRat))
+		w("Proposed changes (this work may not edit `internal/coord`, `internal/wire` or `internal/trainer`; they are described here for their owners):\n\n")
+		w("1. `coord/conn.go` reader: instead of `bytes.Buffer.ReadFrom` then `wire.ReadFloat32s` into `update`, read the 6-byte prefix and the header into a small buffer, then `io.ReadFull(r, wire.Float32Bytes(update))` (after checking the header's length against `4·Params`), and leave the range check to `Accumulator.Add`. That removes one copy and two validation passes per update, and the per-connection `bytes.Buffer` that grows to a model's size (section 4).\n")
+		w("2. `wire.ReadFloat32s`: make the finite check branch-free on the exponent bits (or offer a variant without it for callers that validate anyway); today it costs more than the network transfer.\n")
+		w("3. `internal/trainer`: read `model` frames the same way into `t.global` instead of `io.ReadAll` (which reallocates and copies as the frame grows), and dial with write buffers of a model's size (e.g. 1 MiB) so an update leaves as one frame.\n\n")
+	}
+}
+
+func summaryScale(r *results, w func(string, ...any)) {
+	g, ok := scaleGrowth(r)
+	if !ok {
+		w("| 4 | scale: aggregator RSS growth, 10 → 1,000 updates per round | not measured | | | < 2 models | |\n")
+		return
+	}
+	w("| 4 | scale: aggregator peak RSS growth with %d trainers, %d → %d updates per round (MB) | %s | one model: %s | %.1f models | < 2 models | %s |\n",
+		g.trainers, g.lo.PerRound, g.hi.PerRound, mb(g.growth), mb(g.model), g.ratio, verdict(g.ratio < 2))
+	held := true
+	for _, s := range r.scale {
+		if s.Trainers == g.trainers && (s.Warnings > 0 || s.ExitCode != 0 || s.Completed != s.Rounds+1) {
+			held = false
+		}
+	}
+	w("| 4 | scale: %d trainers held, every round completed, no warning or error in the aggregator log | %s | | | yes | %s |\n", g.trainers, yesNo(held), verdict(held))
+}
+
+func yesNo(b bool) string {
+	if b {
+		return "yes"
+	}
+	return "no"
+}
+
+type growth struct {
+	trainers int
+	lo, hi   scaleRow
+	growth   int64
+	model    int64
+	ratio    float64
+}
+
+// scaleGrowth compares the peak RSS at the most trainers measured between
+// the fewest and the most updates per round.
+func scaleGrowth(r *results) (growth, bool) {
+	if len(r.scale) == 0 {
+		return growth{}, false
+	}
+	top := 0
+	for _, s := range r.scale {
+		top = max(top, s.Trainers)
+	}
+	var rows []scaleRow
+	for _, s := range r.scale {
+		if s.Trainers == top {
+			rows = append(rows, s)
+		}
+	}
+	slices.SortFunc(rows, func(a, b scaleRow) int { return a.PerRound - b.PerRound })
+	if len(rows) < 2 {
+		return growth{}, false
+	}
+	lo, hi := rows[0], rows[len(rows)-1]
+	g := growth{trainers: top, lo: lo, hi: hi, growth: hi.HWM - lo.HWM, model: hi.ModelBytes}
+	g.ratio = float64(g.growth) / float64(g.model)
+	return g, true
+}
+
+func sectionScale(r *results, w func(string, ...any)) {
+	w("## 4. Scale\n\n")
+	if len(r.scale) == 0 {
+		w("**Not measured.**\n\n")
+		return
+	}
+	rounds := r.scale[0].Rounds
+	w("`go run ./bench scale`: the real aggregator binary (`-clients 1000 -fraction m/1000 -min-trainers N`, 2NN) with N simulated trainers from `bench/simtrainer` — N real websocket connections in one process speaking the real protocol and answering every task at once with a small fixed update. ")
+	w("Each run has one warm-up round (connections, first shard transfers) and %d measured rounds. CPU is the aggregator's user+system time per round from `/proc/PID/stat`; RSS and peak RSS (VmRSS, VmHWM) are from `/proc/PID/status` after the last round; *base* is VmRSS once it listens, with MNIST loaded and the 1,000 shards encoded. ", rounds)
+	w("*Warnings* counts aggregator log lines at level WARN or ERROR. The simulator's *done / closed* count connections ended by a `done` frame or closed by the aggregator at exit without one.\n\n")
+	w("| trainers | updates/round | s/round | aggregator CPU s/round | base RSS MB | RSS MB | peak RSS MB | warnings | rounds done | trainer connections done / closed / failed |\n|---|---|---|---|---|---|---|---|---|---|\n")
+	for _, s := range r.scale {
+		var st struct{ Done, Closed, Failures, Connected int64 }
+		_ = json.Unmarshal(s.Sim, &st)
+		w("| %d | %d | %s | %s | %s | %s | %s | %d | %d/%d | %d / %d / %d |\n", s.Trainers, s.PerRound, sp(s.RoundSecs), sp(s.CPUPerRound), mb(s.BaseRSS), mb(s.RSS), mb(s.HWM), s.Warnings, s.Completed, s.Rounds+1, st.Done, st.Closed, st.Failures)
+	}
+	w("\n")
+	for _, s := range r.scale {
+		for _, m := range s.Samples {
+			w("- %d trainers, %d updates/round, log: `%s`\n", s.Trainers, s.PerRound, strings.ReplaceAll(m, "`", "'"))
+		}
+	}
+	g, ok := scaleGrowth(r)
+	if !ok {
+		return
+	}
+	w("\nWith %d trainers connected, going from %d to %d updates per round raises the aggregator's peak RSS by %s MB, %.1f times the model's %s MB (target: under 2). ",
+		g.trainers, g.lo.PerRound, g.hi.PerRound, mb(g.growth), g.ratio, mb(g.model))
+	if g.ratio < 2 {
+		w("The gather streams: memory does not grow with the number of updates.\n\n")
+		return
+	}
+	w("**The target is missed**, and not by the accumulator, which is one model-sized int64 buffer per round whatever the number of updates (`TestGatherMemoryIsOneModel`). ")
+	w("The growth is per *connection*: `coord/conn.go`'s reader allocates a model-sized `[]float32` for updates and keeps a `bytes.Buffer` that grows to a frame's size for every trainer, for the connection's life. Both are only touched (and so only count in RSS) once that trainer has sent an update, so RSS grows with the number of distinct trainers that have sent one — about 2 × %s MB each — and with 1,000 updates per round every connection has. ", mb(g.model))
+	w("Proposed for `internal/coord`: decode updates into buffers from a small pool shared by all connections (a `sync.Pool`, or a fixed set of model-sized buffers handed out by the hub and returned after `gather`), reading the payload straight into it as in section 3; the aggregator then holds O(concurrent updates) buffers instead of O(trainers).\n\n")
+}
+
+func sectionEndToEnd(r *results, w func(string, ...any)) {
+	w("## 5. End-to-end\n\n")
+	if len(r.endtoend) == 0 {
+		w("**Not measured.**\n\n")
+		return
+	}
+	e := r.endtoend[0]
+	w("`go run ./bench endtoend`: `aggregator -demo -trainers N -min-trainers N -target 0 -rounds %d` (2NN, K=100, C=0.1, E=1, B=10, IID; trainer processes with GOMAXPROCS=1) for N = 1 and 2, alternating, %d runs each. ", e.Rounds, e.Repeats)
+	w("Rounds/s is over rounds 2–%d, timed by when the aggregator printed their lines.\n\n", e.Rounds)
+	w("| trainers | rounds/s | seconds per round (round lines) |\n|---|---|---|\n")
+	w("| 1 | %s | %s |\n| 2 | %s | %s |\n\nSpeed-up: %s (target ≥ %.1f×, %s) on %d cores.\n\n", sp(e.One), sp(e.OneRoundSecs), sp(e.Two), sp(e.TwoRoundSecs), ratioText(e.Ratio), e.Target, verdict(e.Ratio.Median >= e.Target), e.Cores)
+	w("Parts of a round, timed in one process on one thread (median of 5): one client's local training (600 examples, E=1, B=10) %s ms; decoding one client's shard (a trainer does it once per shard it receives) %s ms; evaluating the 10,000 test images %s ms.\n\n",
+		f(e.TaskSeconds*1e3), f(e.DecodeSeconds*1e3), f(e.EvalSeconds*1e3))
+	t1 := 1 / e.One.Median
+	train := 10 * e.TaskSeconds
+	other := t1 - train
+	w("With one trainer a round takes %s ms, of which the 10 training tasks are about %s ms; the other %s ms (model and update transfers and their decoding, shard decoding, evaluation, hub bookkeeping) do not shrink by adding a trainer unless they are spread over trainers too. ", f(t1*1e3), f(train*1e3), f(other*1e3))
+	if other > 0 && t1 > 0 {
+		ideal := t1 / (train/2 + other)
+		w("If only the training halves, the best speed-up with 2 trainers is %.2f×.", ideal)
+	}
+	w("\n")
+}

@@ -1,0 +1,241 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+)
+
+// scaleRow is one line of "bench scale": the real aggregator binary with
+// N simulated trainers (bench/simtrainer, N websocket connections) and m
+// updates per round (-clients 1000 -fraction m/1000). The first round, which
+// also carries the connections and most shard transfers, is a warm-up; the
+// figures are over the rounds after it.
+type scaleRow struct {
+	Row         string          `json:"row"` // "scale"
+	Trainers    int             `json:"trainers"`
+	Fraction    float64         `json:"fraction"`
+	PerRound    int             `json:"updates_per_round"`
+	Rounds      int             `json:"rounds"`          // measured rounds (after the warm-up)
+	RoundSecs   spread          `json:"round_seconds"`   // wall time per round
+	CPUPerRound spread          `json:"cpu_per_round_s"` // aggregator user+system CPU seconds per round
+	BaseRSS     int64           `json:"base_rss_bytes"`  // VmRSS once listening, before any trainer
+	RSS         int64           `json:"rss_bytes"`       // VmRSS after the last round
+	HWM         int64           `json:"hwm_bytes"`       // VmHWM (peak RSS) after the last round
+	ModelBytes  int64           `json:"model_bytes"`
+	Warnings    int             `json:"log_warnings"` // aggregator log lines at level WARN or ERROR
+	Samples     []string        `json:"log_samples,omitempty"`
+	Completed   int             `json:"rounds_completed"`
+	ExitCode    int             `json:"exit_code"`
+	Sim         json.RawMessage `json:"simtrainer"`
+	Seconds     float64         `json:"seconds"`
+}
+
+var (
+	roundLineRE = regexp.MustCompile(`^round (\d+)/(\d+) `)
+	listenRE    = regexp.MustCompile(`^listening on (\S+) `)
+	doneLineRE  = regexp.MustCompile(`^done rounds=(\d+) `)
+)
+
+func runScale(args []string) error {
+	fs := flag.NewFlagSet("scale", flag.ContinueOnError)
+	agg := fs.String("aggregator", "", "aggregator binary (go build ./cmd/aggregator)")
+	sim := fs.String("simtrainer", "", "simtrainer binary (go build ./bench/simtrainer)")
+	trainers := fs.String("trainers", "10,100,1000", "connected trainers, comma-separated")
+	updates := fs.String("updates", "10,100,1000", "updates per round, comma-separated (of 1,000 clients)")
+	rounds := fs.Int("rounds", 3, "measured rounds per configuration, after one warm-up round")
+	timeout := fs.Duration("timeout", 10*time.Minute, "limit per configuration")
+	logs := fs.String("logs", "", "directory to keep each run's aggregator log in")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if *agg == "" || *sim == "" {
+		return errors.New("-aggregator and -simtrainer are required")
+	}
+	ns, err := ints(*trainers)
+	if err != nil {
+		return err
+	}
+	ms, err := ints(*updates)
+	if err != nil {
+		return err
+	}
+	for _, n := range ns {
+		for _, m := range ms {
+			row, err := scaleRun(*agg, *sim, n, m, *rounds, *timeout, *logs)
+			if err != nil {
+				return fmt.Errorf("%d trainers, %d updates per round: %w", n, m, err)
+			}
+			if err := emit(row); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+func ints(s string) ([]int, error) {
+	var out []int
+	for _, f := range strings.Split(s, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(f))
+		if err != nil || n < 1 {
+			return nil, fmt.Errorf("%q: want positive integers", s)
+		}
+		out = append(out, n)
+	}
+	return out, nil
+}
+
+// sample is the aggregator's state when it printed a round line.
+type sample struct {
+	at  time.Time
+	cpu float64
+	rss int64
+	hwm int64
+}
+
+func scaleRun(aggBin, simBin string, n, m, rounds int, timeout time.Duration, logDir string) (*scaleRow, error) {
+	const clients = 1000
+	frac := float64(m) / clients
+	progress("scale: %d trainers, %d updates per round, %d+1 rounds", n, m, rounds)
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	start := time.Now()
+	agg := exec.CommandContext(ctx, aggBin, "-listen", "127.0.0.1:0", "-clients", strconv.Itoa(clients),
+		"-fraction", strconv.FormatFloat(frac, 'g', -1, 64), "-rounds", strconv.Itoa(rounds+1),
+		"-min-trainers", strconv.Itoa(n), "-log-level", "info")
+	agg.Cancel = func() error { return agg.Process.Signal(syscall.SIGKILL) }
+	stdout, err := agg.StdoutPipe()
+	if err != nil {
+		return nil, err
+	}
+	stderr, err := agg.StderrPipe()
+	if err != nil {
+		return nil, err
+	}
+	if err := agg.Start(); err != nil {
+		return nil, err
+	}
+	pid := agg.Process.Pid
+	row := &scaleRow{Row: "scale", Trainers: n, Fraction: frac, PerRound: m, ModelBytes: 4 * params2NN}
+
+	// The log: count warnings and errors, keep a few, and optionally a copy.
+	var logWG sync.WaitGroup
+	logWG.Add(1)
+	go func() {
+		defer logWG.Done()
+		var keep io.Writer = io.Discard
+		if logDir != "" {
+			if f, err := os.Create(fmt.Sprintf("%s/aggregator-%d-trainers-%d-updates.log", logDir, n, m)); err == nil {
+				defer f.Close()
+				keep = f
+			}
+		}
+		sc := bufio.NewScanner(stderr)
+		sc.Buffer(make([]byte, 64<<10), 1<<20)
+		seen := map[string]bool{}
+		for sc.Scan() {
+			l := sc.Text()
+			fmt.Fprintln(keep, l)
+			if strings.Contains(l, "level=WARN") || strings.Contains(l, "level=ERROR") {
+				row.Warnings++
+				msg := l
+				if i := strings.Index(l, "msg="); i >= 0 {
+					msg = l[i:]
+				}
+				if len(row.Samples) < 5 && !seen[msg] {
+					seen[msg] = true
+					row.Samples = append(row.Samples, truncate(msg, 300))
+				}
+			}
+		}
+		_, _ = io.Copy(io.Discard, stderr)
+	}()
+
+	var samples []sample
+	var simOut []byte
+	var simErr error
+	simDone := make(chan struct{})
+	simStarted := false
+	sc := bufio.NewScanner(stdout)
+	sc.Buffer(make([]byte, 64<<10), 16<<20) // round lines list every trainer
+	for sc.Scan() {
+		l := sc.Text()
+		if mm := listenRE.FindStringSubmatch(l); mm != nil && !simStarted {
+			row.BaseRSS, _, _ = procMem(pid)
+			simStarted = true
+			sim := exec.CommandContext(ctx, simBin, "-aggregator", mm[1], "-n", strconv.Itoa(n))
+			sim.Stderr = os.Stderr
+			go func() {
+				defer close(simDone)
+				simOut, simErr = sim.Output()
+			}()
+			continue
+		}
+		if roundLineRE.MatchString(l) {
+			s := sample{at: time.Now()}
+			s.cpu, _ = procCPU(pid)
+			s.rss, s.hwm, _ = procMem(pid)
+			samples = append(samples, s)
+			row.Completed++
+			continue
+		}
+		if doneLineRE.MatchString(l) {
+			break
+		}
+	}
+	_, _ = io.Copy(io.Discard, stdout)
+	logWG.Wait()
+	werr := agg.Wait()
+	if simStarted {
+		<-simDone
+	}
+	row.Seconds = time.Since(start).Seconds()
+	if ee, ok := werr.(*exec.ExitError); ok {
+		row.ExitCode = ee.ExitCode()
+	} else if werr != nil {
+		return nil, werr
+	}
+	if ctx.Err() != nil {
+		return nil, fmt.Errorf("timed out after %v (%d rounds done)", timeout, row.Completed)
+	}
+	row.Sim = json.RawMessage(strings.TrimSpace(string(simOut)))
+	if len(row.Sim) == 0 {
+		row.Sim = json.RawMessage("null")
+	}
+	if simErr != nil {
+		progress("scale: simtrainer: %v", simErr)
+	}
+	if len(samples) < 2 {
+		return row, nil
+	}
+	var secs, cpus []float64
+	for i := 1; i < len(samples); i++ {
+		secs = append(secs, samples[i].at.Sub(samples[i-1].at).Seconds())
+		cpus = append(cpus, samples[i].cpu-samples[i-1].cpu)
+	}
+	last := samples[len(samples)-1]
+	row.Rounds = len(secs)
+	row.RoundSecs, row.CPUPerRound = spreadOf(secs), spreadOf(cpus)
+	row.RSS, row.HWM = last.rss, last.hwm
+	return row, nil
+}
+
+func truncate(s string, n int) string {
+	if len(s) > n {
+		return s[:n] + "…"
+	}
+	return s
+}

@@ -1,0 +1,503 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"runtime"
+	"time"
+
+	"github.com/gorilla/websocket"
+
+	"fedgather/internal/allreduce"
+	"fedgather/internal/coord"
+	"fedgather/internal/wire"
+)
+
+// transportRow is one line of "bench transport": one 2NN model scattered
+// to a trainer and one update of the same size gathered back, over
+// loopback, in MB/s (10^6 bytes of payload per second, both directions).
+//
+//	hub    ours: a real coord.Hub runs a one-task round (RunRound) with one
+//	       connected trainer that reads frames as internal/trainer does
+//	       (io.ReadAll, wire.Decode, wire.ReadFloat32s) and answers with an
+//	       update frame: the whole round trip, hub bookkeeping included.
+//	wire   ours without the hub: the same frames over a gorilla/websocket
+//	       pair with coord.BufferSize buffers; the receiving side reads as
+//	       coord's reader does (bytes.Buffer, wire.Decode,
+//	       wire.ReadFloat32s, allreduce.CheckFinite).
+//	direct the change proposed for coord and the trainer, measured: the same
+//	       frames, but each side reads the payload straight into its
+//	       []float32 (io.ReadFull into its bytes, no intermediate buffer)
+//	       and checks it once with allreduce.CheckFinite.
+//	big    direct, and the trainer's websocket buffers at 1 MiB instead of
+//	       64 KiB, so that an update (a client frame, which must be masked
+//	       and so is copied through the write buffer) leaves in one frame
+//	       and one write instead of thirteen.
+//	anchor raw TCP: the same payload bytes written and read back with
+//	       io.ReadFull into a reused buffer.
+type transportRow struct {
+	Row     string  `json:"row"` // "transport"
+	Case    string  `json:"case"`
+	Bytes   int     `json:"bytes"` // payload bytes per round trip (model + update)
+	Hub     spread  `json:"hub"`
+	Wire    spread  `json:"wire"`
+	Direct  spread  `json:"direct"`
+	Big     spread  `json:"big"`
+	Anchor  spread  `json:"anchor"`
+	Ratio   spread  `json:"ratio"`        // hub/anchor per repeat
+	WireRat spread  `json:"wire_ratio"`   // wire/anchor per repeat
+	DirRat  spread  `json:"direct_ratio"` // direct/anchor per repeat
+	BigRat  spread  `json:"big_ratio"`    // big/anchor per repeat
+	Target  float64 `json:"target"`
+	Repeats int     `json:"repeats"`
+	Trips   int     `json:"round_trips"` // per measurement
+}
+
+const params2NN = 199210
+
+func runTransport(args []string) error {
+	fs := flag.NewFlagSet("transport", flag.ContinueOnError)
+	repeats := fs.Int("repeats", 7, "measurements of each side")
+	trips := fs.Int("trips", 100, "round trips per measurement")
+	prof := profileFlag(fs)
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	stopProf, err := prof()
+	if err != nil {
+		return err
+	}
+	defer stopProf()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	n := params2NN
+	model := make([]float32, n)
+	delta := make([]float32, n)
+	for i := range model {
+		model[i] = float32(i%101) * 1e-3
+		delta[i] = float32(i%7-3) * 1e-4
+	}
+	hub, stopHub, err := startHubPair(ctx, n, delta)
+	if err != nil {
+		return err
+	}
+	defer stopHub()
+	wp, err := startWirePair(model, delta, false, coord.BufferSize)
+	if err != nil {
+		return err
+	}
+	defer wp.close()
+	dp, err := startWirePair(model, delta, true, coord.BufferSize)
+	if err != nil {
+		return err
+	}
+	defer dp.close()
+	bp, err := startWirePair(model, delta, true, 1<<20)
+	if err != nil {
+		return err
+	}
+	defer bp.close()
+	tp, err := startTCPPair(4 * n)
+	if err != nil {
+		return err
+	}
+	defer tp.close()
+
+	version := 0
+	hubTrips := func(k int) error {
+		for range k {
+			res, err := hub.RunRound(ctx, coord.RoundSpec{Round: version, Version: version, Model: model, Clients: []int{0}, Mode: "fedavg", Epochs: 1, Batch: 10, LR: 0.1, Seed: 1})
+			if err != nil {
+				return err
+			}
+			if res.Updates != 1 {
+				return fmt.Errorf("round %d gathered %d updates, want 1", version, res.Updates)
+			}
+			version++
+		}
+		return nil
+	}
+	// Warm up each path (the hub's first round also sends the shard).
+	for _, f := range []func(int) error{hubTrips, wp.trips, dp.trips, bp.trips, tp.trips} {
+		if err := f(3); err != nil {
+			return err
+		}
+	}
+	bytes := float64(8 * n)
+	measure := func(f func(int) error) (float64, error) {
+		runtime.GC()
+		start := time.Now()
+		if err := f(*trips); err != nil {
+			return 0, err
+		}
+		return bytes * float64(*trips) / time.Since(start).Seconds() / 1e6, nil
+	}
+	progress("transport: %d × %d round trips of a 0.8 MB model and update on each path", *repeats, *trips)
+	var hubs, wires, directs, bigs, tcps []float64
+	for rep := range *repeats {
+		paths := []struct {
+			f   func(int) error
+			out *[]float64
+		}{{hubTrips, &hubs}, {wp.trips, &wires}, {dp.trips, &directs}, {bp.trips, &bigs}, {tp.trips, &tcps}}
+		// Rotate the order so no path always runs first.
+		for i := range paths {
+			p := paths[(i+rep)%len(paths)]
+			v, err := measure(p.f)
+			if err != nil {
+				return err
+			}
+			*p.out = append(*p.out, v)
+		}
+	}
+	return emit(&transportRow{
+		Row: "transport", Case: "2NN model + update (2 × 0.8 MB)", Bytes: 8 * n,
+		Hub: spreadOf(hubs), Wire: spreadOf(wires), Direct: spreadOf(directs), Big: spreadOf(bigs), Anchor: spreadOf(tcps),
+		Ratio: spreadOf(ratios(hubs, tcps)), WireRat: spreadOf(ratios(wires, tcps)), DirRat: spreadOf(ratios(directs, tcps)), BigRat: spreadOf(ratios(bigs, tcps)),
+		Target: 0.9, Repeats: *repeats, Trips: *trips,
+	})
+}
+
+func quietLogger() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
+
+// startHubPair serves a coord.Hub on loopback and connects one simulated
+// trainer to it. The trainer answers every task with delta.
+func startHubPair(ctx context.Context, n int, delta []float32) (*coord.Hub, func(), error) {
+	shard := bytes.Repeat([]byte("shard"), 200) // never decoded by this trainer
+	sum := sha256.Sum256(shard)
+	hub, err := coord.New(coord.Config{
+		Model:  wire.ModelSpec{Name: "2nn", Sizes: []int{784, 200, 200, 10}},
+		Params: n,
+		Shards: []coord.Shard{{Hash: hex.EncodeToString(sum[:]), Rows: 600, Bytes: shard}},
+		Logger: quietLogger(),
+	})
+	if err != nil {
+		return nil, nil, err
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, nil, err
+	}
+	mux := http.NewServeMux()
+	mux.Handle("/v1/train", hub)
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	go func() { _ = srv.Serve(ln) }()
+	d := websocket.Dialer{ReadBufferSize: coord.BufferSize, WriteBufferSize: coord.BufferSize, HandshakeTimeout: 10 * time.Second}
+	ws, _, err := d.DialContext(ctx, "ws://"+ln.Addr().String()+"/v1/train", nil)
+	if err != nil {
+		_ = srv.Close()
+		return nil, nil, err
+	}
+	done := make(chan error, 1)
+	go func() { done <- trainerLoop(ws, n, delta) }()
+	wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if err := hub.WaitTrainers(wctx, 1); err != nil {
+		_ = srv.Close()
+		return nil, nil, err
+	}
+	stop := func() {
+		hub.Finish("benchmark over")
+		select {
+		case <-done:
+		case <-time.After(5 * time.Second):
+		}
+		_ = ws.Close()
+		_ = srv.Close()
+	}
+	return hub, stop, nil
+}
+
+// trainerLoop reads frames as internal/trainer does and answers each task
+// with delta at once.
+func trainerLoop(ws *websocket.Conn, n int, delta []float32) error {
+	global := make([]float32, n)
+	payload := wire.Float32Bytes(delta)
+	send := func(t wire.Type, h any, p []byte) error {
+		w, err := ws.NextWriter(websocket.BinaryMessage)
+		if err != nil {
+			return err
+		}
+		if err := wire.Write(w, t, h, p); err != nil {
+			return err
+		}
+		return w.Close()
+	}
+	if err := send(wire.TypeHello, wire.Hello{Name: "bench"}, nil); err != nil {
+		return err
+	}
+	for {
+		_, r, err := ws.NextReader()
+		if err != nil {
+			return err
+		}
+		b, err := io.ReadAll(r)
+		if err != nil {
+			return err
+		}
+		f, err := wire.Decode(b)
+		if err != nil {
+			return err
+		}
+		switch f.Type {
+		case wire.TypeWelcome:
+			err = send(wire.TypePull, wire.Pull{}, nil)
+		case wire.TypeModel:
+			err = wire.ReadFloat32s(global, f.Payload)
+		case wire.TypeTask:
+			var t wire.Task
+			if err = f.Parse(&t); err == nil {
+				err = send(wire.TypeUpdate, wire.Update{Task: t.ID, Round: t.Round, Version: t.Version, Client: t.Client, Samples: t.Rows, Loss: 0.5}, payload)
+			}
+			if err == nil {
+				err = send(wire.TypePull, wire.Pull{}, nil)
+			}
+		case wire.TypeDone:
+			return nil
+		case wire.TypeError:
+			return fmt.Errorf("hub sent an error frame: %s", f.Header)
+		}
+		if err != nil {
+			return err
+		}
+	}
+}
+
+// pair is a server and a client connection driven in lock step: trips(k)
+// makes k round trips and returns when the server has read the k-th reply.
+type pair struct {
+	run   chan int
+	done  chan error
+	close func()
+}
+
+func (p *pair) trips(k int) error {
+	p.run <- k
+	return <-p.done
+}
+
+// startWirePair connects a websocket client to a websocket server on
+// loopback. Per round trip the server sends a model frame and reads the
+// update frame, and the client reads the model frame and answers. Without
+// direct, the server reads as coord does and the client as the trainer
+// does; with direct, both read the payload straight into a []float32.
+// clientBuf is the client's read and write buffer size.
+func startWirePair(model, delta []float32, direct bool, clientBuf int) (*pair, error) {
+	n := len(model)
+	p := &pair{run: make(chan int), done: make(chan error)}
+	prefix, err := wire.Prefix(wire.TypeModel, wire.Model{Version: 1, Params: n})
+	if err != nil {
+		return nil, err
+	}
+	mpayload := wire.Float32Bytes(model)
+	up := websocket.Upgrader{ReadBufferSize: coord.BufferSize, WriteBufferSize: coord.BufferSize}
+	quit := make(chan struct{})
+	mux := http.NewServeMux()
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		ws, err := up.Upgrade(w, r, nil)
+		if err != nil {
+			return
+		}
+		defer ws.Close()
+		var buf bytes.Buffer
+		update := make([]float32, n)
+		for {
+			var k int
+			select {
+			case k = <-p.run:
+			case <-quit:
+				return
+			}
+			var err error
+			for i := 0; i < k && err == nil; i++ {
+				var w io.WriteCloser
+				if w, err = ws.NextWriter(websocket.BinaryMessage); err == nil {
+					if _, err = w.Write(prefix); err == nil {
+						_, err = w.Write(mpayload)
+					}
+					if err == nil {
+						err = w.Close()
+					}
+				}
+				if err != nil {
+					break
+				}
+				var r io.Reader
+				if _, r, err = ws.NextReader(); err != nil {
+					break
+				}
+				if direct {
+					err = readDirect(r, update)
+					continue
+				}
+				buf.Reset()
+				if _, err = buf.ReadFrom(r); err != nil {
+					break
+				}
+				var f wire.Frame
+				if f, err = wire.Decode(buf.Bytes()); err != nil {
+					break
+				}
+				if err = wire.ReadFloat32s(update, f.Payload); err == nil {
+					err = allreduce.CheckFinite(update)
+				}
+			}
+			p.done <- err
+		}
+	})
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, err
+	}
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	go func() { _ = srv.Serve(ln) }()
+	d := websocket.Dialer{ReadBufferSize: clientBuf, WriteBufferSize: clientBuf, HandshakeTimeout: 10 * time.Second}
+	ws, _, err := d.Dial("ws://"+ln.Addr().String()+"/", nil)
+	if err != nil {
+		_ = srv.Close()
+		return nil, err
+	}
+	uprefix, _ := wire.Prefix(wire.TypeUpdate, wire.Update{Task: 1, Samples: 600, Loss: 0.5})
+	upayload := wire.Float32Bytes(delta)
+	go func() {
+		global := make([]float32, n)
+		for {
+			_, r, err := ws.NextReader()
+			if err != nil {
+				return
+			}
+			if direct {
+				if readDirect(r, global) != nil {
+					return
+				}
+			} else {
+				b, err := io.ReadAll(r)
+				if err != nil {
+					return
+				}
+				f, err := wire.Decode(b)
+				if err != nil || wire.ReadFloat32s(global, f.Payload) != nil {
+					return
+				}
+			}
+			w, err := ws.NextWriter(websocket.BinaryMessage)
+			if err != nil {
+				return
+			}
+			_, _ = w.Write(uprefix)
+			_, _ = w.Write(upayload)
+			if w.Close() != nil {
+				return
+			}
+		}
+	}()
+	p.close = func() {
+		close(quit)
+		_ = ws.Close()
+		_ = srv.Close()
+	}
+	return p, nil
+}
+
+// startTCPPair connects two TCP sockets on loopback. Per round trip the
+// server writes size bytes, the client reads them and writes them back, and
+// the server reads them.
+func startTCPPair(size int) (*pair, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, err
+	}
+	defer ln.Close()
+	accepted := make(chan net.Conn, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			close(accepted)
+			return
+		}
+		accepted <- c
+	}()
+	client, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		return nil, err
+	}
+	server, ok := <-accepted
+	if !ok {
+		_ = client.Close()
+		return nil, errors.New("loopback accept failed")
+	}
+	p := &pair{run: make(chan int), done: make(chan error)}
+	quit := make(chan struct{})
+	go func() {
+		out := make([]byte, size)
+		in := make([]byte, size)
+		for {
+			var k int
+			select {
+			case k = <-p.run:
+			case <-quit:
+				return
+			}
+			var err error
+			for i := 0; i < k && err == nil; i++ {
+				if _, err = server.Write(out); err == nil {
+					_, err = io.ReadFull(server, in)
+				}
+			}
+			p.done <- err
+		}
+	}()
+	go func() {
+		buf := make([]byte, size)
+		for {
+			if _, err := io.ReadFull(client, buf); err != nil {
+				return
+			}
+			if _, err := client.Write(buf); err != nil {
+				return
+			}
+		}
+	}()
+	p.close = func() {
+		close(quit)
+		_ = client.Close()
+		_ = server.Close()
+	}
+	return p, nil
+}
+
+// readDirect reads one tensor frame from r with no intermediate buffer: the
+// prefix and header into a small array, the payload straight into dst's
+// bytes, then one range check.
+func readDirect(r io.Reader, dst []float32) error {
+	var hdr [wire.PrefixLen + 512]byte
+	if _, err := io.ReadFull(r, hdr[:wire.PrefixLen]); err != nil {
+		return err
+	}
+	h := int(hdr[2]) | int(hdr[3])<<8 | int(hdr[4])<<16 | int(hdr[5])<<24
+	if h > len(hdr)-wire.PrefixLen {
+		return fmt.Errorf("header of %d bytes", h)
+	}
+	if _, err := io.ReadFull(r, hdr[wire.PrefixLen:wire.PrefixLen+h]); err != nil {
+		return err
+	}
+	if _, err := wire.Decode(hdr[:wire.PrefixLen+h]); err != nil {
+		return err
+	}
+	if _, err := io.ReadFull(r, wire.Float32Bytes(dst)); err != nil {
+		return err
+	}
+	var extra [1]byte
+	if n, _ := r.Read(extra[:]); n != 0 {
+		return errors.New("payload longer than the model")
+	}
+	return allreduce.CheckFinite(dst)
+}
