@@ -38,7 +38,43 @@ type endToEndRow struct {
 	// Per-round breakdown from the aggregator's round lines (median).
 	OneRoundSecs spread `json:"one_round_seconds"`
 	TwoRoundSecs spread `json:"two_round_seconds"`
-	Cores        int    `json:"cores"`
+	// CPU seconds per round over the measured rounds, from /proc: the
+	// aggregator process, its trainer processes together, and everything
+	// else on the machine (other users of the shared cores).
+	OneAggCPU     spread `json:"one_aggregator_cpu_per_round"`
+	OneTrainerCPU spread `json:"one_trainers_cpu_per_round"`
+	OneOtherCores spread `json:"one_other_load_cores"` // other processes' CPU seconds per second
+	TwoAggCPU     spread `json:"two_aggregator_cpu_per_round"`
+	TwoTrainerCPU spread `json:"two_trainers_cpu_per_round"`
+	TwoOtherCores spread `json:"two_other_load_cores"`
+	Cores         int    `json:"cores"`
+}
+
+// demoResult is one demo run's figures over its measured rounds.
+type demoResult struct {
+	rate       float64   // rounds per second
+	secs       []float64 // secs= of each measured round line
+	aggCPU     float64   // aggregator CPU seconds per round
+	trainerCPU float64   // trainer processes' CPU seconds per round
+	other      float64   // other processes' CPU seconds per wall second
+}
+
+// cpuSnap is the CPU used so far by the aggregator, its children and the
+// whole machine.
+type cpuSnap struct {
+	at                 time.Time
+	agg, trainers, sys float64
+}
+
+func snapCPU(pid int) cpuSnap {
+	s := cpuSnap{at: time.Now()}
+	s.agg, _ = procCPU(pid)
+	for _, c := range children(pid) {
+		v, _ := procCPU(c)
+		s.trainers += v
+	}
+	s.sys, _ = systemBusy()
+	return s
 }
 
 func runEndToEnd(args []string) error {
@@ -57,6 +93,7 @@ func runEndToEnd(args []string) error {
 	}
 	row := &endToEndRow{Row: "endtoend", Rounds: *rounds, Target: 1.7, Repeats: *repeats, Cores: runtime.NumCPU()}
 	var one, two, oneSecs, twoSecs []float64
+	var oneAgg, oneTr, oneOther, twoAgg, twoTr, twoOther []float64
 	for rep := range *repeats {
 		order := []int{1, 2}
 		if rep%2 == 1 {
@@ -64,21 +101,25 @@ func runEndToEnd(args []string) error {
 		}
 		for _, n := range order {
 			progress("endtoend: -demo -trainers %d -rounds %d (run %d of %d)", n, *rounds, rep+1, *repeats)
-			rate, secs, err := demoRun(*agg, n, *rounds)
+			d, err := demoRun(*agg, n, *rounds)
 			if err != nil {
 				return fmt.Errorf("%d trainers: %w", n, err)
 			}
 			if n == 1 {
-				one = append(one, rate)
-				oneSecs = append(oneSecs, secs...)
+				one = append(one, d.rate)
+				oneSecs = append(oneSecs, d.secs...)
+				oneAgg, oneTr, oneOther = append(oneAgg, d.aggCPU), append(oneTr, d.trainerCPU), append(oneOther, d.other)
 			} else {
-				two = append(two, rate)
-				twoSecs = append(twoSecs, secs...)
+				two = append(two, d.rate)
+				twoSecs = append(twoSecs, d.secs...)
+				twoAgg, twoTr, twoOther = append(twoAgg, d.aggCPU), append(twoTr, d.trainerCPU), append(twoOther, d.other)
 			}
 		}
 	}
 	row.One, row.Two, row.Ratio = spreadOf(one), spreadOf(two), spreadOf(ratios(two, one))
 	row.OneRoundSecs, row.TwoRoundSecs = spreadOf(oneSecs), spreadOf(twoSecs)
+	row.OneAggCPU, row.OneTrainerCPU, row.OneOtherCores = spreadOf(oneAgg), spreadOf(oneTr), spreadOf(oneOther)
+	row.TwoAggCPU, row.TwoTrainerCPU, row.TwoOtherCores = spreadOf(twoAgg), spreadOf(twoTr), spreadOf(twoOther)
 	if err := measureParts(row); err != nil {
 		return err
 	}
@@ -87,10 +128,10 @@ func runEndToEnd(args []string) error {
 
 var roundSecsRE = regexp.MustCompile(`^round (\d+)/\d+ .* secs=([0-9.]+) `)
 
-// demoRun runs the demo with n trainers and returns rounds per second over
-// the rounds after the first, timed by when the aggregator printed their
-// lines, and the secs= figure of each of those rounds.
-func demoRun(bin string, n, rounds int) (float64, []float64, error) {
+// demoRun runs the demo with n trainers and measures the rounds after the
+// first: rounds per second, timed by when the aggregator printed their
+// lines, the secs= figure of each, and the CPU used per round.
+func demoRun(bin string, n, rounds int) (*demoResult, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, bin, "-demo", "-trainers", strconv.Itoa(n), "-min-trainers", strconv.Itoa(n),
@@ -98,13 +139,13 @@ func demoRun(bin string, n, rounds int) (float64, []float64, error) {
 	cmd.Cancel = func() error { return cmd.Process.Signal(syscall.SIGKILL) }
 	out, err := cmd.StdoutPipe()
 	if err != nil {
-		return 0, nil, err
+		return nil, err
 	}
 	if err := cmd.Start(); err != nil {
-		return 0, nil, err
+		return nil, err
 	}
-	var first, last time.Time
-	var secs []float64
+	d := &demoResult{}
+	var first, last cpuSnap
 	seen := 0
 	sc := bufio.NewScanner(out)
 	sc.Buffer(make([]byte, 64<<10), 1<<20)
@@ -114,23 +155,29 @@ func demoRun(bin string, n, rounds int) (float64, []float64, error) {
 			continue
 		}
 		seen++
-		now := time.Now()
+		snap := snapCPU(cmd.Process.Pid)
 		if seen == 1 {
-			first = now
+			first = snap
 			continue
 		}
-		last = now
+		last = snap
 		s, _ := strconv.ParseFloat(m[2], 64)
-		secs = append(secs, s)
+		d.secs = append(d.secs, s)
 	}
 	_, _ = io.Copy(io.Discard, out)
 	if err := cmd.Wait(); err != nil {
-		return 0, nil, fmt.Errorf("aggregator -demo: %w", err)
+		return nil, fmt.Errorf("aggregator -demo: %w", err)
 	}
 	if seen != rounds {
-		return 0, nil, fmt.Errorf("saw %d round lines, want %d", seen, rounds)
+		return nil, fmt.Errorf("saw %d round lines, want %d", seen, rounds)
 	}
-	return float64(rounds-1) / last.Sub(first).Seconds(), secs, nil
+	wall := last.at.Sub(first.at).Seconds()
+	measured := float64(rounds - 1)
+	d.rate = measured / wall
+	d.aggCPU = (last.agg - first.agg) / measured
+	d.trainerCPU = (last.trainers - first.trainers) / measured
+	d.other = max(0, (last.sys-first.sys)-(last.agg-first.agg)-(last.trainers-first.trainers)) / wall
+	return d, nil
 }
 
 // measureParts times, in this process on one thread, the pieces a demo

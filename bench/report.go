@@ -230,8 +230,8 @@ func render(r *results, command string, now time.Time) string {
 	}
 	summaryScale(r, w)
 	for _, e := range r.endtoend {
-		w("| 5 | end-to-end demo (2NN, K=100, C=0.1, E=1, B=10; rounds/s) | 2 trainers: %s | 1 trainer: %s | %s | ≥ %.1f× | %s |\n",
-			sp(e.Two), sp(e.One), ratioText(e.Ratio), e.Target, verdict(e.Ratio.Median >= e.Target))
+		w("| 5 | end-to-end demo (2NN, K=100, C=0.1, E=1, B=10; rounds/s; other processes' load in cores) | 2 trainers: %s (load %s) | 1 trainer: %s (load %s) | %s | ≥ %.1f× | %s |\n",
+			sp(e.Two), f(e.TwoOtherCores.Median), sp(e.One), f(e.OneOtherCores.Median), ratioText(e.Ratio), e.Target, verdict(e.Ratio.Median >= e.Target))
 	}
 	if len(r.endtoend) == 0 {
 		w("| 5 | end-to-end | not measured | | | ≥ 1.7× | |\n")
@@ -422,16 +422,17 @@ func sectionTransport(r *results, w func(string, ...any)) {
 }
 
 func summaryScale(r *results, w func(string, ...any)) {
-	g, ok := scaleGrowth(r)
-	if !ok {
+	gs := scaleGrowths(r)
+	if len(gs) == 0 {
 		w("| 4 | scale: aggregator RSS growth, 10 → 1,000 updates per round | not measured | | | < 2 models | |\n")
 		return
 	}
+	g := gs[len(gs)-1]
 	w("| 4 | scale: aggregator peak RSS growth with %d trainers, %d → %d updates per round (MB) | %s | one model: %s | %.1f models | < 2 models | %s |\n",
 		g.trainers, g.lo.PerRound, g.hi.PerRound, mb(g.growth), mb(g.model), g.ratio, verdict(g.ratio < 2))
 	held := true
 	for _, s := range r.scale {
-		if s.Trainers == g.trainers && (s.Warnings > 0 || s.ExitCode != 0 || s.Completed != s.Rounds+1) {
+		if s.Trainers == g.trainers && (s.Warnings > 0 || s.ExitCode != 0 || s.Completed != s.Total) {
 			held = false
 		}
 	}
@@ -453,30 +454,31 @@ type growth struct {
 	ratio    float64
 }
 
-// scaleGrowth compares the peak RSS at the most trainers measured between
-// the fewest and the most updates per round.
-func scaleGrowth(r *results) (growth, bool) {
-	if len(r.scale) == 0 {
-		return growth{}, false
-	}
-	top := 0
+// scaleGrowths compares, for each number of trainers measured, the peak RSS
+// between the fewest and the most updates per round; ordered by trainers.
+func scaleGrowths(r *results) []growth {
+	by := map[int][]scaleRow{}
+	var ns []int
 	for _, s := range r.scale {
-		top = max(top, s.Trainers)
-	}
-	var rows []scaleRow
-	for _, s := range r.scale {
-		if s.Trainers == top {
-			rows = append(rows, s)
+		if by[s.Trainers] == nil {
+			ns = append(ns, s.Trainers)
 		}
+		by[s.Trainers] = append(by[s.Trainers], s)
 	}
-	slices.SortFunc(rows, func(a, b scaleRow) int { return a.PerRound - b.PerRound })
-	if len(rows) < 2 {
-		return growth{}, false
+	slices.Sort(ns)
+	var out []growth
+	for _, n := range ns {
+		rows := by[n]
+		slices.SortFunc(rows, func(a, b scaleRow) int { return a.PerRound - b.PerRound })
+		if len(rows) < 2 {
+			continue
+		}
+		lo, hi := rows[0], rows[len(rows)-1]
+		g := growth{trainers: n, lo: lo, hi: hi, growth: hi.HWM - lo.HWM, model: hi.ModelBytes}
+		g.ratio = float64(g.growth) / float64(g.model)
+		out = append(out, g)
 	}
-	lo, hi := rows[0], rows[len(rows)-1]
-	g := growth{trainers: top, lo: lo, hi: hi, growth: hi.HWM - lo.HWM, model: hi.ModelBytes}
-	g.ratio = float64(g.growth) / float64(g.model)
-	return g, true
+	return out
 }
 
 func sectionScale(r *results, w func(string, ...any)) {
@@ -487,13 +489,15 @@ func sectionScale(r *results, w func(string, ...any)) {
 	}
 	rounds := r.scale[0].Rounds
 	w("`go run ./bench scale`: the real aggregator binary (`-clients 1000 -fraction m/1000 -min-trainers N`, 2NN) with N simulated trainers from `bench/simtrainer` — N real websocket connections in one process speaking the real protocol and answering every task at once with a small fixed update. ")
-	w("Each run has one warm-up round (connections, first shard transfers) and %d measured rounds. CPU is the aggregator's user+system time per round from `/proc/PID/stat`; RSS and peak RSS (VmRSS, VmHWM) are from `/proc/PID/status` after the last round; *base* is VmRSS once it listens, with MNIST loaded and the 1,000 shards encoded. ", rounds)
-	w("*Warnings* counts aggregator log lines at level WARN or ERROR. The simulator's *done / closed* count connections ended by a `done` frame or closed by the aggregator at exit without one.\n\n")
-	w("| trainers | updates/round | s/round | aggregator CPU s/round | base RSS MB | RSS MB | peak RSS MB | warnings | rounds done | trainer connections done / closed / failed |\n|---|---|---|---|---|---|---|---|---|---|\n")
+	w("Each run has one warm-up round (connections, first shard transfers), %d measured rounds, and one more round during which the aggregator's `/metrics` is read. ", rounds)
+	w("CPU is the aggregator's user+system time per measured round from `/proc/PID/stat`; RSS and peak RSS (VmRSS, VmHWM) are from `/proc/PID/status` after the last measured round, and *heap in use* is the Go runtime's `go_memstats_heap_inuse_bytes` at the same point (memory allocated, whether touched or not); *base* is VmRSS once the aggregator listens, with MNIST loaded and the 1,000 shards encoded. ")
+	w("*Warnings* counts aggregator log lines at level WARN or ERROR. The simulator's *done / closed / failed* count connections ended by a `done` frame, closed by the aggregator without one, or ended by an error.\n\n")
+	w("| trainers | updates/round | s/round | aggregator CPU s/round | CPU ms/update | base RSS MB | RSS MB | peak RSS MB | heap in use MB | warnings | rounds done | connections done / closed / failed |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n")
 	for _, s := range r.scale {
-		var st struct{ Done, Closed, Failures, Connected int64 }
+		var st struct{ Done, Closed, Failures int64 }
 		_ = json.Unmarshal(s.Sim, &st)
-		w("| %d | %d | %s | %s | %s | %s | %s | %d | %d/%d | %d / %d / %d |\n", s.Trainers, s.PerRound, sp(s.RoundSecs), sp(s.CPUPerRound), mb(s.BaseRSS), mb(s.RSS), mb(s.HWM), s.Warnings, s.Completed, s.Rounds+1, st.Done, st.Closed, st.Failures)
+		w("| %d | %d | %s | %s | %s | %s | %s | %s | %s | %d | %d/%d | %d / %d / %d |\n", s.Trainers, s.PerRound, sp(s.RoundSecs), sp(s.CPUPerRound), f(1e3*s.CPUPerRound.Median/float64(s.PerRound)),
+			mb(s.BaseRSS), mb(s.RSS), mb(s.HWM), mb(s.HeapInuse), s.Warnings, s.Completed, s.Total, st.Done, st.Closed, st.Failures)
 	}
 	w("\n")
 	for _, s := range r.scale {
@@ -501,19 +505,43 @@ func sectionScale(r *results, w func(string, ...any)) {
 			w("- %d trainers, %d updates/round, log: `%s`\n", s.Trainers, s.PerRound, strings.ReplaceAll(m, "`", "'"))
 		}
 	}
-	g, ok := scaleGrowth(r)
-	if !ok {
+	gs := scaleGrowths(r)
+	if len(gs) == 0 {
 		return
 	}
-	w("\nWith %d trainers connected, going from %d to %d updates per round raises the aggregator's peak RSS by %s MB, %.1f times the model's %s MB (target: under 2). ",
-		g.trainers, g.lo.PerRound, g.hi.PerRound, mb(g.growth), g.ratio, mb(g.model))
-	if g.ratio < 2 {
+	w("Growth of the aggregator's memory from the fewest to the most updates per round, with the same number of trainers connected (target: under 2 model sizes):\n\n")
+	w("| trainers | updates/round | peak RSS growth MB | in models | heap-in-use growth MB | in models |\n|---|---|---|---|---|---|\n")
+	for _, g := range gs {
+		hg := g.hi.HeapInuse - g.lo.HeapInuse
+		w("| %d | %d → %d | %s | %.1f | %s | %.1f |\n", g.trainers, g.lo.PerRound, g.hi.PerRound, mb(g.growth), g.ratio, mb(hg), float64(hg)/float64(g.model))
+	}
+	top := gs[len(gs)-1]
+	w("\n")
+	if top.ratio < 2 {
 		w("The gather streams: memory does not grow with the number of updates.\n\n")
-		return
+	} else {
+		w("**The target is missed**, and not by the accumulator, which is one model-sized int64 buffer per round whatever the number of updates (`TestGatherMemoryIsOneModel`). ")
+		w("The memory is per *connection*: `coord/conn.go`'s reader allocates a model-sized `[]float32` for updates when a trainer connects, and reads each frame into a `bytes.Buffer` that grows to a frame's size, both kept for the connection's life. ")
+		w("The `[]float32` is allocated but not touched until that trainer's first update, which is why, with 1,000 trainers and few updates, heap in use is far above RSS; once a trainer has sent an update, both buffers are resident, about 2 × %s MB per trainer plus garbage from the buffer's growth. ", mb(top.model))
+		w("So RSS grows with the number of distinct trainers that have sent an update — with 1,000 updates per round, all of them — rather than with the number of updates as such; with 10 or 100 trainers the same buffers fit in memory the Go heap already holds after loading MNIST, and RSS hardly moves. ")
+		w("Proposed for `internal/coord`: read updates into buffers from a small pool shared by all connections (a `sync.Pool`, or a fixed set of model-sized buffers handed out by the hub and returned after `gather`), reading the payload straight into it as in section 3; the aggregator then holds O(updates in flight) buffers instead of O(trainers).\n\n")
 	}
-	w("**The target is missed**, and not by the accumulator, which is one model-sized int64 buffer per round whatever the number of updates (`TestGatherMemoryIsOneModel`). ")
-	w("The growth is per *connection*: `coord/conn.go`'s reader allocates a model-sized `[]float32` for updates and keeps a `bytes.Buffer` that grows to a frame's size for every trainer, for the connection's life. Both are only touched (and so only count in RSS) once that trainer has sent an update, so RSS grows with the number of distinct trainers that have sent one — about 2 × %s MB each — and with 1,000 updates per round every connection has. ", mb(g.model))
-	w("Proposed for `internal/coord`: decode updates into buffers from a small pool shared by all connections (a `sync.Pool`, or a fixed set of model-sized buffers handed out by the hub and returned after `gather`), reading the payload straight into it as in section 3; the aggregator then holds O(concurrent updates) buffers instead of O(trainers).\n\n")
+	w("Aggregator CPU per update is about %s ms at %d updates per round (frame reads, `wire.ReadFloat32s`' copy and finite check, hub bookkeeping and the task, model and shard frames sent back)", f(1e3*top.hi.CPUPerRound.Median/float64(top.hi.PerRound)), top.hi.PerRound)
+	if len(r.aggregate) > 0 && r.aggregate[0].Ours.Median > 0 {
+		a := r.aggregate[0]
+		w("; the fold itself is %s ms (section 2)", f(float64(a.Bytes)/a.Ours.Median/1e6))
+	}
+	w(".\n\n")
+	closed := int64(0)
+	for _, s := range r.scale {
+		var st struct{ Closed int64 }
+		_ = json.Unmarshal(s.Sim, &st)
+		closed += st.Closed
+	}
+	if closed > 0 {
+		w("Two more findings for the owners of `cmd/aggregator` and `internal/coord`: (1) at the end of a job the aggregator exits before its connection writers have flushed the `done` frames (`Hub.Finish` only queues them), so many trainers see the connection drop instead of `done` (the *closed* column); a real trainer then reconnects with back-off to an aggregator that is gone instead of exiting. Waiting for the writers to drain (with a bound) before exiting would fix it. ")
+		w("(2) With hundreds of updates per round the aggregator's own CPU can make tasks outlive the derived deadline (2 × the median task time, at least 500 ms), so tasks are re-issued and their second copies arrive as duplicates or stale updates, adding load where there is least to spare. The task accounting of the largest run: `%s`.\n\n", top.hi.Accounting)
+	}
 }
 
 func sectionEndToEnd(r *results, w func(string, ...any)) {
@@ -523,19 +551,33 @@ func sectionEndToEnd(r *results, w func(string, ...any)) {
 		return
 	}
 	e := r.endtoend[0]
-	w("`go run ./bench endtoend`: `aggregator -demo -trainers N -min-trainers N -target 0 -rounds %d` (2NN, K=100, C=0.1, E=1, B=10, IID; trainer processes with GOMAXPROCS=1) for N = 1 and 2, alternating, %d runs each. ", e.Rounds, e.Repeats)
-	w("Rounds/s is over rounds 2–%d, timed by when the aggregator printed their lines.\n\n", e.Rounds)
-	w("| trainers | rounds/s | seconds per round (round lines) |\n|---|---|---|\n")
-	w("| 1 | %s | %s |\n| 2 | %s | %s |\n\nSpeed-up: %s (target ≥ %.1f×, %s) on %d cores.\n\n", sp(e.One), sp(e.OneRoundSecs), sp(e.Two), sp(e.TwoRoundSecs), ratioText(e.Ratio), e.Target, verdict(e.Ratio.Median >= e.Target), e.Cores)
-	w("Parts of a round, timed in one process on one thread (median of 5): one client's local training (600 examples, E=1, B=10) %s ms; decoding one client's shard (a trainer does it once per shard it receives) %s ms; evaluating the 10,000 test images %s ms.\n\n",
+	w("`go run ./bench endtoend`: `aggregator -demo -trainers N -min-trainers N -target 0 -rounds %d` (2NN, K=100, C=0.1, E=1, B=10, IID; each trainer process runs with GOMAXPROCS=1) for N = 1 and 2, alternating, %d runs each. ", e.Rounds, e.Repeats)
+	w("Rounds/s is over rounds 2–%d, timed by when the aggregator printed their lines. CPU per round is from `/proc` for the aggregator and for its trainer processes; *other load* is the CPU the rest of the machine used meanwhile (busy time from `/proc/stat` minus ours), in cores.\n\n", e.Rounds)
+	w("| trainers | rounds/s | s/round (round lines) | aggregator CPU s/round | trainers' CPU s/round | other load, cores |\n|---|---|---|---|---|---|\n")
+	w("| 1 | %s | %s | %s | %s | %s |\n", sp(e.One), sp(e.OneRoundSecs), sp(e.OneAggCPU), sp(e.OneTrainerCPU), sp(e.OneOtherCores))
+	w("| 2 | %s | %s | %s | %s | %s |\n\n", sp(e.Two), sp(e.TwoRoundSecs), sp(e.TwoAggCPU), sp(e.TwoTrainerCPU), sp(e.TwoOtherCores))
+	met := e.Ratio.Median >= e.Target
+	w("Speed-up with 2 trainers: %s (target ≥ %.1f×, %s) on %d cores.\n\n", ratioText(e.Ratio), e.Target, verdict(met), e.Cores)
+	w("Parts of a round, timed in one process on one thread (median of 5): one client's local training (600 examples, E=1, B=10) %s ms; decoding one client's shard (a trainer does it once per shard it receives) %s ms; evaluating the 10,000 test images %s ms (scattered over the trainers as 10 eval tasks by default).\n\n",
 		f(e.TaskSeconds*1e3), f(e.DecodeSeconds*1e3), f(e.EvalSeconds*1e3))
-	t1 := 1 / e.One.Median
-	train := 10 * e.TaskSeconds
-	other := t1 - train
-	w("With one trainer a round takes %s ms, of which the 10 training tasks are about %s ms; the other %s ms (model and update transfers and their decoding, shard decoding, evaluation, hub bookkeeping) do not shrink by adding a trainer unless they are spread over trainers too. ", f(t1*1e3), f(train*1e3), f(other*1e3))
-	if other > 0 && t1 > 0 {
-		ideal := t1 / (train/2 + other)
-		w("If only the training halves, the best speed-up with 2 trainers is %.2f×.", ideal)
+	if e.One.Median <= 0 {
+		return
 	}
-	w("\n")
+	wall1 := 1 / e.One.Median
+	tr1 := e.OneTrainerCPU.Median
+	serial := max(0, wall1-tr1)
+	est := wall1 / (serial + tr1/2)
+	free := float64(e.Cores) - e.TwoOtherCores.Median
+	w("Where the time goes: with one trainer a round takes %s ms of wall time, of which the trainer computes %s ms (training, evaluation, decoding) and the aggregator %s ms of CPU; the rest is waiting on the network and on each other. ",
+		f(wall1*1e3), f(tr1*1e3), f(e.OneAggCPU.Median*1e3))
+	w("Everything but the trainer's compute stays serial when a second trainer is added, so with two free cores the expected speed-up is %s / (%s + %s/2) ≈ %.2f×. ", f(wall1*1e3), f(serial*1e3), f(tr1*1e3), est)
+	switch {
+	case met:
+		w("The measurement agrees.\n\n")
+	case free < 1.9:
+		w("**The target is missed because the two cores were not free**: other processes on this shared machine kept %s cores busy on average during the two-trainer runs, leaving about %.1f for the aggregator and two trainers, and a second trainer cannot run beside the first on one core. ", f(e.TwoOtherCores.Median), free)
+		w("The fastest two-trainer run (%s rounds/s, %.2f× the median one-trainer run) shows what a quieter moment gives; rerun `bash bench/run endtoend` on an idle machine to check the target.\n\n", f(e.Two.Max), e.Two.Max/e.One.Median)
+	default:
+		w("**The target is missed** with the cores free: the serial part (the aggregator's per-update CPU, see section 4, and the transfers of section 3) limits the speed-up; the proposals in sections 2–4 shorten it.\n\n")
+	}
 }

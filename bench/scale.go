@@ -8,6 +8,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net/http"
 	"os"
 	"os/exec"
 	"regexp"
@@ -22,22 +23,27 @@ import (
 // N simulated trainers (bench/simtrainer, N websocket connections) and m
 // updates per round (-clients 1000 -fraction m/1000). The first round, which
 // also carries the connections and most shard transfers, is a warm-up; the
-// figures are over the rounds after it.
+// figures are over the measured rounds after it. One more round follows
+// them, so that the aggregator's /metrics can be read (for the Go heap in
+// use) while it is still running, outside the measured rounds.
 type scaleRow struct {
 	Row         string          `json:"row"` // "scale"
 	Trainers    int             `json:"trainers"`
 	Fraction    float64         `json:"fraction"`
 	PerRound    int             `json:"updates_per_round"`
-	Rounds      int             `json:"rounds"`          // measured rounds (after the warm-up)
-	RoundSecs   spread          `json:"round_seconds"`   // wall time per round
-	CPUPerRound spread          `json:"cpu_per_round_s"` // aggregator user+system CPU seconds per round
-	BaseRSS     int64           `json:"base_rss_bytes"`  // VmRSS once listening, before any trainer
-	RSS         int64           `json:"rss_bytes"`       // VmRSS after the last round
-	HWM         int64           `json:"hwm_bytes"`       // VmHWM (peak RSS) after the last round
+	Rounds      int             `json:"rounds"`           // measured rounds (after the warm-up)
+	RoundSecs   spread          `json:"round_seconds"`    // wall time per round
+	CPUPerRound spread          `json:"cpu_per_round_s"`  // aggregator user+system CPU seconds per round
+	BaseRSS     int64           `json:"base_rss_bytes"`   // VmRSS once listening, before any trainer
+	RSS         int64           `json:"rss_bytes"`        // VmRSS after the last round
+	HWM         int64           `json:"hwm_bytes"`        // VmHWM (peak RSS) after the last round
+	HeapInuse   int64           `json:"heap_inuse_bytes"` // go_memstats_heap_inuse_bytes after the last round (0: not read)
 	ModelBytes  int64           `json:"model_bytes"`
 	Warnings    int             `json:"log_warnings"` // aggregator log lines at level WARN or ERROR
 	Samples     []string        `json:"log_samples,omitempty"`
 	Completed   int             `json:"rounds_completed"`
+	Total       int             `json:"rounds_total"` // rounds the aggregator was asked for
+	Accounting  string          `json:"accounting"`   // the aggregator's "tasks assigned=..." line
 	ExitCode    int             `json:"exit_code"`
 	Sim         json.RawMessage `json:"simtrainer"`
 	Seconds     float64         `json:"seconds"`
@@ -55,7 +61,7 @@ func runScale(args []string) error {
 	sim := fs.String("simtrainer", "", "simtrainer binary (go build ./bench/simtrainer)")
 	trainers := fs.String("trainers", "10,100,1000", "connected trainers, comma-separated")
 	updates := fs.String("updates", "10,100,1000", "updates per round, comma-separated (of 1,000 clients)")
-	rounds := fs.Int("rounds", 3, "measured rounds per configuration, after one warm-up round")
+	rounds := fs.Int("rounds", 3, "measured rounds per configuration, between one warm-up round and one for reading /metrics")
 	timeout := fs.Duration("timeout", 10*time.Minute, "limit per configuration")
 	logs := fs.String("logs", "", "directory to keep each run's aggregator log in")
 	if err := fs.Parse(args); err != nil {
@@ -114,7 +120,7 @@ func scaleRun(aggBin, simBin string, n, m, rounds int, timeout time.Duration, lo
 	defer cancel()
 	start := time.Now()
 	agg := exec.CommandContext(ctx, aggBin, "-listen", "127.0.0.1:0", "-clients", strconv.Itoa(clients),
-		"-fraction", strconv.FormatFloat(frac, 'g', -1, 64), "-rounds", strconv.Itoa(rounds+1),
+		"-fraction", strconv.FormatFloat(frac, 'g', -1, 64), "-rounds", strconv.Itoa(rounds+2),
 		"-min-trainers", strconv.Itoa(n), "-log-level", "info")
 	agg.Cancel = func() error { return agg.Process.Signal(syscall.SIGKILL) }
 	stdout, err := agg.StdoutPipe()
@@ -129,7 +135,7 @@ func scaleRun(aggBin, simBin string, n, m, rounds int, timeout time.Duration, lo
 		return nil, err
 	}
 	pid := agg.Process.Pid
-	row := &scaleRow{Row: "scale", Trainers: n, Fraction: frac, PerRound: m, ModelBytes: 4 * params2NN}
+	row := &scaleRow{Row: "scale", Trainers: n, Fraction: frac, PerRound: m, ModelBytes: 4 * params2NN, Total: rounds + 2}
 
 	// The log: count warnings and errors, keep a few, and optionally a copy.
 	var logWG sync.WaitGroup
@@ -165,6 +171,7 @@ func scaleRun(aggBin, simBin string, n, m, rounds int, timeout time.Duration, lo
 	}()
 
 	var samples []sample
+	var addr string
 	var simOut []byte
 	var simErr error
 	simDone := make(chan struct{})
@@ -176,6 +183,7 @@ func scaleRun(aggBin, simBin string, n, m, rounds int, timeout time.Duration, lo
 		if mm := listenRE.FindStringSubmatch(l); mm != nil && !simStarted {
 			row.BaseRSS, _, _ = procMem(pid)
 			simStarted = true
+			addr = mm[1]
 			sim := exec.CommandContext(ctx, simBin, "-aggregator", mm[1], "-n", strconv.Itoa(n))
 			sim.Stderr = os.Stderr
 			go func() {
@@ -190,7 +198,13 @@ func scaleRun(aggBin, simBin string, n, m, rounds int, timeout time.Duration, lo
 			s.rss, s.hwm, _ = procMem(pid)
 			samples = append(samples, s)
 			row.Completed++
+			if row.Completed == rounds+1 {
+				row.HeapInuse = heapInuse(ctx, addr)
+			}
 			continue
+		}
+		if strings.HasPrefix(l, "tasks assigned=") {
+			row.Accounting = l
 		}
 		if doneLineRE.MatchString(l) {
 			break
@@ -218,9 +232,10 @@ func scaleRun(aggBin, simBin string, n, m, rounds int, timeout time.Duration, lo
 	if simErr != nil {
 		progress("scale: simtrainer: %v", simErr)
 	}
-	if len(samples) < 2 {
+	if len(samples) < rounds+1 {
 		return row, nil
 	}
+	samples = samples[:rounds+1] // the warm-up round and the measured ones
 	var secs, cpus []float64
 	for i := 1; i < len(samples); i++ {
 		secs = append(secs, samples[i].at.Sub(samples[i-1].at).Seconds())
@@ -231,6 +246,33 @@ func scaleRun(aggBin, simBin string, n, m, rounds int, timeout time.Duration, lo
 	row.RoundSecs, row.CPUPerRound = spreadOf(secs), spreadOf(cpus)
 	row.RSS, row.HWM = last.rss, last.hwm
 	return row, nil
+}
+
+// heapInuse reads go_memstats_heap_inuse_bytes from the aggregator's
+// /metrics, or returns 0.
+func heapInuse(ctx context.Context, addr string) int64 {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+"/metrics", nil)
+	if err != nil {
+		return 0
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return 0
+	}
+	defer resp.Body.Close()
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		if v, ok := strings.CutPrefix(sc.Text(), "go_memstats_heap_inuse_bytes "); ok {
+			f, err := strconv.ParseFloat(strings.TrimSpace(v), 64)
+			if err == nil {
+				return int64(f)
+			}
+		}
+	}
+	return 0
 }
 
 func truncate(s string, n int) string {
