@@ -3,6 +3,8 @@
 package model
 
 import (
+	"math"
+
 	"gonum.org/v1/gonum/blas"
 	"gonum.org/v1/gonum/blas/blas32"
 	"gonum.org/v1/gonum/blas/blas64"
@@ -19,6 +21,13 @@ const Backend = "gonum"
 // of row updates and has no blocking to lose), so the first layer is always
 // sparse.
 const sparseInputMax = 1.0
+
+// ownKernelsMaxRows is the largest batch for which layers after the first
+// use the package's own kernels (dots forward, accSegs over the non-zero
+// deltas backward) instead of gemm. With gonum that is every batch: the
+// kernels perform gonum's operations for the backward products, use AVX2
+// rather than SSE, keep outputs in registers and skip ReLU zeros.
+const ownKernelsMaxRows = math.MaxInt
 
 // maxBatchExact reports whether results are bit for bit independent of
 // how rows are grouped into gemm calls, and so of MaxBatch. gonum's gemm

@@ -47,10 +47,11 @@ func TestGradientCheck(t *testing.T) {
 	tests := []struct {
 		model           string
 		inputs, classes int
-		rows, maxBatch  int       // maxBatch < rows makes Gradient accumulate over chunks
-		perTensor       int       // parameters checked per tensor; 0 means all
-		zeros           float64   // fraction of input features set to zero
-		path            inputPath // how the first layer treats its inputs
+		rows, maxBatch  int        // maxBatch < rows makes Gradient accumulate over chunks
+		perTensor       int        // parameters checked per tensor; 0 means all
+		zeros           float64    // fraction of input features set to zero
+		path            inputPath  // how the first layer treats its inputs
+		hidden          hiddenPath // how the later layers compute
 	}{
 		{model: "logreg", inputs: 784, classes: 10, rows: 5, maxBatch: 2},
 		{model: "mlp:9,7", inputs: 12, classes: 4, rows: 6, maxBatch: 4},
@@ -64,17 +65,24 @@ func TestGradientCheck(t *testing.T) {
 		{model: "2nn", inputs: 784, classes: 10, rows: 5, maxBatch: 3, perTensor: 150, zeros: 0.8, path: inputDense},
 		{model: "mlp:9,7", inputs: 12, classes: 4, rows: 6, maxBatch: 4, zeros: 0.5, path: inputSparse},
 		{model: "mlp:9,7", inputs: 12, classes: 4, rows: 6, maxBatch: 4, zeros: 0.5, path: inputDense},
+		// The later layers on gemm and on the package's own kernels, whatever
+		// the backend would choose.
+		{model: "mlp:30,20,10", inputs: 16, classes: 5, rows: 7, maxBatch: 3, hidden: hiddenGemm},
+		{model: "mlp:30,20,10", inputs: 16, classes: 5, rows: 7, maxBatch: 3, hidden: hiddenOwn},
+		{model: "2nn", inputs: 784, classes: 10, rows: 5, maxBatch: 5, perTensor: 150, zeros: 0.8, path: inputSparse, hidden: hiddenGemm},
+		{model: "2nn", inputs: 784, classes: 10, rows: 5, maxBatch: 5, perTensor: 150, zeros: 0.8, path: inputSparse, hidden: hiddenOwn},
 	}
 	for ti, tt := range tests {
 		s, err := Parse(tt.model, tt.inputs, tt.classes)
 		if err != nil {
 			t.Fatal(err)
 		}
-		t.Run(fmt.Sprintf("%s/zeros=%.1f/path=%d", s, tt.zeros, tt.path), func(t *testing.T) {
+		t.Run(fmt.Sprintf("%s/zeros=%.1f/path=%d/hidden=%d", s, tt.zeros, tt.path, tt.hidden), func(t *testing.T) {
 			ds := sparsify(randomDataset(tt.rows, tt.inputs, tt.classes, uint64(ti)+100), tt.zeros, uint64(ti))
 			params := initParams64(s, uint64(ti)+7)
 			ws := NewWorkspaceOf[float64](s, tt.maxBatch)
 			ws.path = tt.path
+			ws.hidden = tt.hidden
 			grad := make([]float64, len(params))
 			loss0 := ws.Gradient(params, grad, ds)
 			if _, l := ws.Evaluate(params, ds); math.Abs(l-loss0) > 1e-12*math.Abs(l) {

@@ -68,6 +68,17 @@ func (w *WorkspaceOf[T]) forward(params []T, rows int) {
 			copy(z[r*ly.Out:(r+1)*ly.Out], bias)
 		}
 		switch {
+		case l > 0 && w.ownKernels(rows):
+			// z[r,o] = b[o] + a[r,:]·W[o,:], dot products in a fixed order.
+			wl := params[ly.WOff:ly.BOff]
+			t := w.dotBuf[:ly.Out]
+			for r := range rows {
+				dots(t, in[r*ly.In:(r+1)*ly.In], wl, ly.In)
+				zr := z[r*ly.Out : (r+1)*ly.Out]
+				for o, v := range t {
+					zr[o] += v
+				}
+			}
 		case l > 0:
 			gemm(false, true, rows, ly.Out, ly.In, 1, in, ly.In, params[ly.WOff:ly.BOff], ly.In, 1, z, ly.Out)
 		case w.sparse:
@@ -150,6 +161,28 @@ func (w *WorkspaceOf[T]) backward(params []T, rows int, dst, dst0 []T, alpha, be
 		ly := w.layers[l]
 		dz := w.delta[l][:rows*ly.Out]
 		switch {
+		case l > 0 && w.ownKernels(rows):
+			in := w.act[l-1][:rows*ly.In]
+			// The deltas of a hidden layer are zero wherever its ReLU was
+			// off (and a tenth of the last layer's are small but not zero),
+			// so both products go through their non-zero entries: rows of
+			// dz for the input delta, columns of dz for the weights. These
+			// are gonum's gemm operations in gonum's order (see accSegs).
+			d := &w.dz
+			d.reserve(rows, ly.Out) // sized by begin: no allocation
+			for r := range rows {
+				d.setRowT(r, dz[r*ly.Out:(r+1)*ly.Out])
+			}
+			// delta[l-1] = (dz · W) ⊙ relu'(act[l-1]); relu'(0) = 0 as in PyTorch.
+			dx := w.delta[l-1][:rows*ly.In]
+			clear(dx)
+			accSegs(dx, ly.In, ly.In, d.ptr[1:rows+1], d.val, d.idx, ly.Out, params[ly.WOff:ly.BOff], ly.In)
+			reluMask(dx, in)
+			// W = beta*W + alpha * dzᵀ · in, one output (column of dz) at a time.
+			dw := dst[ly.WOff:ly.BOff]
+			scale(dw, beta)
+			d.transposeTo(&w.dzT, rows, ly.Out, alpha)
+			accSegs(dw, ly.In, ly.In, w.dzT.end[:ly.Out], w.dzT.val, w.dzT.row, rows, in, ly.In)
 		case l > 0:
 			in := w.act[l-1][:rows*ly.In]
 			// delta[l-1] = (dz · W) ⊙ relu'(act[l-1]); relu'(0) = 0 as in PyTorch.

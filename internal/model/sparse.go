@@ -44,7 +44,9 @@ type csc[T Float] struct {
 	val []T
 }
 
-// reserve makes s hold rows rows of width in without reallocating.
+// reserve makes s hold rows rows of width in without reallocating, and
+// sets the width (the length of cnt) to in. Reserving the widest use first
+// lets narrower ones reuse the buffers.
 func (s *csr[T]) reserve(rows, in int) {
 	if cap(s.ptr) < rows+1 {
 		s.ptr = make([]int32, rows+1)
@@ -53,9 +55,10 @@ func (s *csr[T]) reserve(rows, in int) {
 		s.idx = make([]int32, rows*in)
 		s.val = make([]T, rows*in)
 	}
-	if len(s.cnt) != in {
+	if cap(s.cnt) < in {
 		s.cnt = make([]int32, in)
 	}
+	s.cnt = s.cnt[:in]
 }
 
 // setRow stores row r (0, 1, 2, ... in order) from src, keeping its
@@ -78,13 +81,31 @@ func (s *csr[T]) setRow(r int, src, next []float32) {
 	s.ptr = append(s.ptr, int32(n+k))
 }
 
+// setRowT is setRow for a row of T, such as a layer's deltas.
+func (s *csr[T]) setRowT(r int, src []T) {
+	if r == 0 {
+		s.ptr = s.ptr[:1]
+		s.ptr[0] = 0
+		clear(s.cnt)
+	}
+	n := int(s.ptr[r])
+	idx, val := s.idx[n:n+len(src)], s.val[n:n+len(src)]
+	var k int
+	if v32, ok := any(val).([]float32); ok {
+		k = compact32(idx, v32, any(src).([]float32), nil, s.cnt)
+	} else {
+		k = compactGo(idx, val, src, s.cnt)
+	}
+	s.ptr = append(s.ptr, int32(n+k))
+}
+
 // compact stores the non-zero entries of src (NaNs included) in val and
 // their positions in idx, in order, adds one to cnt[j] for each non-zero
 // src[j], and returns how many there are. idx, val and cnt must be at least
 // as long as src; entries of idx and val past the count are overwritten
 // with garbage. compactGo is the plain Go version; compact32 (float32, with
 // an AVX2 kernel on amd64) gives the same result.
-func compactGo[T Float](idx []int32, val []T, src []float32, cnt []int32) int {
+func compactGo[T, S Float](idx []int32, val []T, src []S, cnt []int32) int {
 	idx, val, cnt = idx[:len(src)], val[:len(src)], cnt[:len(src)]
 	k := 0
 	for j, v := range src {
@@ -200,6 +221,67 @@ func accSegsSaxpy(out []float32, ldOut, n int, ends []int32, vals []float32, idx
 			impl.Saxpy(n, vals[k], m[j*ldM:j*ldM+n], 1, o, 1)
 		}
 		lo = hi
+	}
+}
+
+// dots sets out[o] to the dot product of a with row o of w (rows ldw
+// apart), for o < len(out), summed in a fixed order: eight lanes (lane l
+// takes the products of elements l, l+8, ... below len(a) rounded down to
+// a multiple of 8, each rounded before it is added, in order), then the
+// lanes as ((l0+l4)+(l2+l6)) + ((l1+l5)+(l3+l7)), then the remaining
+// products one by one. dotGo is that order in plain Go; the AVX2 version
+// gives the same bits. It panics if a row does not fit in w.
+func dots[T Float](out, a, w []T, ldw int) {
+	if len(out) == 0 {
+		return
+	}
+	if len(a) > ldw || (len(out)-1)*ldw+len(a) > len(w) {
+		panic(fmt.Sprintf("model: dots: %d rows of %d values %d apart do not fit in %d values", len(out), len(a), ldw, len(w)))
+	}
+	switch o := any(out).(type) {
+	case []float32:
+		dots32(o, any(a).([]float32), any(w).([]float32), ldw)
+	case []float64:
+		a, w := any(a).([]float64), any(w).([]float64)
+		for i := range o {
+			o[i] = dotGo(a, w[i*ldw:i*ldw+len(a)])
+		}
+	}
+}
+
+// dotGo is one dot product of dots, in plain Go.
+func dotGo[T Float](x, y []T) T {
+	y = y[:len(x)]
+	var acc [8]T
+	nv := len(x) &^ 7
+	for i := 0; i < nv; i += 8 {
+		xs, ys := x[i:i+8:i+8], y[i:i+8:i+8]
+		for l := range 8 {
+			acc[l] += T(xs[l] * ys[l]) // the conversion forbids fusing into an FMA
+		}
+	}
+	s := ((acc[0] + acc[4]) + (acc[2] + acc[6])) + ((acc[1] + acc[5]) + (acc[3] + acc[7]))
+	for i := nv; i < len(x); i++ {
+		s += T(x[i] * y[i])
+	}
+	return s
+}
+
+// dotTail adds to out[o] the products of the elements of a past the last
+// multiple of eight with those of row o of w, one by one: what dots does
+// after the eight lanes.
+func dotTail[T Float](out, a, w []T, ldw int) {
+	nv := len(a) &^ 7
+	if nv == len(a) {
+		return
+	}
+	for o := range out {
+		s := out[o]
+		row := w[o*ldw : o*ldw+len(a)]
+		for i := nv; i < len(a); i++ {
+			s += T(a[i] * row[i])
+		}
+		out[o] = s
 	}
 }
 

@@ -102,3 +102,22 @@ func compact32(idx []int32, val, src, next []float32, cnt []int32) int {
 	}
 	return k
 }
+
+// dotsAVX2 sets out[o], o < nout, to the eight-lane part of dots for the
+// first 8*nvec elements of a and row o of w (ldw elements apart), in
+// sparse_amd64.s.
+//
+//go:noescape
+func dotsAVX2(out *float32, a *float32, w *float32, ldw, nout, nvec int)
+
+// dots32 is dots for float32 (already checked).
+func dots32(out, a, w []float32, ldw int) {
+	if !useAVX2 || len(a) < 8 {
+		for i := range out {
+			out[i] = dotGo(a, w[i*ldw:i*ldw+len(a)])
+		}
+		return
+	}
+	dotsAVX2(&out[0], &a[0], &w[0], ldw, len(out), len(a)/8)
+	dotTail(out, a, w, ldw)
+}

@@ -271,3 +271,122 @@ cdone:
 	MOVQ AX, count+56(FP)
 	VZEROUPPER
 	RET
+
+// func dotsAVX2(out *float32, a *float32, w *float32, ldw, nout, nvec int)
+//
+// For o < nout: out[o] = the dot product of the first 8*nvec elements of a
+// and of row o of w (ldw elements apart), summed in eight lanes (lane l
+// takes elements l, l+8, l+16, ... in order, each product rounded before it
+// is added) and then across lanes as ((l0+l4)+(l2+l6)) + ((l1+l5)+(l3+l7)),
+// the order dotGo reproduces. Outputs go four at a time (one accumulator
+// each, a loaded once per step), then one at a time.
+//
+// Registers: DI out, SI a, DX row of the current output, R8 ldw in bytes,
+// CX outputs left, R9 nvec, BX vectors left, AX byte offset in the rows,
+// R10-R12 the next three rows. Y0-Y3 accumulators, Y8 a, Y9-Y12 products,
+// X13-X15 reduction.
+TEXT ·dotsAVX2(SB), NOSPLIT, $0-48
+	MOVQ out+0(FP), DI
+	MOVQ a+8(FP), SI
+	MOVQ w+16(FP), DX
+	MOVQ ldw+24(FP), R8
+	SHLQ $2, R8
+	MOVQ nout+32(FP), CX
+	MOVQ nvec+40(FP), R9
+
+d4:
+	CMPQ CX, $4
+	JL d1
+	LEAQ (DX)(R8*1), R10
+	LEAQ (R10)(R8*1), R11
+	LEAQ (R11)(R8*1), R12
+	VXORPS Y0, Y0, Y0
+	VXORPS Y1, Y1, Y1
+	VXORPS Y2, Y2, Y2
+	VXORPS Y3, Y3, Y3
+	XORQ AX, AX
+	MOVQ R9, BX
+	TESTQ BX, BX
+	JZ d4red
+
+d4k:
+	VMOVUPS (SI)(AX*1), Y8
+	VMULPS (DX)(AX*1), Y8, Y9
+	VADDPS Y9, Y0, Y0
+	VMULPS (R10)(AX*1), Y8, Y10
+	VADDPS Y10, Y1, Y1
+	VMULPS (R11)(AX*1), Y8, Y11
+	VADDPS Y11, Y2, Y2
+	VMULPS (R12)(AX*1), Y8, Y12
+	VADDPS Y12, Y3, Y3
+	ADDQ $32, AX
+	DECQ BX
+	JNZ d4k
+
+d4red:
+	VEXTRACTF128 $1, Y0, X13
+	VADDPS X13, X0, X0
+	VMOVHLPS X0, X0, X14
+	VADDPS X14, X0, X0
+	VMOVSHDUP X0, X15
+	VADDSS X15, X0, X0
+	VMOVSS X0, 0(DI)
+	VEXTRACTF128 $1, Y1, X13
+	VADDPS X13, X1, X1
+	VMOVHLPS X1, X1, X14
+	VADDPS X14, X1, X1
+	VMOVSHDUP X1, X15
+	VADDSS X15, X1, X1
+	VMOVSS X1, 4(DI)
+	VEXTRACTF128 $1, Y2, X13
+	VADDPS X13, X2, X2
+	VMOVHLPS X2, X2, X14
+	VADDPS X14, X2, X2
+	VMOVSHDUP X2, X15
+	VADDSS X15, X2, X2
+	VMOVSS X2, 8(DI)
+	VEXTRACTF128 $1, Y3, X13
+	VADDPS X13, X3, X3
+	VMOVHLPS X3, X3, X14
+	VADDPS X14, X3, X3
+	VMOVSHDUP X3, X15
+	VADDSS X15, X3, X3
+	VMOVSS X3, 12(DI)
+	ADDQ $16, DI
+	LEAQ (R12)(R8*1), DX
+	SUBQ $4, CX
+	JMP d4
+
+d1:
+	TESTQ CX, CX
+	JZ ddone
+	VXORPS Y0, Y0, Y0
+	XORQ AX, AX
+	MOVQ R9, BX
+	TESTQ BX, BX
+	JZ d1red
+
+d1k:
+	VMOVUPS (SI)(AX*1), Y8
+	VMULPS (DX)(AX*1), Y8, Y9
+	VADDPS Y9, Y0, Y0
+	ADDQ $32, AX
+	DECQ BX
+	JNZ d1k
+
+d1red:
+	VEXTRACTF128 $1, Y0, X13
+	VADDPS X13, X0, X0
+	VMOVHLPS X0, X0, X14
+	VADDPS X14, X0, X0
+	VMOVSHDUP X0, X15
+	VADDSS X15, X0, X0
+	VMOVSS X0, (DI)
+	ADDQ $4, DI
+	ADDQ R8, DX
+	DECQ CX
+	JMP d1
+
+ddone:
+	VZEROUPPER
+	RET

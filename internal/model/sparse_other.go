@@ -12,3 +12,10 @@ func accSegs32(out []float32, ldOut, n int, ends []int32, vals []float32, idx []
 func compact32(idx []int32, val, src, next []float32, cnt []int32) int {
 	return compactGo(idx, val, src, cnt)
 }
+
+// dots32 is dots for float32 (already checked), in plain Go.
+func dots32(out, a, w []float32, ldw int) {
+	for i := range out {
+		out[i] = dotGo(a, w[i*ldw:i*ldw+len(a)])
+	}
+}

@@ -234,13 +234,17 @@ func TestPanicsOnMisuse(t *testing.T) {
 // Gradient and Evaluate allocate nothing, on either first-layer path.
 func TestNoAllocations(t *testing.T) {
 	s, _ := Parse("2nn", 50, 10)
-	for _, path := range []inputPath{inputSparse, inputDense} {
+	for _, paths := range []struct {
+		in     inputPath
+		hidden hiddenPath
+	}{{inputSparse, hiddenOwn}, {inputDense, hiddenGemm}, {inputAuto, hiddenAuto}} {
+		path := paths.in
 		ds := sparsify(randomDataset(300, 50, 10, 2), 0.7, 1)
 		p := make([]float32, s.NumParams())
 		s.Init(p, 1)
 		g := make([]float32, len(p))
 		ws := NewWorkspace(s, 32)
-		ws.core.path = path
+		ws.core.path, ws.core.hidden = path, paths.hidden
 		calls := map[string]func(){
 			"SGD B=10":   func() { ws.SGD(p, ds, 1, 10, 0.01, 3) },
 			"SGD B=128":  func() { ws.SGD(p, ds, 1, 128, 0.01, 3) },
@@ -251,12 +255,12 @@ func TestNoAllocations(t *testing.T) {
 		}
 		p64 := initParams64(s, 1)
 		ws64 := NewWorkspaceOf[float64](s, 32)
-		ws64.path = path
+		ws64.path, ws64.hidden = path, paths.hidden
 		calls["SGD64 B=10"] = func() { ws64.SGD(p64, ds, 1, 10, 0.01, 3) }
 		for name, f := range calls {
 			f() // size the buffers
 			if n := testing.AllocsPerRun(3, f); n != 0 {
-				t.Errorf("path %d, %s: %v allocations per call, want 0", path, name, n)
+				t.Errorf("paths %v, %s: %v allocations per call, want 0", paths, name, n)
 			}
 		}
 	}

@@ -3,6 +3,7 @@ package model
 import (
 	"fmt"
 	"math/rand/v2"
+	"slices"
 
 	"fedgather/internal/data"
 )
@@ -61,6 +62,14 @@ type WorkspaceOf[T Float] struct {
 	in     csr[T]
 	inT    csc[T]
 
+	// Layers after the first either call gemm or use the package's own
+	// kernels (see ownKernels): dots forward, and backward accSegs over the
+	// layer's non-zero deltas, which dz holds by row and dzT by column.
+	dz     csr[T]
+	dzT    csc[T]
+	dotBuf []T // widest layer: one row's dot products
+	hidden hiddenPath
+
 	// Bias gradients are column sums of deltas, taken with accSegs over one
 	// segment holding every row: alphas[r] = alpha (set by backward),
 	// iota[r] = r.
@@ -84,6 +93,30 @@ const (
 	inputSparse                  // always the sparse kernel
 	inputDense                   // always gemm
 )
+
+// hiddenPath selects how layers after the first compute their products.
+// Only tests set anything but hiddenAuto.
+type hiddenPath uint8
+
+const (
+	hiddenAuto hiddenPath = iota // the backend's choice, ownKernelsMaxRows
+	hiddenOwn                    // dots and accSegs
+	hiddenGemm                   // gemm
+)
+
+// ownKernels reports whether layers after the first use the package's own
+// kernels rather than gemm for a batch of rows rows: always with gonum,
+// and with OpenBLAS for small batches, where its gemm is slower (see
+// ownKernelsMaxRows).
+func (w *WorkspaceOf[T]) ownKernels(rows int) bool {
+	switch w.hidden {
+	case hiddenOwn:
+		return true
+	case hiddenGemm:
+		return false
+	}
+	return rows <= ownKernelsMaxRows
+}
 
 // NewWorkspaceOf returns a workspace for s with element type T. maxBatch is
 // the number of rows Evaluate and Gradient process at a time and the initial
@@ -114,6 +147,7 @@ func NewWorkspaceOf[T Float](s Spec, maxBatch int) *WorkspaceOf[T] {
 		delta:    make([][]T, len(ls)),
 		wt:       make([]T, ls[0].In*ls[0].Out),
 		exps:     make([]float64, s.Sizes[len(s.Sizes)-1]),
+		dotBuf:   make([]T, slices.Max(s.Sizes)),
 	}
 	w.grow(maxBatch)
 	return w
@@ -158,6 +192,13 @@ func (w *WorkspaceOf[T]) begin(params []T, ds *data.Dataset, rows int) {
 		w.in.reserve(w.rows, in)
 	} else if len(w.x) < w.rows*in {
 		w.x = make([]T, w.rows*in)
+	}
+	if w.ownKernels(w.rows) && len(w.layers) > 1 {
+		widest := 0
+		for _, ly := range w.layers[1:] {
+			widest = max(widest, ly.Out)
+		}
+		w.dz.reserve(w.rows, widest)
 	}
 	ly := w.layers[0]
 	transpose(w.wt, params[ly.WOff:ly.BOff], ly.Out, ly.In)
@@ -239,12 +280,12 @@ func (w *WorkspaceOf[T]) SGD(params []T, ds *data.Dataset, epochs, batch int, lr
 		}
 		g := w.grad
 		for range epochs {
-			total += w.gradient(params, g, ds) * float64(n)
+			total += w.gradient(params, g, ds) // the epoch's mean loss
 			for i := range params {
 				params[i] -= T(lr * g[i]) // the conversion forbids FMA fusion: one rounding of lr*g, then one of the difference
 			}
 		}
-		return total / (float64(epochs) * float64(n))
+		return total / float64(epochs)
 	}
 
 	if cap(w.perm) < n {
