@@ -24,6 +24,15 @@ import (
 // operations gonum's gemm performs for the same products (it skips zero
 // multipliers too), so with the gonum backend the sparse and dense paths
 // agree bit for bit, and the assembly and Go versions of accSegs always do.
+//
+// Layers after the first use the same kernel for their backward products,
+// over the non-zero entries of their deltas (zero wherever the layer's
+// ReLU was off): input deltas dx[r,:] += dz[r,o] · W[o,:] by rows of dz,
+// weight gradients W[o,:] += alpha·dz[r,o] · a[r,:] by its columns, again
+// gonum's operations in gonum's order. Their forward products are dot
+// products, dots, summed in a fixed lane order that the Go version
+// reproduces. Which layers use these kernels and which use gemm is the
+// backend's choice (ownKernelsMaxRows).
 
 // csr is a batch of input rows in compressed sparse row form: the non-zero
 // values of row r are val[ptr[r]:ptr[r+1]] at columns idx[ptr[r]:ptr[r+1]].

@@ -31,7 +31,9 @@ const DefaultMaxBatch = 256
 // and the forward pass and the weight update touch only the weights those
 // entries multiply; the first layer computes no input delta. For the
 // duration of a call the first layer's weights live transposed in the
-// workspace and are written back to params when SGD returns. See sparse.go.
+// workspace and are written back to params when SGD returns. Later layers
+// skip the zero deltas of switched-off ReLUs in their backward pass. See
+// sparse.go.
 //
 // Methods panic when params or grad do not have length Spec().NumParams(),
 // when the dataset's Dim is not the model's input width, or when a label is
