@@ -38,6 +38,7 @@ type scaleRow struct {
 	RSS         int64           `json:"rss_bytes"`        // VmRSS after the last round
 	HWM         int64           `json:"hwm_bytes"`        // VmHWM (peak RSS) after the last round
 	HeapInuse   int64           `json:"heap_inuse_bytes"` // go_memstats_heap_inuse_bytes after the last round (0: not read)
+	LiveHeap    int64           `json:"live_heap_bytes"`  // live heap after the last garbage collection before that point (GODEBUG=gctrace=1)
 	ModelBytes  int64           `json:"model_bytes"`
 	Warnings    int             `json:"log_warnings"` // aggregator log lines at level WARN or ERROR
 	Samples     []string        `json:"log_samples,omitempty"`
@@ -53,6 +54,9 @@ var (
 	roundLineRE = regexp.MustCompile(`^round (\d+)/(\d+) `)
 	listenRE    = regexp.MustCompile(`^listening on (\S+) `)
 	doneLineRE  = regexp.MustCompile(`^done rounds=(\d+) `)
+	// gctraceRE finds the live heap (the third figure) in a gctrace line:
+	// "gc 7 @1.2s 3%: ... 410->415->380 MB, 820 MB goal, ...".
+	gctraceRE = regexp.MustCompile(`^gc \d+ @.* \d+->\d+->(\d+) MB`)
 )
 
 func runScale(args []string) error {
@@ -123,6 +127,8 @@ func scaleRun(aggBin, simBin string, n, m, rounds int, timeout time.Duration, lo
 		"-fraction", strconv.FormatFloat(frac, 'g', -1, 64), "-rounds", strconv.Itoa(rounds+2),
 		"-min-trainers", strconv.Itoa(n), "-log-level", "info")
 	agg.Cancel = func() error { return agg.Process.Signal(syscall.SIGKILL) }
+	// gctrace prints the live heap after every collection on stderr.
+	agg.Env = append(os.Environ(), "GODEBUG=gctrace=1")
 	stdout, err := agg.StdoutPipe()
 	if err != nil {
 		return nil, err
@@ -137,7 +143,12 @@ func scaleRun(aggBin, simBin string, n, m, rounds int, timeout time.Duration, lo
 	pid := agg.Process.Pid
 	row := &scaleRow{Row: "scale", Trainers: n, Fraction: frac, PerRound: m, ModelBytes: 4 * params2NN, Total: rounds + 2}
 
-	// The log: count warnings and errors, keep a few, and optionally a copy.
+	// The log: count warnings and errors, keep a few, and optionally a copy;
+	// follow the live heap in the gctrace lines.
+	var live struct {
+		sync.Mutex
+		bytes int64
+	}
 	var logWG sync.WaitGroup
 	logWG.Add(1)
 	go func() {
@@ -155,6 +166,13 @@ func scaleRun(aggBin, simBin string, n, m, rounds int, timeout time.Duration, lo
 		for sc.Scan() {
 			l := sc.Text()
 			fmt.Fprintln(keep, l)
+			if m := gctraceRE.FindStringSubmatch(l); m != nil {
+				n, _ := strconv.ParseInt(m[1], 10, 64)
+				live.Lock()
+				live.bytes = n << 20
+				live.Unlock()
+				continue
+			}
 			if strings.Contains(l, "level=WARN") || strings.Contains(l, "level=ERROR") {
 				row.Warnings++
 				msg := l
@@ -199,6 +217,9 @@ func scaleRun(aggBin, simBin string, n, m, rounds int, timeout time.Duration, lo
 			samples = append(samples, s)
 			row.Completed++
 			if row.Completed == rounds+1 {
+				live.Lock()
+				row.LiveHeap = live.bytes
+				live.Unlock()
 				row.HeapInuse = heapInuse(ctx, addr)
 			}
 			continue
