@@ -41,13 +41,22 @@ type endToEndRow struct {
 	// CPU seconds per round over the measured rounds, from /proc: the
 	// aggregator process, its trainer processes together, and everything
 	// else on the machine (other users of the shared cores).
-	OneAggCPU     spread `json:"one_aggregator_cpu_per_round"`
-	OneTrainerCPU spread `json:"one_trainers_cpu_per_round"`
-	OneOtherCores spread `json:"one_other_load_cores"` // other processes' CPU seconds per second
-	TwoAggCPU     spread `json:"two_aggregator_cpu_per_round"`
-	TwoTrainerCPU spread `json:"two_trainers_cpu_per_round"`
-	TwoOtherCores spread `json:"two_other_load_cores"`
-	Cores         int    `json:"cores"`
+	OneAggCPU     spread       `json:"one_aggregator_cpu_per_round"`
+	OneTrainerCPU spread       `json:"one_trainers_cpu_per_round"`
+	OneOtherCores spread       `json:"one_other_load_cores"` // other processes' CPU seconds per second
+	TwoAggCPU     spread       `json:"two_aggregator_cpu_per_round"`
+	TwoTrainerCPU spread       `json:"two_trainers_cpu_per_round"`
+	TwoOtherCores spread       `json:"two_other_load_cores"`
+	Cores         int          `json:"cores"`
+	Runs          []demoRunRow `json:"runs"` // every run, in order
+}
+
+// demoRunRow is one demo run.
+type demoRunRow struct {
+	Repeat     int     `json:"repeat"`
+	Trainers   int     `json:"trainers"`
+	RoundsPerS float64 `json:"rounds_per_s"`
+	OtherCores float64 `json:"other_load_cores"`
 }
 
 // demoResult is one demo run's figures over its measured rounds.
@@ -105,6 +114,7 @@ func runEndToEnd(args []string) error {
 			if err != nil {
 				return fmt.Errorf("%d trainers: %w", n, err)
 			}
+			row.Runs = append(row.Runs, demoRunRow{Repeat: rep + 1, Trainers: n, RoundsPerS: d.rate, OtherCores: d.other})
 			if n == 1 {
 				one = append(one, d.rate)
 				oneSecs = append(oneSecs, d.secs...)
