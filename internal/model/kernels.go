@@ -192,11 +192,17 @@ func (w *WorkspaceOf[T]) backward(params []T, rows int, dst, dst0 []T, alpha, be
 			// W = beta*W + alpha * dzᵀ · in
 			gemm(true, false, ly.Out, ly.In, rows, alpha, dz, ly.Out, in, ly.In, beta, dst[ly.WOff:ly.BOff], ly.In)
 		case w.sparse:
-			// Wᵀ = beta*Wᵀ + alpha * inᵀ · dz, one input column at a time.
+			// Wᵀ = beta*Wᵀ + alpha * inᵀ · dz: for narrow layers row by row
+			// straight from the CSR batch, else one input column at a time
+			// from its CSC form (the same operations in the same order).
 			scale(dst0, beta)
-			c := &w.inT
-			w.in.transposeTo(c, rows, ly.In, alpha)
-			accSegs(dst0, ly.Out, ly.Out, c.end[:ly.In], c.val, c.row, rows, dz, ly.Out)
+			if w.scatterUpdate(ly.Out) {
+				scatterSegs(dst0, ly.Out, ly.Out, w.in.ptr[1:rows+1], w.in.val, alpha, w.in.idx, ly.In, dz, ly.Out)
+			} else {
+				c := &w.inT
+				w.in.transposeTo(c, rows, ly.In, alpha)
+				accSegs(dst0, ly.Out, ly.Out, c.end[:ly.In], c.val, c.row, rows, dz, ly.Out)
+			}
 		default:
 			gemm(true, false, ly.In, ly.Out, rows, alpha, w.x[:rows*ly.In], ly.In, dz, ly.Out, beta, dst0, ly.Out)
 		}

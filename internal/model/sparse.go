@@ -18,7 +18,9 @@ import (
 //	forward   z[r,:]  += x[r,j] · wᵀ[j,:]        for the non-zero x[r,j] of row r
 //	backward  wᵀ[j,:] += alpha·x[r,j] · dz[r,:]  for the non-zero x[r,j] of column j
 //
-// and no input delta is needed for the first layer. Every output element
+// and no input delta is needed for the first layer (a narrow layer, such
+// as logistic regression's, does the update row by row from the CSR form
+// with scatterSegs instead, its weights staying in cache). Every output element
 // receives its terms one at a time, in increasing j (forward) or r
 // (backward) order, each product rounded before it is added: exactly the
 // operations gonum's gemm performs for the same products (it skips zero
@@ -228,6 +230,59 @@ func accSegsSaxpy(out []float32, ldOut, n int, ends []int32, vals []float32, idx
 		for k := lo; k < hi; k++ {
 			j := int(idx[k])
 			impl.Saxpy(n, vals[k], m[j*ldM:j*ldM+n], 1, o, 1)
+		}
+		lo = hi
+	}
+}
+
+// scatterSegs is accSegs turned around: for every segment s < len(ends)
+// and entry k of it, in order,
+//
+//	out[idx[k]*ldOut+i] += (alpha*vals[k]) * src[s*ldSrc+i]   for i < n
+//
+// each product rounded before it is added. Over a CSR batch (segments are
+// rows, idx columns) this is the first layer's weight update without
+// building the CSC form: every output element receives the same terms in
+// the same (row) order as accSegs over the CSC entries, so the bits are the
+// same; it wins when the output rows are short enough for the weights to
+// stay in cache (see scatterMaxOut). Like accSegs it trusts idx to lie in
+// [0, bound) and checks the rest.
+func scatterSegs[T Float](out []T, ldOut, n int, ends []int32, vals []T, alpha T, idx []int32, bound int, src []T, ldSrc int) {
+	nseg := len(ends)
+	if nseg == 0 || n == 0 {
+		return
+	}
+	nnz := int(ends[nseg-1])
+	if n > ldOut || n > ldSrc || (bound-1)*ldOut+n > len(out) || (nseg-1)*ldSrc+n > len(src) || nnz > len(idx) || nnz > len(vals) {
+		panic(fmt.Sprintf("model: scatterSegs: %d segments of %d values (%d apart) with %d entries (rows below %d, %d apart) do not fit in %d sources, %d indices, %d values and %d outputs",
+			nseg, n, ldSrc, nnz, bound, ldOut, len(src), len(idx), len(vals), len(out)))
+	}
+	lo := int32(0)
+	for _, hi := range ends {
+		if hi < lo {
+			panic("model: scatterSegs: segment ends decrease")
+		}
+		lo = hi
+	}
+	switch o := any(out).(type) {
+	case []float32:
+		scatterSegs32(o, ldOut, n, ends, any(vals).([]float32), float32(alpha), idx, any(src).([]float32), ldSrc)
+	case []float64:
+		scatterSegsGo(o, ldOut, n, ends, any(vals).([]float64), float64(alpha), idx, any(src).([]float64), ldSrc)
+	}
+}
+
+// scatterSegsGo is scatterSegs in plain Go, without the checks.
+func scatterSegsGo[T Float](out []T, ldOut, n int, ends []int32, vals []T, alpha T, idx []int32, src []T, ldSrc int) {
+	lo := int32(0)
+	for s, hi := range ends {
+		row := src[s*ldSrc : s*ldSrc+n]
+		for k := lo; k < hi; k++ {
+			v, j := alpha*vals[k], int(idx[k])
+			o := out[j*ldOut : j*ldOut+n]
+			for i, x := range row {
+				o[i] += T(v * x) // the conversion forbids fusing into an FMA
+			}
 		}
 		lo = hi
 	}

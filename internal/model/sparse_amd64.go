@@ -121,3 +121,20 @@ func dots32(out, a, w []float32, ldw int) {
 	dotsAVX2(&out[0], &a[0], &w[0], ldw, len(out), len(a)/8)
 	dotTail(out, a, w, ldw)
 }
+
+// scatterSegsAVX2 is scatterSegs for float32, in sparse_amd64.s.
+//
+//go:noescape
+func scatterSegsAVX2(out *float32, ldOut, n int, ends *int32, nseg int, vals *float32, alpha float32, idx *int32, src *float32, ldSrc int)
+
+// scatterSegs32 is scatterSegs for float32 (already checked).
+func scatterSegs32(out []float32, ldOut, n int, ends []int32, vals []float32, alpha float32, idx []int32, src []float32, ldSrc int) {
+	if !useAVX2 {
+		scatterSegsGo(out, ldOut, n, ends, vals, alpha, idx, src, ldSrc)
+		return
+	}
+	if ends[len(ends)-1] == 0 {
+		return
+	}
+	scatterSegsAVX2(&out[0], ldOut, n, &ends[0], len(ends), &vals[0], alpha, &idx[0], &src[0], ldSrc)
+}

@@ -390,3 +390,159 @@ d1red:
 ddone:
 	VZEROUPPER
 	RET
+
+// func scatterSegsAVX2(out *float32, ldOut, n int, ends *int32, nseg int, vals *float32, alpha float32, idx *int32, src *float32, ldSrc int)
+//
+// For segment s = 0..nseg-1 (entries k = ends[s-1]..ends[s]-1, ends[-1] = 0)
+// and i < n: out[idx[k]*ldOut+i] += (alpha*vals[k]) * src[s*ldSrc+i], each
+// product rounded before it is added, segments in order. The source row is
+// held in registers 64 lanes (8 vectors) at a time, then 8 lanes at a time,
+// and the last n%8 lanes go one by one; every entry of the segment loads,
+// updates and stores its output row. The same operations as accSegs over
+// the transposed entries, in the same order per output element.
+//
+// Registers: SI vals, DX idx, R8 ends, R9 source block, R10 ldOut in bytes,
+// R11 first entry of the segment, R13 end of the segment, R12 segment,
+// BX entry k, AX output address, CX blocks or lanes left, DI byte offset of
+// the block in a row. Y0-Y7 source block, Y8 alpha*vals[k], Y9-Y15 sums,
+// X14 alpha.
+TEXT ·scatterSegsAVX2(SB), NOSPLIT, $0-80
+	MOVQ vals+40(FP), SI
+	MOVQ idx+56(FP), DX
+	MOVQ ends+24(FP), R8
+	MOVQ ldOut+8(FP), R10
+	SHLQ $2, R10
+	VMOVSS alpha+48(FP), X14
+	XORQ R11, R11
+	XORQ R12, R12
+
+sseg:
+	CMPQ R12, nseg+32(FP)
+	JGE sdone
+	MOVLQSX (R8)(R12*4), R13
+	CMPQ R13, R11
+	JLE snext
+	MOVQ R12, R9
+	IMULQ ldSrc+72(FP), R9
+	SHLQ $2, R9
+	ADDQ src+64(FP), R9
+	XORQ DI, DI
+	MOVQ n+16(FP), CX
+	SHRQ $6, CX
+
+s8:
+	TESTQ CX, CX
+	JZ s1pre
+
+	VMOVUPS 0(R9), Y0
+	VMOVUPS 32(R9), Y1
+	VMOVUPS 64(R9), Y2
+	VMOVUPS 96(R9), Y3
+	VMOVUPS 128(R9), Y4
+	VMOVUPS 160(R9), Y5
+	VMOVUPS 192(R9), Y6
+	VMOVUPS 224(R9), Y7
+	MOVQ R11, BX
+s8k:
+	MOVLQSX (DX)(BX*4), AX
+	IMULQ R10, AX
+	ADDQ out+0(FP), AX
+	ADDQ DI, AX
+	VMULSS (SI)(BX*4), X14, X8
+	VBROADCASTSS X8, Y8
+	VMULPS Y0, Y8, Y9
+	VADDPS 0(AX), Y9, Y9
+	VMOVUPS Y9, 0(AX)
+	VMULPS Y1, Y8, Y10
+	VADDPS 32(AX), Y10, Y10
+	VMOVUPS Y10, 32(AX)
+	VMULPS Y2, Y8, Y11
+	VADDPS 64(AX), Y11, Y11
+	VMOVUPS Y11, 64(AX)
+	VMULPS Y3, Y8, Y12
+	VADDPS 96(AX), Y12, Y12
+	VMOVUPS Y12, 96(AX)
+	VMULPS Y4, Y8, Y13
+	VADDPS 128(AX), Y13, Y13
+	VMOVUPS Y13, 128(AX)
+	VMULPS Y5, Y8, Y9
+	VADDPS 160(AX), Y9, Y9
+	VMOVUPS Y9, 160(AX)
+	VMULPS Y6, Y8, Y10
+	VADDPS 192(AX), Y10, Y10
+	VMOVUPS Y10, 192(AX)
+	VMULPS Y7, Y8, Y11
+	VADDPS 224(AX), Y11, Y11
+	VMOVUPS Y11, 224(AX)
+	INCQ BX
+	CMPQ BX, R13
+	JL s8k
+	ADDQ $256, DI
+	ADDQ $256, R9
+	DECQ CX
+	JMP s8
+
+s1pre:
+	MOVQ n+16(FP), CX
+	ANDQ $63, CX
+	SHRQ $3, CX
+
+s1:
+	TESTQ CX, CX
+	JZ sscalar
+	VMOVUPS (R9), Y0
+	MOVQ R11, BX
+
+s1k:
+	MOVLQSX (DX)(BX*4), AX
+	IMULQ R10, AX
+	ADDQ out+0(FP), AX
+	ADDQ DI, AX
+	VMULSS (SI)(BX*4), X14, X8
+	VBROADCASTSS X8, Y8
+	VMULPS Y0, Y8, Y9
+	VADDPS (AX), Y9, Y9
+	VMOVUPS Y9, (AX)
+	INCQ BX
+	CMPQ BX, R13
+	JL s1k
+	ADDQ $32, DI
+	ADDQ $32, R9
+	DECQ CX
+	JMP s1
+
+sscalar:
+	MOVQ n+16(FP), CX
+	ANDQ $7, CX
+
+slane:
+	TESTQ CX, CX
+	JZ snext
+	VMOVSS (R9), X0
+	MOVQ R11, BX
+
+slanek:
+	MOVLQSX (DX)(BX*4), AX
+	IMULQ R10, AX
+	ADDQ out+0(FP), AX
+	ADDQ DI, AX
+	VMULSS (SI)(BX*4), X14, X8
+	VMULSS X0, X8, X9
+	VADDSS (AX), X9, X9
+	VMOVSS X9, (AX)
+	INCQ BX
+	CMPQ BX, R13
+	JL slanek
+	ADDQ $4, DI
+	ADDQ $4, R9
+	DECQ CX
+	JMP slane
+
+snext:
+	MOVQ R13, R11
+	INCQ R12
+	JMP sseg
+
+sdone:
+	VZEROUPPER
+	RET

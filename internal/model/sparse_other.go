@@ -19,3 +19,8 @@ func dots32(out, a, w []float32, ldw int) {
 		out[i] = dotGo(a, w[i*ldw:i*ldw+len(a)])
 	}
 }
+
+// scatterSegs32 is scatterSegs for float32 (already checked), in plain Go.
+func scatterSegs32(out []float32, ldOut, n int, ends []int32, vals []float32, alpha float32, idx []int32, src []float32, ldSrc int) {
+	scatterSegsGo(out, ldOut, n, ends, vals, alpha, idx, src, ldSrc)
+}

@@ -63,6 +63,7 @@ type WorkspaceOf[T Float] struct {
 	x      []T // rows × Sizes[0]: the current batch's dense inputs, allocated on first use
 	in     csr[T]
 	inT    csc[T]
+	update updatePath
 
 	// Layers after the first either call gemm or use the package's own
 	// kernels (see ownKernels): dots forward, and backward accSegs over the
@@ -95,6 +96,35 @@ const (
 	inputSparse                  // always the sparse kernel
 	inputDense                   // always gemm
 )
+
+// updatePath selects how the sparse first layer updates its weights. Only
+// tests set anything but updateAuto.
+type updatePath uint8
+
+const (
+	updateAuto    updatePath = iota // scatter when the layer has at most scatterMaxOut outputs
+	updateScatter                   // scatterSegs over the CSR batch
+	updateColumns                   // accSegs over the CSC batch
+)
+
+// scatterMaxOut is the widest first layer whose sparse weight update goes
+// row by row (scatterSegs) rather than column by column (accSegs over the
+// CSC form). The row form skips building the CSC form but loads and stores
+// a weight row per entry, which pays while the weights stay in cache:
+// logistic regression's 784×10 fits in L1, the 2NN's 784×200 does not.
+const scatterMaxOut = 32
+
+// scatterUpdate reports whether the sparse first layer, with out outputs,
+// updates its weights with scatterSegs.
+func (w *WorkspaceOf[T]) scatterUpdate(out int) bool {
+	switch w.update {
+	case updateScatter:
+		return true
+	case updateColumns:
+		return false
+	}
+	return out <= scatterMaxOut
+}
 
 // hiddenPath selects how layers after the first compute their products.
 // Only tests set anything but hiddenAuto.
