@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -201,6 +202,9 @@ func verdict(ok bool) string {
 
 func mb(b int64) string { return f(float64(b) / 1e6) }
 
+// load formats a number of busy cores.
+func load(v float64) string { return fmt.Sprintf("%.2f", max(v, 0)) }
+
 func render(r *results, command string, now time.Time) string {
 	var b strings.Builder
 	w := func(format string, a ...any) { fmt.Fprintf(&b, format, a...) }
@@ -231,7 +235,7 @@ func render(r *results, command string, now time.Time) string {
 	summaryScale(r, w)
 	for _, e := range r.endtoend {
 		w("| 5 | end-to-end demo (2NN, K=100, C=0.1, E=1, B=10; rounds/s; other processes' load in cores) | 2 trainers: %s (load %s) | 1 trainer: %s (load %s) | %s | ≥ %.1f× | %s |\n",
-			sp(e.Two), f(e.TwoOtherCores.Median), sp(e.One), f(e.OneOtherCores.Median), ratioText(e.Ratio), e.Target, verdict(e.Ratio.Median >= e.Target))
+			sp(e.Two), load(e.TwoOtherCores.Median), sp(e.One), load(e.OneOtherCores.Median), ratioText(e.Ratio), e.Target, verdict(e.Ratio.Median >= e.Target))
 	}
 	if len(r.endtoend) == 0 {
 		w("| 5 | end-to-end | not measured | | | ≥ 1.7× | |\n")
@@ -390,7 +394,7 @@ func sectionAggregate(r *results, w func(string, ...any)) {
 		w("| %s | %s | %s | %s | %s | %s | %s |\n", a.Case, a.Kernel, sp(a.Ours), sp(a.Anchor), ratioText(a.Ratio), sp(a.HubPath), ratioText(a.HubRat))
 	}
 	w("\nThe issue measured about 2.4 GB/s before this work (a scalar loop, with three range checks per update on the hub's path); the *generic* rows are today's portable Go kernel, measured with `-tags purego`. ")
-	w("What changed (`internal/allreduce`): an AVX2 kernel converts each value to fixed point exactly with the float64 trick `bits(v + 1.5·2^52) − bits(1.5·2^52)`, eight values per step, selected at start-up by CPUID; ")
+	w("What changed (`internal/allreduce`): an AVX2 kernel converts each value to fixed point exactly with the float64 trick `bits(v + 1.5·2^52) − bits(1.5·2^52)`, four float64 lanes per instruction and 32 values per loop iteration, selected at start-up by CPUID; ")
 	w("the portable Go kernel computes the same IEEE operations and gives bit-identical sums (tested bit for bit, and `-tags purego` forces it). ")
 	w("Validation and folding are one pass: each 2,048-value chunk is range-checked while it is still in L1 and then folded, and a bad value rolls the folded chunks back exactly. ")
 	w("The scale rule changed to keep every term within the trick's exact range: frac = 51 − ⌈log2(MaxAbs·maxWeight)⌉, total weight at most 2^29 (see `NewAccumulator`).\n\n")
@@ -557,9 +561,23 @@ func sectionScale(r *results, w func(string, ...any)) {
 		_ = json.Unmarshal(s.Sim, &st)
 		closed += st.Closed
 	}
+	// The run with the most re-issued tasks, from its accounting line.
+	var reissued int64
+	var worst scaleRow
+	for _, s := range r.scale {
+		for _, kv := range strings.Fields(s.Accounting) {
+			if v, ok := strings.CutPrefix(kv, "reissued="); ok {
+				if n, err := strconv.ParseInt(v, 10, 64); err == nil && n > reissued {
+					reissued, worst = n, s
+				}
+			}
+		}
+	}
 	if closed > 0 {
-		w("Two more findings for the owners of `cmd/aggregator` and `internal/coord`: (1) at the end of a job the aggregator exits before its connection writers have flushed the `done` frames (`Hub.Finish` only queues them), so many trainers see the connection drop instead of `done` (the *closed* column); a real trainer then reconnects with back-off to an aggregator that is gone instead of exiting. Waiting for the writers to drain (with a bound) before exiting would fix it. ")
-		w("(2) With hundreds of updates per round the aggregator's own CPU can make tasks outlive the derived deadline (2 × the median task time, at least 500 ms), so tasks are re-issued and their second copies arrive as duplicates or stale updates, adding load where there is least to spare. The task accounting of the largest run: `%s`.\n\n", top.hi.Accounting)
+		w("A finding for the owners of `cmd/aggregator` and `internal/coord`: at the end of a job the aggregator exits before its connection writers have flushed the `done` frames (`Hub.Finish` only queues them), so many trainers see the connection drop instead of `done` (the *closed* column); a real trainer then reconnects with back-off to an aggregator that is gone instead of exiting. Waiting for the writers to drain (with a bound) before exiting would fix it.\n\n")
+	}
+	if reissued > 0 {
+		w("Another: with %d trainers and %d updates per round, %d tasks outlived the derived deadline (2 × the median task time, at least 500 ms) because the aggregator itself was the bottleneck, and were re-issued; their second copies arrive as duplicates or stale updates, adding load where there is least to spare. That run's task accounting: `%s`.\n\n", worst.Trainers, worst.PerRound, reissued, worst.Accounting)
 	}
 }
 
@@ -573,8 +591,8 @@ func sectionEndToEnd(r *results, w func(string, ...any)) {
 	w("`go run ./bench endtoend`: `aggregator -demo -trainers N -min-trainers N -target 0 -rounds %d` (2NN, K=100, C=0.1, E=1, B=10, IID; each trainer process runs with GOMAXPROCS=1) for N = 1 and 2, alternating, %d runs each. ", e.Rounds, e.Repeats)
 	w("Rounds/s is over rounds 2–%d, timed by when the aggregator printed their lines. CPU per round is from `/proc` for the aggregator and for its trainer processes; *other load* is the CPU the rest of the machine used meanwhile (busy time from `/proc/stat` minus ours), in cores.\n\n", e.Rounds)
 	w("| trainers | rounds/s | s/round (round lines) | aggregator CPU s/round | trainers' CPU s/round | other load, cores |\n|---|---|---|---|---|---|\n")
-	w("| 1 | %s | %s | %s | %s | %s |\n", sp(e.One), sp(e.OneRoundSecs), sp(e.OneAggCPU), sp(e.OneTrainerCPU), sp(e.OneOtherCores))
-	w("| 2 | %s | %s | %s | %s | %s |\n\n", sp(e.Two), sp(e.TwoRoundSecs), sp(e.TwoAggCPU), sp(e.TwoTrainerCPU), sp(e.TwoOtherCores))
+	w("| 1 | %s | %s | %s | %s | %s [%s–%s] |\n", sp(e.One), sp(e.OneRoundSecs), sp(e.OneAggCPU), sp(e.OneTrainerCPU), load(e.OneOtherCores.Median), load(e.OneOtherCores.Min), load(e.OneOtherCores.Max))
+	w("| 2 | %s | %s | %s | %s | %s [%s–%s] |\n\n", sp(e.Two), sp(e.TwoRoundSecs), sp(e.TwoAggCPU), sp(e.TwoTrainerCPU), load(e.TwoOtherCores.Median), load(e.TwoOtherCores.Min), load(e.TwoOtherCores.Max))
 	met := e.Ratio.Median >= e.Target
 	w("Speed-up with 2 trainers: %s (target ≥ %.1f×, %s) on %d cores.\n\n", ratioText(e.Ratio), e.Target, verdict(met), e.Cores)
 	w("Parts of a round, timed in one process on one thread (median of 5): one client's local training (600 examples, E=1, B=10) %s ms; decoding one client's shard (a trainer does it once per shard it receives) %s ms; evaluating the 10,000 test images %s ms (scattered over the trainers as 10 eval tasks by default).\n\n",
@@ -606,7 +624,7 @@ func sectionEndToEnd(r *results, w func(string, ...any)) {
 	case met:
 		w("The measurement agrees.\n\n")
 	case free < 1.9:
-		w("**The target is missed, first because the two cores were not free**: other processes on this shared machine kept %s cores busy on average during the two-trainer runs (median), leaving about %.1f cores for an aggregator and two trainers whose work needs two. ", f(e.TwoOtherCores.Median), free)
+		w("**The target is missed, first because the two cores were not free**: other processes on this shared machine kept %s cores busy on average during the two-trainer runs (median), leaving about %.1f cores for an aggregator and two trainers whose work needs two. ", load(e.TwoOtherCores.Median), free)
 		w("Runs by repeat, with the other load during each:\n\n| repeat | 1 trainer rounds/s (other load) | 2 trainers rounds/s (other load) | ratio |\n|---|---|---|---|\n")
 		for rep := 1; rep <= e.Repeats; rep++ {
 			var a, b *demoRunRow
@@ -621,7 +639,7 @@ func sectionEndToEnd(r *results, w func(string, ...any)) {
 			if a == nil || b == nil || a.RoundsPerS <= 0 {
 				continue
 			}
-			w("| %d | %s (%s) | %s (%s) | %.2f× |\n", rep, f(a.RoundsPerS), f(a.OtherCores), f(b.RoundsPerS), f(b.OtherCores), b.RoundsPerS/a.RoundsPerS)
+			w("| %d | %s (%s) | %s (%s) | %.2f× |\n", rep, f(a.RoundsPerS), load(a.OtherCores), f(b.RoundsPerS), load(b.OtherCores), b.RoundsPerS/a.RoundsPerS)
 		}
 		w("\nThe less the other load during the two-trainer run, the closer the ratio comes to the estimate; rerun `bash bench/run endtoend` on an idle machine to check the target.\n\n")
 	default:
