@@ -1,7 +1,6 @@
 package coord
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
 	"io"
@@ -10,7 +9,6 @@ import (
 
 	"github.com/gorilla/websocket"
 
-	"fedgather/internal/allreduce"
 	"fedgather/internal/wire"
 )
 
@@ -106,8 +104,11 @@ func truncate(s string, n int) string {
 func (h *Hub) serve(ws *websocket.Conn, remote string) {
 	log := h.cfg.Logger.With("remote", remote)
 	_ = ws.SetReadDeadline(time.Now().Add(helloWait))
-	var buf bytes.Buffer
-	f, err := readFrame(ws, &buf)
+	buf := make([]byte, 0, 512)
+	f, r, err := readHead(ws, buf)
+	if err == nil && f.Type == wire.TypeHello {
+		err = wire.ExpectEnd(r, f.Type)
+	}
 	if err != nil {
 		log.Warn("trainer refused", "err", err)
 		refuse(ws, codeOf(err), err.Error())
@@ -161,7 +162,7 @@ func (h *Hub) serve(ws *websocket.Conn, remote string) {
 	log.Info("trainer joined", "id", c.id, "cached_shards", len(c.shards))
 
 	go c.writer()
-	err = c.reader(&buf)
+	err = c.reader(buf)
 	h.drop(c)
 	close(c.out)
 	<-c.gone
@@ -183,50 +184,41 @@ func codeOf(err error) string {
 	return "protocol"
 }
 
-// readFrame reads one binary websocket message into buf and decodes it.
-func readFrame(ws *websocket.Conn, buf *bytes.Buffer) (wire.Frame, error) {
+// readHead starts reading one binary websocket message: the frame's
+// prefix and header are read (into buf when it fits) and checked; the
+// payload is left in the returned reader.
+func readHead(ws *websocket.Conn, buf []byte) (wire.Frame, io.Reader, error) {
 	mt, r, err := ws.NextReader()
 	if err != nil {
-		if errors.Is(err, websocket.ErrReadLimit) {
-			return wire.Frame{}, fmt.Errorf("message larger than the limit: %w", err)
-		}
-		return wire.Frame{}, err
+		return wire.Frame{}, nil, err
 	}
 	if mt != websocket.BinaryMessage {
-		return wire.Frame{}, fmt.Errorf("text websocket message; the protocol uses binary messages only")
+		return wire.Frame{}, nil, fmt.Errorf("text websocket message; the protocol uses binary messages only")
 	}
-	buf.Reset()
-	if _, err := buf.ReadFrom(r); err != nil {
-		if errors.Is(err, websocket.ErrReadLimit) {
-			return wire.Frame{}, fmt.Errorf("message larger than the limit: %w", err)
-		}
-		return wire.Frame{}, err
-	}
-	return wire.Decode(buf.Bytes())
+	f, err := wire.ReadHead(r, buf)
+	return f, r, err
 }
 
 // reader handles the trainer's frames until the connection ends or the
-// trainer breaks the protocol.
-func (c *conn) reader(buf *bytes.Buffer) error {
+// trainer breaks the protocol. An update's tensor is read straight from
+// the socket into a buffer shared by all connections (so the hub holds
+// one per update being read, not one per trainer) and validated once, as
+// the accumulator folds it.
+func (c *conn) reader(buf []byte) error {
 	h := c.hub
 	c.ws.SetPongHandler(func(string) error {
 		return c.ws.SetReadDeadline(time.Now().Add(h.cfg.PongWait))
 	})
-	update := make([]float32, h.cfg.Params)
 	for {
 		_ = c.ws.SetReadDeadline(time.Now().Add(h.cfg.PongWait))
-		f, err := readFrame(c.ws, buf)
-		if err != nil {
-			var ce *websocket.CloseError
-			if errors.As(err, &ce) || errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
-				return err
-			}
-			if errors.Is(err, websocket.ErrReadLimit) || errors.Is(err, wire.ErrVersion) || isProtocol(err) {
-				c.fatal(codeOf(err), err.Error())
-			}
-			return err
+		f, r, err := readHead(c.ws, buf)
+		if err == nil && f.Type != wire.TypeUpdate {
+			err = wire.ExpectEnd(r, f.Type)
 		}
-		h.countReceived(c, len(buf.Bytes()))
+		if err != nil {
+			return c.readFailed(err)
+		}
+		size := wire.PrefixLen + len(f.Header)
 		switch f.Type {
 		case wire.TypePull:
 			var p wire.Pull
@@ -234,6 +226,7 @@ func (c *conn) reader(buf *bytes.Buffer) error {
 				c.fatal("protocol", err.Error())
 				return err
 			}
+			h.countReceived(size)
 			h.pull(c)
 		case wire.TypeUpdate:
 			var u wire.Update
@@ -241,22 +234,29 @@ func (c *conn) reader(buf *bytes.Buffer) error {
 				c.fatal("protocol", err.Error())
 				return err
 			}
+			bp := h.updates.Get().(*[]float32)
+			n, perr := wire.ReadTensor(r, *bp)
+			var se *wire.SizeError
+			if perr != nil && !errors.As(perr, &se) {
+				h.updates.Put(bp)
+				return c.readFailed(perr)
+			}
+			h.countReceived(size + n)
 			// An eval result has no payload; gather checks which kind
 			// the task wants.
-			var perr error
-			payload := update
-			if len(f.Payload) == 0 {
+			payload := *bp
+			if n == 0 && perr == nil {
 				payload = nil
-			} else if perr = wire.ReadFloat32s(update, f.Payload); perr == nil {
-				perr = allreduce.CheckFinite(update)
 			}
 			h.gather(c, &u, payload, perr)
+			h.updates.Put(bp)
 		case wire.TypeError:
 			var e wire.Error
 			if err := f.Parse(&e); err != nil {
 				c.fatal("protocol", err.Error())
 				return err
 			}
+			h.countReceived(size)
 			h.trainerError(c, &e)
 		default:
 			err := fmt.Errorf("trainers may send hello (first only), pull, update and error; got %s", f.Type)
@@ -264,6 +264,22 @@ func (c *conn) reader(buf *bytes.Buffer) error {
 			return err
 		}
 	}
+}
+
+// readFailed ends the connection after a failed read, telling the trainer
+// why when the fault is in what it sent rather than in the network.
+func (c *conn) readFailed(err error) error {
+	var ce *websocket.CloseError
+	if errors.As(err, &ce) || errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+		return err
+	}
+	if errors.Is(err, websocket.ErrReadLimit) {
+		err = fmt.Errorf("message larger than the %d-byte limit: %w", c.hub.cfg.MaxMessage, err)
+	}
+	if errors.Is(err, websocket.ErrReadLimit) || errors.Is(err, wire.ErrVersion) || isProtocol(err) {
+		c.fatal(codeOf(err), err.Error())
+	}
+	return err
 }
 
 // isProtocol reports whether err came from decoding a frame, as opposed to
@@ -349,7 +365,7 @@ func (h *Hub) countSent(n int) {
 	h.mu.Unlock()
 }
 
-func (h *Hub) countReceived(c *conn, n int) {
+func (h *Hub) countReceived(n int) {
 	h.mu.Lock()
 	h.stats.BytesReceived += int64(n)
 	h.mu.Unlock()

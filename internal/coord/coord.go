@@ -109,6 +109,7 @@ type Hub struct {
 	durations []float64     // recent task seconds, for the derived deadline
 	stats     Stats
 	trainers  map[string]*TrainerStats
+	updates   sync.Pool // *[]float32 of Params values: buffers for updates being read
 }
 
 // New returns a hub for the job described by cfg.
@@ -120,12 +121,17 @@ func New(cfg Config) (*Hub, error) {
 	if len(cfg.Shards) == 0 {
 		return nil, errors.New("hub needs at least one client shard")
 	}
-	return &Hub{
+	h := &Hub{
 		cfg:      cfg,
 		conns:    make(map[*conn]struct{}),
 		changed:  make(chan struct{}),
 		trainers: make(map[string]*TrainerStats),
-	}, nil
+	}
+	h.updates.New = func() any {
+		b := make([]float32, cfg.Params)
+		return &b
+	}
+	return h, nil
 }
 
 // RoundSpec describes one round.

@@ -150,7 +150,7 @@ func TestBadInputIsRefusedAndNothingIsLost(t *testing.T) {
 			mutate func(u *wire.Update, p []float32) []byte
 			want   string
 		}{
-			{func(u *wire.Update, p []float32) []byte { p[5] = float32(math.NaN()); return wire.Float32Bytes(p) }, "tensor value 5 is NaN"},
+			{func(u *wire.Update, p []float32) []byte { p[5] = float32(math.NaN()); return wire.Float32Bytes(p) }, "update value 5 is NaN"},
 			{func(u *wire.Update, p []float32) []byte { return wire.Float32Bytes(p[:100]) }, "tensor payload of 400 bytes, want 796840"},
 			{func(u *wire.Update, p []float32) []byte { u.Samples = 7; return wire.Float32Bytes(p) }, "reports 7 samples"},
 		} {

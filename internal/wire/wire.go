@@ -277,10 +277,119 @@ func ReadFloat32s(dst []float32, payload []byte) error {
 			dst[i] = math.Float32frombits(binary.LittleEndian.Uint32(payload[4*i:]))
 		}
 	}
-	for i, x := range dst {
+	return CheckFinite(dst)
+}
+
+// ReadHead reads a frame's prefix and JSON header from r — typically a
+// websocket message reader — and checks the version, the type and the
+// header length, leaving the payload unread in r. The header is read into
+// buf's storage when it fits. It never reads more than PrefixLen+MaxHeader
+// bytes.
+func ReadHead(r io.Reader, buf []byte) (Frame, error) {
+	var pre [PrefixLen]byte
+	if n, err := io.ReadFull(r, pre[:]); err != nil {
+		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+			return Frame{}, fmt.Errorf("frame of %d bytes is shorter than the %d-byte prefix", n, PrefixLen)
+		}
+		return Frame{}, err
+	}
+	if pre[0] != Version {
+		return Frame{}, fmt.Errorf("%w: frame says version %d, this peer speaks version %d", ErrVersion, pre[0], Version)
+	}
+	t := Type(pre[1])
+	if t < TypeHello || t > TypeError {
+		return Frame{}, fmt.Errorf("unknown message type %d (known: 1..%d)", pre[1], TypeError)
+	}
+	h := binary.LittleEndian.Uint32(pre[2:6])
+	if h > MaxHeader {
+		return Frame{}, fmt.Errorf("%s header length %d exceeds the limit of %d bytes", t, h, MaxHeader)
+	}
+	if cap(buf) < int(h) {
+		buf = make([]byte, h)
+	}
+	buf = buf[:h]
+	if n, err := io.ReadFull(r, buf); err != nil {
+		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+			return Frame{}, fmt.Errorf("%s header length %d exceeds the %d bytes left in the frame", t, h, n)
+		}
+		return Frame{}, err
+	}
+	return Frame{Type: t, Header: buf}, nil
+}
+
+// ReadTensor reads the rest of r, a frame's payload, straight into dst: it
+// must hold exactly len(dst) float32 values. Values are not checked; the
+// caller validates them (allreduce.Accumulator.Add does, in its one pass).
+// An empty payload reads nothing and reports (0, nil) so the caller can
+// tell a frame without a tensor.
+func ReadTensor(r io.Reader, dst []float32) (int, error) {
+	want := 4 * len(dst)
+	var b []byte
+	if littleEndian {
+		b = Float32Bytes(dst)
+	} else {
+		b = make([]byte, want)
+	}
+	n, err := io.ReadFull(r, b)
+	if n == 0 && errors.Is(err, io.EOF) {
+		return 0, nil
+	}
+	if err != nil && !errors.Is(err, io.ErrUnexpectedEOF) {
+		return n, err
+	}
+	if n < want {
+		return n, &SizeError{Got: int64(n), Want: int64(want)}
+	}
+	if extra, err := io.Copy(io.Discard, r); err != nil {
+		return n, err
+	} else if extra > 0 {
+		return n + int(extra), &SizeError{Got: int64(n) + extra, Want: int64(want)}
+	}
+	if !littleEndian {
+		for i := range dst {
+			dst[i] = math.Float32frombits(binary.LittleEndian.Uint32(b[4*i:]))
+		}
+	}
+	return n, nil
+}
+
+// CheckFinite reports the first NaN or infinite value of v. It tests the
+// exponent bits without branches, so it runs at memory speed, and only
+// looks for the index once it knows there is a bad value.
+func CheckFinite(v []float32) error {
+	var bad uint32
+	for _, x := range v {
+		// The exponent is all ones exactly for NaN and ±Inf; adding one
+		// exponent step then carries into the sign bit.
+		bad |= (math.Float32bits(x)&0x7f800000 + 0x00800000) >> 31
+	}
+	if bad == 0 {
+		return nil
+	}
+	for i, x := range v {
 		if math.IsNaN(float64(x)) || math.IsInf(float64(x), 0) {
 			return fmt.Errorf("tensor value %d is %v; all values must be finite", i, x)
 		}
 	}
 	return nil
+}
+
+// ExpectEnd checks that a frame of type t has no payload left in r.
+func ExpectEnd(r io.Reader, t Type) error {
+	n, err := io.Copy(io.Discard, r)
+	if err != nil {
+		return err
+	}
+	if n > 0 {
+		return fmt.Errorf("%s frame carries %d payload bytes; it has none", t, n)
+	}
+	return nil
+}
+
+// SizeError is a tensor payload of the wrong length: the frame was read
+// whole, and the peer may go on.
+type SizeError struct{ Got, Want int64 }
+
+func (e *SizeError) Error() string {
+	return fmt.Sprintf("tensor payload of %d bytes, want %d (%d float32 values)", e.Got, e.Want, e.Want/4)
 }
