@@ -178,6 +178,11 @@ func run(args []string, stdout, stderr io.Writer) int {
 	}
 
 	sum, runErr := j.Run(ctx)
+	// Run has told the trainers the job is done; let those frames reach
+	// them (they then disconnect) before the server goes away.
+	gone, cancelGone := context.WithTimeout(context.Background(), 3*time.Second)
+	_ = j.Hub().WaitGone(gone)
+	cancelGone()
 	// Finish has told the trainers; give them a moment to leave cleanly,
 	// then stop any that did not.
 	if !waitChildren(&children, 5*time.Second) {

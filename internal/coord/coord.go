@@ -581,6 +581,24 @@ func (h *Hub) WaitTrainers(ctx context.Context, n int) error {
 	}
 }
 
+// WaitGone blocks until no trainer is connected or ctx ends. After Finish
+// it lets the done frames reach the trainers before the process exits.
+func (h *Hub) WaitGone(ctx context.Context) error {
+	for {
+		h.mu.Lock()
+		have, ch := len(h.conns), h.changed
+		h.mu.Unlock()
+		if have == 0 {
+			return nil
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return fmt.Errorf("%d trainers still connected: %w", have, ctx.Err())
+		}
+	}
+}
+
 func (h *Hub) changedLocked() {
 	close(h.changed)
 	h.changed = make(chan struct{})

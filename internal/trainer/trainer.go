@@ -176,8 +176,10 @@ var errDone = errors.New("job done")
 
 func (t *Trainer) session(ctx context.Context) error {
 	dialer := websocket.Dialer{
-		ReadBufferSize:   64 << 10,
-		WriteBufferSize:  64 << 10,
+		ReadBufferSize: 64 << 10,
+		// A whole 2NN update fits one buffer, so it leaves as one
+		// websocket frame (client frames are masked through this buffer).
+		WriteBufferSize:  1 << 20,
 		HandshakeTimeout: 10 * time.Second,
 	}
 	ws, resp, err := dialer.DialContext(ctx, t.url, http.Header{})
@@ -199,25 +201,18 @@ func (t *Trainer) session(ctx context.Context) error {
 		return err
 	}
 
-	frames := make(chan []byte)
+	frames := make(chan inFrame)
 	readErr := make(chan error, 1)
 	go func() {
 		for {
-			mt, r, err := ws.NextReader()
-			if err == nil && mt != websocket.BinaryMessage {
-				err = errors.New("text websocket message; the protocol uses binary messages only")
-			}
-			var b []byte
-			if err == nil {
-				b, err = io.ReadAll(r)
-			}
+			in, n, err := t.readFrame(ws)
 			if err != nil {
 				readErr <- err
 				return
 			}
-			t.cfg.Metrics.addReceived(len(b))
+			t.cfg.Metrics.addReceived(n)
 			select {
-			case frames <- b:
+			case frames <- in:
 			case <-ctx.Done():
 				return
 			}
@@ -233,10 +228,13 @@ func (t *Trainer) session(ctx context.Context) error {
 	defer report.Stop()
 	welcomed := false
 	for {
-		var b []byte
+		var in inFrame
 		select {
-		case b = <-frames:
+		case in = <-frames:
 		case err := <-readErr:
+			if errors.Is(err, wire.ErrVersion) {
+				return fmt.Errorf("%w: %v", ErrRefused, err)
+			}
 			return err
 		case <-report.C:
 			t.cfg.Logger.Info("progress", "tasks", t.tasks, "samples_per_second", int(t.rate()), "shards_cached", len(t.shards), "version", t.version)
@@ -244,13 +242,7 @@ func (t *Trainer) session(ctx context.Context) error {
 		case <-ctx.Done():
 			return ctx.Err()
 		}
-		f, err := wire.Decode(b)
-		if err != nil {
-			if errors.Is(err, wire.ErrVersion) {
-				return fmt.Errorf("%w: %v", ErrRefused, err)
-			}
-			return fmt.Errorf("bad frame from the aggregator: %w", err)
-		}
+		f := in.Frame
 		if !welcomed && f.Type != wire.TypeWelcome && f.Type != wire.TypeError {
 			return fmt.Errorf("aggregator sent %s before welcome", f.Type)
 		}
@@ -277,9 +269,15 @@ func (t *Trainer) session(ctx context.Context) error {
 			if m.Params != len(t.global) {
 				return fmt.Errorf("model version %d has %d parameters, the job's model %d", m.Version, m.Params, len(t.global))
 			}
-			if err := wire.ReadFloat32s(t.global, f.Payload); err != nil {
+			if len(in.tensor) != len(t.global) {
+				return fmt.Errorf("model version %d: tensor of %d values, the job's model has %d", m.Version, len(in.tensor), len(t.global))
+			}
+			if err := wire.CheckFinite(in.tensor); err != nil {
 				return fmt.Errorf("model version %d: %w", m.Version, err)
 			}
+			// The tensor was read straight from the socket; it becomes
+			// the held model without a copy.
+			t.global = in.tensor
 			t.version, t.haveModel = m.Version, true
 		case wire.TypeShard:
 			var s wire.Shard
@@ -323,6 +321,49 @@ func (t *Trainer) session(ctx context.Context) error {
 			return fmt.Errorf("aggregator sent %s, which only trainers send", f.Type)
 		}
 	}
+}
+
+// inFrame is a frame from the aggregator; a model frame's weights are
+// decoded into tensor, other payloads stay in Frame.Payload.
+type inFrame struct {
+	wire.Frame
+	tensor []float32
+}
+
+// readFrame reads one message from the aggregator and reports its size.
+func (t *Trainer) readFrame(ws *websocket.Conn) (inFrame, int, error) {
+	mt, r, err := ws.NextReader()
+	if err != nil {
+		return inFrame{}, 0, err
+	}
+	if mt != websocket.BinaryMessage {
+		return inFrame{}, 0, errors.New("text websocket message; the protocol uses binary messages only")
+	}
+	f, err := wire.ReadHead(r, nil)
+	if err != nil {
+		return inFrame{}, 0, fmt.Errorf("bad frame from the aggregator: %w", err)
+	}
+	in := inFrame{Frame: f}
+	n := wire.PrefixLen + len(f.Header)
+	if f.Type == wire.TypeModel {
+		var m wire.Model
+		if err := f.Parse(&m); err != nil {
+			return inFrame{}, 0, err
+		}
+		if m.Params < 0 || int64(m.Params) > t.cfg.MaxMessage/4 {
+			return inFrame{}, 0, fmt.Errorf("model version %d announces %d parameters, more than a %d-byte message holds", m.Version, m.Params, t.cfg.MaxMessage)
+		}
+		in.tensor = make([]float32, m.Params)
+		k, err := wire.ReadTensor(r, in.tensor)
+		if err != nil {
+			return inFrame{}, 0, fmt.Errorf("model version %d: %w", m.Version, err)
+		}
+		return in, n + k, nil
+	}
+	if in.Payload, err = io.ReadAll(r); err != nil {
+		return inFrame{}, 0, err
+	}
+	return in, n + len(in.Payload), nil
 }
 
 func (t *Trainer) write(ws *websocket.Conn, typ wire.Type, header any, payload []byte) error {
