@@ -436,9 +436,12 @@ func (h *Hub) dispatchLocked() {
 	}
 }
 
-// pickLocked returns the index in the queue of the first task cn may take,
-// or -1.
+// pickLocked returns the index in the queue of the task cn should take
+// next, or -1: the first task whose shard cn already holds (data locality:
+// no transfer, no decoding), else the first task it may take. Which trainer
+// runs a task never changes its result.
 func (h *Hub) pickLocked(r *round, cn *conn) int {
+	first := -1
 	for j := 0; j < len(r.queue); j++ {
 		t := r.queue[j]
 		if t.state == done || t.state == dropped {
@@ -447,11 +450,17 @@ func (h *Hub) pickLocked(r *round, cn *conn) int {
 			j--
 			continue
 		}
-		if h.mayTakeLocked(t, cn) {
+		if !h.mayTakeLocked(t, cn) {
+			continue
+		}
+		if cn.shards[t.shard.Hash] {
 			return j
 		}
+		if first < 0 {
+			first = j
+		}
 	}
-	return -1
+	return first
 }
 
 // mayTakeLocked reports whether cn may be given t: not while it already
