@@ -168,10 +168,7 @@ func (a *Accumulator) Mean(dst []float32) error {
 	if a.weight == 0 {
 		return fmt.Errorf("mean of an empty accumulator: no update was added")
 	}
-	inv := 1 / (a.scale * float64(a.weight))
-	for i, s := range a.sum {
-		dst[i] = float32(float64(s) * inv)
-	}
+	scaleMean(dst, a.sum, 1/(a.scale*float64(a.weight)))
 	return nil
 }
 

@@ -334,3 +334,18 @@ func BenchmarkCopy(b *testing.B) {
 		})
 	}
 }
+
+func BenchmarkMean(b *testing.B) {
+	const n = 199210
+	a, _ := NewAccumulator(n, 600)
+	u := make([]float32, n)
+	for i := range u {
+		u[i] = float32(i%13) * 0.001
+	}
+	_ = a.Add(u, 600)
+	dst := make([]float32, n)
+	b.SetBytes(8 * n)
+	for i := 0; i < b.N; i++ {
+		_ = a.Mean(dst)
+	}
+}

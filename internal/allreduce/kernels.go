@@ -49,3 +49,16 @@ func inRangeGeneric(x []float32) bool {
 	}
 	return bad == 0
 }
+
+// scaleMeanGeneric sets dst[i] = float32(float64(s[i]) · inv); len(s) ≥
+// len(dst). The AVX2 kernel converts the int64 sums with the magic number
+// the other way round — float64 bits(1.5·2^52) + s, minus 1.5·2^52 — which
+// is exact for |s| ≤ 2^51, the bound NewAccumulator's scale rule keeps every
+// sum within; the multiplication and the rounding to float32 are then the
+// same operations.
+func scaleMeanGeneric(dst []float32, s []int64, inv float64) {
+	s = s[:len(dst)]
+	for i, v := range s {
+		dst[i] = float32(float64(v) * inv)
+	}
+}

@@ -16,6 +16,9 @@ func foldAVX2(sum *int64, x *float32, n int, f float64)
 //go:noescape
 func inRangeAVX2(x *float32, n int) bool
 
+//go:noescape
+func scaleMeanAVX2(dst *float32, sum *int64, n int, inv float64)
+
 func cpuHasAVX2() bool
 
 // Kernel names the fold implementation in use: "avx2" or "generic". It is
@@ -46,4 +49,14 @@ func inRange(x []float32) bool {
 		x = x[n:]
 	}
 	return inRangeGeneric(x)
+}
+
+func scaleMean(dst []float32, s []int64, inv float64) {
+	n := len(dst) &^ (avx2Block - 1)
+	if useAVX2 && n > 0 {
+		s = s[:len(dst)]
+		scaleMeanAVX2(&dst[0], &s[0], n, inv)
+		dst, s = dst[n:], s[n:]
+	}
+	scaleMeanGeneric(dst, s, inv)
 }

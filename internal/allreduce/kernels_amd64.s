@@ -146,3 +146,68 @@ rangedone:
 	SETEQ     ret+16(FP)
 	VZEROUPPER
 	RET
+
+// func scaleMeanAVX2(dst *float32, sum *int64, n int, inv float64)
+// For i < n (a multiple of 32): dst[i] = float32(float64(sum[i])·inv), the
+// int64 converted exactly (|sum[i]| ≤ 2^51) as bits(1.5·2^52) + sum[i]
+// reinterpreted as a float64, minus 1.5·2^52.
+TEXT ·scaleMeanAVX2(SB), NOSPLIT, $0-32
+	MOVQ         dst+0(FP), DI
+	MOVQ         sum+8(FP), SI
+	MOVQ         n+16(FP), CX
+	VBROADCASTSD inv+24(FP), Y15
+	MOVQ         $0x4338000000000000, AX
+	MOVQ         AX, X14
+	VPBROADCASTQ X14, Y14
+	SHRQ         $5, CX
+	JZ           meandone
+
+meanloop:
+	VPADDQ     (SI), Y14, Y0
+	VPADDQ     32(SI), Y14, Y1
+	VPADDQ     64(SI), Y14, Y2
+	VPADDQ     96(SI), Y14, Y3
+	VPADDQ     128(SI), Y14, Y4
+	VPADDQ     160(SI), Y14, Y5
+	VPADDQ     192(SI), Y14, Y6
+	VPADDQ     224(SI), Y14, Y7
+	VSUBPD     Y14, Y0, Y0
+	VSUBPD     Y14, Y1, Y1
+	VSUBPD     Y14, Y2, Y2
+	VSUBPD     Y14, Y3, Y3
+	VSUBPD     Y14, Y4, Y4
+	VSUBPD     Y14, Y5, Y5
+	VSUBPD     Y14, Y6, Y6
+	VSUBPD     Y14, Y7, Y7
+	VMULPD     Y15, Y0, Y0
+	VMULPD     Y15, Y1, Y1
+	VMULPD     Y15, Y2, Y2
+	VMULPD     Y15, Y3, Y3
+	VMULPD     Y15, Y4, Y4
+	VMULPD     Y15, Y5, Y5
+	VMULPD     Y15, Y6, Y6
+	VMULPD     Y15, Y7, Y7
+	VCVTPD2PSY Y0, X0
+	VCVTPD2PSY Y1, X1
+	VCVTPD2PSY Y2, X2
+	VCVTPD2PSY Y3, X3
+	VCVTPD2PSY Y4, X4
+	VCVTPD2PSY Y5, X5
+	VCVTPD2PSY Y6, X6
+	VCVTPD2PSY Y7, X7
+	VMOVUPS    X0, (DI)
+	VMOVUPS    X1, 16(DI)
+	VMOVUPS    X2, 32(DI)
+	VMOVUPS    X3, 48(DI)
+	VMOVUPS    X4, 64(DI)
+	VMOVUPS    X5, 80(DI)
+	VMOVUPS    X6, 96(DI)
+	VMOVUPS    X7, 112(DI)
+	ADDQ       $256, SI
+	ADDQ       $128, DI
+	DECQ       CX
+	JNZ        meanloop
+
+meandone:
+	VZEROUPPER
+	RET

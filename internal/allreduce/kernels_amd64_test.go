@@ -96,3 +96,36 @@ func TestAVX2RangeCheckFindsEveryBadValue(t *testing.T) {
 		}
 	}
 }
+
+// TestAVX2MeanMatchesGeneric checks the assembly mean against the portable
+// one, bit for bit, for sums across the whole range the scale rule allows.
+func TestAVX2MeanMatchesGeneric(t *testing.T) {
+	if !useAVX2 {
+		t.Skip("this CPU has no AVX2; the generic kernels are in use")
+	}
+	r := rand.New(rand.NewPCG(9, 10))
+	for trial := 0; trial < 200; trial++ {
+		n := avx2Block * (1 + r.IntN(20))
+		s := make([]int64, n)
+		for i := range s {
+			switch r.IntN(4) {
+			case 0:
+				s[i] = []int64{0, 1, -1, 1 << 51, -(1 << 51), 1<<51 - 1, -(1<<51 - 1), 1 << 50, 3}[r.IntN(9)]
+			case 1:
+				s[i] = r.Int64N(1<<20) - 1<<19
+			default:
+				s[i] = r.Int64N(1<<52+1) - 1<<51
+			}
+		}
+		inv := 1 / (math.Ldexp(1, 8+r.IntN(30)) * float64(1+r.IntN(1<<20)))
+		want := make([]float32, n)
+		got := make([]float32, n)
+		scaleMeanGeneric(want, s, inv)
+		scaleMeanAVX2(&got[0], &s[0], n, inv)
+		for i := range want {
+			if math.Float32bits(got[i]) != math.Float32bits(want[i]) {
+				t.Fatalf("trial %d: sum[%d]=%d inv=%v: avx2 %v, generic %v", trial, i, s[i], inv, got[i], want[i])
+			}
+		}
+	}
+}
