@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"flag"
 	"math"
 	"math/rand/v2"
@@ -21,7 +22,7 @@ type aggregateRow struct {
 	Bytes   int     `json:"bytes"`
 	Kernel  string  `json:"kernel"`  // the fold kernel compiled in and chosen for this CPU
 	Ours    spread  `json:"ours"`    // Accumulator.Add, GB/s
-	HubPath spread  `json:"hubpath"` // what the hub does per update today, GB/s (see below)
+	HubPath spread  `json:"hubpath"` // read the update out of its frame (wire.ReadTensor) and Add, GB/s
 	Anchor  spread  `json:"anchor"`  // copy(), GB/s
 	Ratio   spread  `json:"ratio"`   // ours/anchor per repeat
 	HubRat  spread  `json:"hub_ratio"`
@@ -80,14 +81,13 @@ func measureAggregate(name string, n, repeats int, minTime time.Duration) (*aggr
 			panic(err)
 		}
 	}
-	// The hub today: wire.ReadFloat32s copies the payload out of the frame
-	// and checks it is finite, coord checks the range (CheckFinite), and
-	// Add validates while it folds.
+	// What the hub does per update: wire.ReadTensor copies the payload
+	// from the connection (here: from the frame's bytes) into a buffer,
+	// and Add validates while it folds.
+	var rd bytes.Reader
 	hub := func() {
-		if err := wire.ReadFloat32s(decoded, payload); err != nil {
-			panic(err)
-		}
-		if err := allreduce.CheckFinite(decoded); err != nil {
+		rd.Reset(payload)
+		if _, err := wire.ReadTensor(&rd, decoded); err != nil {
 			panic(err)
 		}
 		add()

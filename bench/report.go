@@ -47,6 +47,7 @@ func runReport(args []string) error {
 	dir := fset.String("dir", "", "directory holding the parts' JSON lines (*.jsonl)")
 	command := fset.String("command", "bash bench/run", "the command that produced the results, for the record")
 	out := fset.String("out", "docs/PERFORMANCE.md", "file to write the report to (- for stdout only)")
+	commit := fset.String("commit", "", "the commit measured, for the record")
 	if err := fset.Parse(args); err != nil {
 		return err
 	}
@@ -57,7 +58,7 @@ func runReport(args []string) error {
 	if err != nil {
 		return err
 	}
-	doc := render(r, *command, time.Now().UTC())
+	doc := render(r, *command, *commit, time.Now().UTC())
 	if *out != "-" {
 		if err := os.WriteFile(*out, []byte(doc), 0o644); err != nil {
 			return err
@@ -205,11 +206,15 @@ func mb(b int64) string { return f(float64(b) / 1e6) }
 // load formats a number of busy cores.
 func load(v float64) string { return fmt.Sprintf("%.2f", max(v, 0)) }
 
-func render(r *results, command string, now time.Time) string {
+func render(r *results, command, commit string, now time.Time) string {
 	var b strings.Builder
 	w := func(format string, a ...any) { fmt.Fprintf(&b, format, a...) }
 	w("# Performance\n\n")
-	w("Written by `%s` on %s (UTC). CPU: %s, %d logical CPUs; %s %s/%s.\n\n", command, now.Format("2006-01-02 15:04"), cpuModel(), runtime.NumCPU(), runtime.Version(), runtime.GOOS, runtime.GOARCH)
+	at := ""
+	if commit != "" {
+		at = fmt.Sprintf(" at commit %s", commit)
+	}
+	w("Written by `%s`%s on %s (UTC). CPU: %s, %d logical CPUs; %s %s/%s.\n\n", command, at, now.Format("2006-01-02 15:04"), cpuModel(), runtime.NumCPU(), runtime.Version(), runtime.GOOS, runtime.GOARCH)
 	w("Every timing runs ours and its anchor side by side — in the same process, or in alternating runs — and repeats; ")
 	w("a figure is the median, with the minimum and maximum over the repeats in brackets, and a ratio is the median of the per-repeat ratios. ")
 	w("This is a shared two-core machine, so expect figures to move by 10–30%% between runs; the ratios move less. ")
@@ -226,7 +231,7 @@ func render(r *results, command string, now time.Time) string {
 		w("| 2 | aggregation | not measured | | | ≥ 0.5× | |\n")
 	}
 	for _, t := range r.transport {
-		w("| 3 | transport: %s scattered and gathered on loopback (MB/s) | websocket + hub: %s | raw TCP: %s | %s | ≥ %.1f× | %s |\n",
+		w("| 3 | transport: %s scattered and gathered on loopback (MB/s) | websocket through the hub: %s | raw TCP: %s | %s | ≥ %.1f× | %s |\n",
 			t.Case, sp(t.Hub), sp(t.Anchor), ratioText(t.Ratio), t.Target, verdict(t.Ratio.Median >= t.Target))
 	}
 	if len(r.transport) == 0 {
@@ -388,8 +393,8 @@ func sectionAggregate(r *results, w func(string, ...any)) {
 		return
 	}
 	w("`go run ./bench aggregate`: updates of float32 values folded into one `allreduce.Accumulator` with weight 600 (`Add`: range check and fold in one pass), against `copy()` of the same bytes, in the same process, alternating. ")
-	w("GB/s are 10^9 bytes of update per second. The *hub path* column is what the aggregator does per update today: `wire.ReadFloat32s` (copy out of the frame and a finite check), `allreduce.CheckFinite`, then `Add`.\n\n")
-	w("| size | kernel | Accumulator.Add | copy() | ratio | hub path | hub path / copy |\n|---|---|---|---|---|---|---|\n")
+	w("GB/s are 10^9 bytes of update per second. The *read + fold* column adds what the hub does before folding: `wire.ReadTensor` copies the update out of its frame into a buffer (here from the frame's bytes, in the hub from the socket).\n\n")
+	w("| size | kernel | Accumulator.Add | copy() | ratio | read + fold | read + fold / copy |\n|---|---|---|---|---|---|---|\n")
 	for _, a := range r.aggregate {
 		w("| %s | %s | %s | %s | %s | %s | %s |\n", a.Case, a.Kernel, sp(a.Ours), sp(a.Anchor), ratioText(a.Ratio), sp(a.HubPath), ratioText(a.HubRat))
 	}
@@ -406,10 +411,14 @@ func sectionAggregate(r *results, w func(string, ...any)) {
 		w("Once the 192 MiB of update and sum no longer fit in the caches, both are bound by memory bandwidth, and at equal bandwidth the traffic alone predicts 8/20 = 0.4× for a 64-bit exact sum; measured: %.2f× (the two access patterns do not reach exactly the same bandwidth, and the copy's figure varies most from run to run). ", a.Ratio.Median)
 		w("Reaching 0.5× would need a narrower sum (for example 32-bit partial sums flushed every few updates, which gives up the simple overflow bound) and is not worth the exactness risk: at the 2NN's 0.8 MB, the size this system runs, everything stays in cache and the target is met.\n\n")
 	}
-	if m := mainAggregate(r); len(m) > 0 && m[0].HubRat.Median < 0.5 {
-		w("The hub path is far slower than `Add` alone: `wire.ReadFloat32s`' finite check runs at under 1 GB/s (a scalar `math.IsNaN`/`math.IsInf` per value) and dominates the aggregator's CPU per update. ")
-		w("Proposed (not done here: `internal/wire` and `internal/coord` belong to others): drop the finite check from `ReadFloat32s` on the aggregator's path, or make it a branch-free test of the exponent bits, and drop the separate `allreduce.CheckFinite` in `coord/conn.go`, since `Add` already refuses NaN, ±Inf and out-of-range values in its one pass. See section 3 for the copy.\n\n")
+}
+
+// tripMs is the time of one round trip, in ms, at rate MB/s.
+func tripMs(bytes int, rate float64) string {
+	if rate <= 0 {
+		return "—"
 	}
+	return f(float64(bytes) / (rate * 1e6) * 1e3)
 }
 
 func sectionTransport(r *results, w func(string, ...any)) {
@@ -418,29 +427,40 @@ func sectionTransport(r *results, w func(string, ...any)) {
 		w("**Not measured.**\n\n")
 		return
 	}
-	w("`go run ./bench transport`: one 2NN model (796,840 bytes) sent to a trainer and one update of the same size sent back, over loopback, in one process; MB/s are 10^6 payload bytes per second over both directions. ")
-	w("*websocket + hub* is the real thing: a `coord.Hub` runs one-task rounds (`RunRound`) for one connected trainer that reads frames as `internal/trainer` does and answers each task at once. ")
-	w("*websocket only* is the same frames over a gorilla/websocket pair with our 64 KiB buffers, each side reading as coord and the trainer do. ")
-	w("*direct* and *direct, 1 MiB trainer buffers* measure the change proposed below. *Raw TCP* writes and reads back the same bytes with `io.ReadFull`.\n\n")
+	w("`go run ./bench transport`: one 2NN model (796,840 bytes) sent to a trainer and one update of the same size sent back, over loopback, in one process; MB/s are 10^6 payload bytes per second over both directions (so 1.59 MB per round trip). ")
+	w("The paths are described in `bench/transport.go`; in short: *hub* is a real `coord.Hub` running one-task rounds (`RunRound`) for a protocol-only trainer that reads each model straight into a tensor and answers at once; *hub, real trainer* the same with `internal/trainer` holding a one-example shard; the *websocket pair* rows are the bare frames without the hub; *raw TCP* writes and reads back the same bytes with `io.ReadFull`.\n\n")
 	for _, t := range r.transport {
-		w("| path | MB/s | / raw TCP |\n|---|---|---|\n")
-		w("| websocket + hub (ours, today) | %s | %s |\n", sp(t.Hub), ratioText(t.Ratio))
-		w("| websocket only, read as coord and the trainer do today | %s | %s |\n", sp(t.Wire), ratioText(t.WireRat))
-		w("| proposed: payload read straight into the []float32, one range check | %s | %s |\n", sp(t.Direct), ratioText(t.DirRat))
-		w("| proposed, and the trainer's websocket buffers at 1 MiB | %s | %s |\n", sp(t.Big), ratioText(t.BigRat))
-		w("| raw TCP (anchor) | %s | 1 |\n\n", sp(t.Anchor))
+		w("| path | MB/s | ms per round trip | / raw TCP |\n|---|---|---|---|\n")
+		w("| hub (ours) | %s | %s | %s |\n", sp(t.Hub), tripMs(t.Bytes, t.Hub.Median), ratioText(t.Ratio))
+		if t.Real.Median > 0 {
+			w("| hub, real trainer | %s | %s | %s |\n", sp(t.Real), tripMs(t.Bytes, t.Real.Median), ratioText(t.RealRat))
+		}
+		w("| websocket pair, frames read into a buffer and copied out (`wire.ReadFloat32s`) | %s | %s | %s |\n", sp(t.Wire), tripMs(t.Bytes, t.Wire.Median), ratioText(t.WireRat))
+		w("| websocket pair, payload read straight into the tensor (`wire.ReadTensor`) | %s | %s | %s |\n", sp(t.Direct), tripMs(t.Bytes, t.Direct.Median), ratioText(t.DirRat))
+		w("| the same, client buffers 1 MiB (an update leaves as one frame) | %s | %s | %s |\n", sp(t.Big), tripMs(t.Bytes, t.Big.Median), ratioText(t.BigRat))
+		w("| raw TCP (anchor) | %s | %s | 1 |\n\n", sp(t.Anchor), tripMs(t.Bytes, t.Anchor.Median))
 		w("%d round trips per measurement, %d measurements of each path in rotating order.\n\n", t.Trips, t.Repeats)
 		if t.Ratio.Median >= t.Target {
 			continue
 		}
-		w("**The target (%.1f×) is missed.** A CPU profile of `go run ./bench transport -cpuprofile FILE` puts most of the time in `wire.ReadFloat32s` (its scalar finite check; about 1 ms per 0.8 MB frame, on both the trainer and the aggregator side), then in write system calls, the allocations of `io.ReadAll` and `bytes.Buffer` growth, and `memclr` of new buffers. ", t.Target)
-		w("The websocket framing itself is not the problem: read directly, the same frames reach %s of raw TCP, and %s once the trainer's write buffer holds a whole update, because a client frame must be masked, so gorilla copies it through the write buffer and with 64 KiB buffers an update leaves as 13 frames and 13 write calls (the aggregator's model frames are unmasked and written straight from the model's bytes).\n\n",
-			ratioText(t.DirRat), ratioText(t.BigRat))
-		w("Proposed changes (this work may not edit `internal/coord`, `internal/wire` or `internal/trainer`; they are described here for their owners):\n\n")
-		w("1. `coord/conn.go` reader: instead of `bytes.Buffer.ReadFrom` then `wire.ReadFloat32s` into `update`, read the 6-byte prefix and the header into a small buffer, then `io.ReadFull(r, wire.Float32Bytes(update))` (after checking the header's length against `4·Params`), and leave the range check to `Accumulator.Add`. That removes one copy and two validation passes per update, and the per-connection `bytes.Buffer` that grows to a model's size (section 4).\n")
-		w("2. `wire.ReadFloat32s`: make the finite check branch-free on the exponent bits (or offer a variant without it for callers that validate anyway); today it costs more than the network transfer.\n")
-		w("3. `internal/trainer`: read `model` frames the same way into `t.global` instead of `io.ReadAll` (which reallocates and copies as the frame grows), and dial with write buffers of a model's size (e.g. 1 MiB) so an update leaves as one frame.\n\n")
+		w("**The target (%.1f×) is missed.** Reading the table upwards from raw TCP: ", t.Target)
+		w("the best websocket pair (%s) pays for the websocket framing itself: a client frame must be masked (RFC 6455), which gorilla does by copying the update through its write buffer and XOR-ing it (`maskBytes`), and with 64 KiB client buffers an update also leaves as 13 frames and 13 writes (%s). ", ratioText(t.BigRat), ratioText(t.DirRat))
+		w("Reading frames into a buffer before copying the tensor out costs another copy per direction (%s). ", ratioText(t.WireRat))
+		w("The hub then adds its work per round, about %s ms over the best pair: a CPU profile (`go run ./bench transport -only hub -cpuprofile FILE`) shows a new `allreduce.Accumulator` per round (1.6 MB allocated, zeroed and page-faulted in when the update is folded into it), a copy of the model, the fold and the mean, the task and pull frames and their JSON, and the wake-ups of the round's goroutines. ",
+			diffMs(t.Bytes, t.Hub.Median, t.Big.Median))
+		if t.Real.Median > 0 {
+			w("The real trainer adds its own per-task work on top (copying the model into its local weights, preparing the layers, computing Δw), about %s ms. ", diffMs(t.Bytes, t.Real.Median, t.Hub.Median))
+		}
+		w("Of these only the framing is inherent to websockets; for `internal/coord`, keeping one accumulator per hub and calling `Reset` each round (instead of `NewAccumulator`) would remove the allocation and page faults.\n\n")
 	}
+}
+
+// diffMs is how many ms per round trip rate a takes more than rate b.
+func diffMs(bytes int, a, b float64) string {
+	if a <= 0 || b <= 0 {
+		return "—"
+	}
+	return f(float64(bytes) * (1/a - 1/b) / 1e6 * 1e3)
 }
 
 func summaryScale(r *results, w func(string, ...any)) {
@@ -543,13 +563,11 @@ func sectionScale(r *results, w func(string, ...any)) {
 	if top.ratio < 2 {
 		w("The gather streams: memory does not grow with the number of updates.\n\n")
 	} else {
-		w("**The target is missed**, and not by the accumulator, which is one model-sized int64 buffer per round whatever the number of updates (`TestGatherMemoryIsOneModel`). ")
-		w("The memory is per *connection*: `coord/conn.go`'s reader allocates a model-sized `[]float32` for updates when a trainer connects, and reads each frame into a `bytes.Buffer` that grows to a frame's size, both kept for the connection's life. ")
-		w("The `[]float32` is allocated but not touched until that trainer's first update, which is why, with 1,000 trainers and few updates, heap in use is far above RSS; once a trainer has sent an update, both buffers are resident, about 2 × %s MB per trainer plus garbage from the buffer's growth. ", mb(top.model))
-		w("So memory grows with the number of distinct trainers that have sent an update — with 1,000 updates per round, all of them — rather than with the number of updates as such; with 10 or 100 trainers there are at most 10 or 100 such pairs of buffers, whatever the number of updates. ")
-		w("Proposed for `internal/coord`: read updates into buffers from a small pool shared by all connections (a `sync.Pool`, or a fixed set of model-sized buffers handed out by the hub and returned after `gather`), reading the payload straight into it as in section 3; the aggregator then holds O(updates in flight) buffers instead of O(trainers).\n\n")
+		w("**The target is missed**, and not by the accumulator, which is one model-sized int64 buffer per round whatever the number of updates (`TestGatherMemoryIsOneModel` shows exactly that the fold allocates nothing). ")
+		w("What grows with the number of updates is the memory for updates being read off the network: %.0f model sizes here, i.e. about that many 0.8 MB update buffers live at once when %d trainers answer together. ", top.ratio, top.trainers)
+		w("Bounding how many updates are read at the same time — a few buffers handed out by the hub, with the other connections' readers waiting for one while their data waits in the socket — would cap the growth at that many models whatever the number of trainers.\n\n")
 	}
-	w("Aggregator CPU per update is about %s ms at %d updates per round (frame reads, `wire.ReadFloat32s`' copy and finite check, hub bookkeeping and the task, model and shard frames sent back)", f(1e3*top.hi.CPUPerRound.Median/float64(top.hi.PerRound)), top.hi.PerRound)
+	w("Aggregator CPU per update is about %s ms at %d updates per round with %d trainers (reading the update off its socket, the hub's bookkeeping, and the model, shard and task frames sent back)", f(1e3*top.hi.CPUPerRound.Median/float64(top.hi.PerRound)), top.hi.PerRound, top.trainers)
 	if m := mainAggregate(r); len(m) > 0 && m[0].Ours.Median > 0 {
 		a := m[0]
 		w("; the fold itself is %s ms (section 2)", f(float64(a.Bytes)/a.Ours.Median/1e6))
@@ -619,7 +637,7 @@ func sectionEndToEnd(r *results, w func(string, ...any)) {
 			break
 		}
 	}
-	w("The aggregator's share is mostly reading the 0.8 MB updates (section 4%s, mainly `wire.ReadFloat32s`); the proposals of sections 2 and 3 cut it and the transfers, and a shard cache shared by the trainers of one machine would cut the duplicate decoding. ", perUpdate)
+	w("The aggregator's share is mostly its work per update and per round (section 4%s; section 3 for a round's fixed costs); a shard cache shared by the trainers of one machine would cut the duplicate decoding. ", perUpdate)
 	switch {
 	case met:
 		w("The measurement agrees.\n\n")
@@ -642,7 +660,9 @@ func sectionEndToEnd(r *results, w func(string, ...any)) {
 			w("| %d | %s (%s) | %s (%s) | %.2f× |\n", rep, f(a.RoundsPerS), load(a.OtherCores), f(b.RoundsPerS), load(b.OtherCores), b.RoundsPerS/a.RoundsPerS)
 		}
 		w("\nThe less the other load during the two-trainer run, the closer the ratio comes to the estimate; rerun `bash bench/run endtoend` on an idle machine to check the target.\n\n")
+	case wall1/floor2 < e.Target:
+		w("**The target is missed** with the cores free: two cores hold two trainers *and* the aggregator, so even without waiting the bound above is below the target; the waits at the end of each gather take the rest.\n\n")
 	default:
-		w("**The target is missed** with the cores free: two cores hold two trainers *and* the aggregator, which leaves the bound above barely over the target, and the waits at the end of each gather take the rest.\n\n")
+		w("**The target is missed** with the cores free: two cores hold two trainers *and* the aggregator, which leaves the bound above only a little over the target, and the waits at the end of each gather take the rest.\n\n")
 	}
 }

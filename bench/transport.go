@@ -19,6 +19,8 @@ import (
 
 	"fedgather/internal/allreduce"
 	"fedgather/internal/coord"
+	"fedgather/internal/data"
+	"fedgather/internal/trainer"
 	"fedgather/internal/wire"
 )
 
@@ -26,34 +28,41 @@ import (
 // to a trainer and one update of the same size gathered back, over
 // loopback, in MB/s (10^6 bytes of payload per second, both directions).
 //
-//	hub    ours: a real coord.Hub runs a one-task round (RunRound) with one
-//	       connected trainer that reads frames as internal/trainer does
-//	       (io.ReadAll, wire.Decode, wire.ReadFloat32s) and answers with an
-//	       update frame: the whole round trip, hub bookkeeping included.
-//	wire   ours without the hub: the same frames over a gorilla/websocket
-//	       pair with coord.BufferSize buffers; the receiving side reads as
-//	       coord's reader does (bytes.Buffer, wire.Decode,
-//	       wire.ReadFloat32s, allreduce.CheckFinite).
-//	direct the change proposed for coord and the trainer, measured: the same
-//	       frames, but each side reads the payload straight into its
-//	       []float32 (io.ReadFull into its bytes, no intermediate buffer)
-//	       and checks it once with allreduce.CheckFinite.
-//	big    direct, and the trainer's websocket buffers at 1 MiB instead of
-//	       64 KiB, so that an update (a client frame, which must be masked
-//	       and so is copied through the write buffer) leaves in one frame
-//	       and one write instead of thirteen.
-//	anchor raw TCP: the same payload bytes written and read back with
-//	       io.ReadFull into a reused buffer.
+//	hub      ours: a real coord.Hub runs one-task rounds (RunRound) for one
+//	         protocol-only trainer, which reads each frame straight into
+//	         its tensor (wire.ReadHead, wire.ReadTensor, wire.CheckFinite)
+//	         and answers every task at once with a fixed update through a
+//	         1 MiB write buffer: the round trip with the hub's bookkeeping
+//	         but no training.
+//	real     the same hub with the real trainer (internal/trainer), whose
+//	         client holds one example: adds what the trainer does per task
+//	         besides training proper (copying the model, preparing the
+//	         layers, computing Δw).
+//	buffered the same frames over a bare gorilla/websocket pair with
+//	         coord.BufferSize buffers, each side reading a frame into a
+//	         buffer first and then copying the tensor out with
+//	         wire.ReadFloat32s (the receiving side then also runs
+//	         allreduce.CheckFinite): the read path before direct reads.
+//	direct   the same pair, each side reading the payload straight into its
+//	         []float32 (wire.ReadHead, wire.ReadTensor) and checking it once.
+//	big      direct, with the client's websocket buffers at 1 MiB instead
+//	         of 64 KiB, so that an update (a client frame, which gorilla
+//	         masks by copying it through the write buffer) leaves as one
+//	         frame.
+//	anchor   raw TCP: the same payload bytes written and read back with
+//	         io.ReadFull into a reused buffer.
 type transportRow struct {
 	Row     string  `json:"row"` // "transport"
 	Case    string  `json:"case"`
 	Bytes   int     `json:"bytes"` // payload bytes per round trip (model + update)
 	Hub     spread  `json:"hub"`
+	Real    spread  `json:"real"`
 	Wire    spread  `json:"wire"`
 	Direct  spread  `json:"direct"`
 	Big     spread  `json:"big"`
 	Anchor  spread  `json:"anchor"`
 	Ratio   spread  `json:"ratio"`        // hub/anchor per repeat
+	RealRat spread  `json:"real_ratio"`   // real/anchor per repeat
 	WireRat spread  `json:"wire_ratio"`   // wire/anchor per repeat
 	DirRat  spread  `json:"direct_ratio"` // direct/anchor per repeat
 	BigRat  spread  `json:"big_ratio"`    // big/anchor per repeat
@@ -68,6 +77,7 @@ func runTransport(args []string) error {
 	fs := flag.NewFlagSet("transport", flag.ContinueOnError)
 	repeats := fs.Int("repeats", 7, "measurements of each side")
 	trips := fs.Int("trips", 100, "round trips per measurement")
+	only := fs.String("only", "", "measure only this path (hub, real, buffered, direct, big, tcp), for profiling")
 	prof := profileFlag(fs)
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -86,11 +96,16 @@ func runTransport(args []string) error {
 		model[i] = float32(i%101) * 1e-3
 		delta[i] = float32(i%7-3) * 1e-4
 	}
-	hub, stopHub, err := startHubPair(ctx, n, delta)
+	hub, stopHub, err := startHubPair(ctx, n, delta, false)
 	if err != nil {
 		return err
 	}
 	defer stopHub()
+	realHub, stopReal, err := startHubPair(ctx, n, delta, true)
+	if err != nil {
+		return err
+	}
+	defer stopReal()
 	wp, err := startWirePair(model, delta, false, coord.BufferSize)
 	if err != nil {
 		return err
@@ -112,22 +127,25 @@ func runTransport(args []string) error {
 	}
 	defer tp.close()
 
-	version := 0
-	hubTrips := func(k int) error {
-		for range k {
-			res, err := hub.RunRound(ctx, coord.RoundSpec{Round: version, Version: version, Model: model, Clients: []int{0}, Mode: "fedavg", Epochs: 1, Batch: 10, LR: 0.1, Seed: 1})
-			if err != nil {
-				return err
+	roundTrips := func(h *coord.Hub) func(int) error {
+		version := 0
+		return func(k int) error {
+			for range k {
+				res, err := h.RunRound(ctx, coord.RoundSpec{Round: version, Version: version, Model: model, Clients: []int{0}, Mode: "fedavg", Epochs: 1, Batch: 1, LR: 0.01, Seed: 1})
+				if err != nil {
+					return err
+				}
+				if res.Updates != 1 {
+					return fmt.Errorf("round %d gathered %d updates, want 1", version, res.Updates)
+				}
+				version++
 			}
-			if res.Updates != 1 {
-				return fmt.Errorf("round %d gathered %d updates, want 1", version, res.Updates)
-			}
-			version++
+			return nil
 		}
-		return nil
 	}
+	hubTrips, realTrips := roundTrips(hub), roundTrips(realHub)
 	// Warm up each path (the hub's first round also sends the shard).
-	for _, f := range []func(int) error{hubTrips, wp.trips, dp.trips, bp.trips, tp.trips} {
+	for _, f := range []func(int) error{hubTrips, realTrips, wp.trips, dp.trips, bp.trips, tp.trips} {
 		if err := f(3); err != nil {
 			return err
 		}
@@ -141,16 +159,20 @@ func runTransport(args []string) error {
 		}
 		return bytes * float64(*trips) / time.Since(start).Seconds() / 1e6, nil
 	}
-	progress("transport: %d × %d round trips of a 0.8 MB model and update on each path", *repeats, *trips)
-	var hubs, wires, directs, bigs, tcps []float64
+	progress("transport: %d × %d round trips of a 0.8 MB model and update on each of 6 paths", *repeats, *trips)
+	var hubs, reals, wires, directs, bigs, tcps []float64
 	for rep := range *repeats {
 		paths := []struct {
-			f   func(int) error
-			out *[]float64
-		}{{hubTrips, &hubs}, {wp.trips, &wires}, {dp.trips, &directs}, {bp.trips, &bigs}, {tp.trips, &tcps}}
+			name string
+			f    func(int) error
+			out  *[]float64
+		}{{"hub", hubTrips, &hubs}, {"real", realTrips, &reals}, {"buffered", wp.trips, &wires}, {"direct", dp.trips, &directs}, {"big", bp.trips, &bigs}, {"tcp", tp.trips, &tcps}}
 		// Rotate the order so no path always runs first.
 		for i := range paths {
 			p := paths[(i+rep)%len(paths)]
+			if *only != "" && p.name != *only {
+				continue
+			}
 			v, err := measure(p.f)
 			if err != nil {
 				return err
@@ -160,23 +182,32 @@ func runTransport(args []string) error {
 	}
 	return emit(&transportRow{
 		Row: "transport", Case: "2NN model + update (2 × 0.8 MB)", Bytes: 8 * n,
-		Hub: spreadOf(hubs), Wire: spreadOf(wires), Direct: spreadOf(directs), Big: spreadOf(bigs), Anchor: spreadOf(tcps),
-		Ratio: spreadOf(ratios(hubs, tcps)), WireRat: spreadOf(ratios(wires, tcps)), DirRat: spreadOf(ratios(directs, tcps)), BigRat: spreadOf(ratios(bigs, tcps)),
+		Hub: spreadOf(hubs), Real: spreadOf(reals), Wire: spreadOf(wires), Direct: spreadOf(directs), Big: spreadOf(bigs), Anchor: spreadOf(tcps),
+		Ratio: spreadOf(ratios(hubs, tcps)), RealRat: spreadOf(ratios(reals, tcps)), WireRat: spreadOf(ratios(wires, tcps)), DirRat: spreadOf(ratios(directs, tcps)), BigRat: spreadOf(ratios(bigs, tcps)),
 		Target: 0.9, Repeats: *repeats, Trips: *trips,
 	})
 }
 
 func quietLogger() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
 
-// startHubPair serves a coord.Hub on loopback and connects one simulated
-// trainer to it. The trainer answers every task with delta.
-func startHubPair(ctx context.Context, n int, delta []float32) (*coord.Hub, func(), error) {
-	shard := bytes.Repeat([]byte("shard"), 200) // never decoded by this trainer
+// startHubPair serves a coord.Hub on loopback and connects one trainer to
+// it: with real, internal/trainer holding a one-example shard (its task's
+// training is negligible next to the transfers); otherwise a
+// protocol-only trainer that answers every task with delta.
+func startHubPair(ctx context.Context, n int, delta []float32, real bool) (*coord.Hub, func(), error) {
+	x := make([]float32, 784)
+	for i := range x {
+		x[i] = float32(i%255) / 255
+	}
+	shard, err := data.EncodeShard(&data.Dataset{X: x, Y: []int32{3}, Dim: 784, Classes: 10})
+	if err != nil {
+		return nil, nil, err
+	}
 	sum := sha256.Sum256(shard)
 	hub, err := coord.New(coord.Config{
 		Model:  wire.ModelSpec{Name: "2nn", Sizes: []int{784, 200, 200, 10}},
 		Params: n,
-		Shards: []coord.Shard{{Hash: hex.EncodeToString(sum[:]), Rows: 600, Bytes: shard}},
+		Shards: []coord.Shard{{Hash: hex.EncodeToString(sum[:]), Rows: 1, Bytes: shard}},
 		Logger: quietLogger(),
 	})
 	if err != nil {
@@ -190,17 +221,31 @@ func startHubPair(ctx context.Context, n int, delta []float32) (*coord.Hub, func
 	mux.Handle("/v1/train", hub)
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 	go func() { _ = srv.Serve(ln) }()
-	d := websocket.Dialer{ReadBufferSize: coord.BufferSize, WriteBufferSize: coord.BufferSize, HandshakeTimeout: 10 * time.Second}
-	ws, _, err := d.DialContext(ctx, "ws://"+ln.Addr().String()+"/v1/train", nil)
-	if err != nil {
-		_ = srv.Close()
-		return nil, nil, err
-	}
+	tctx, stopTrainer := context.WithCancel(ctx)
 	done := make(chan error, 1)
-	go func() { done <- trainerLoop(ws, n, delta) }()
+	if real {
+		tr, err := trainer.New(trainer.Config{Aggregator: ln.Addr().String(), Name: "bench", Report: time.Hour, Logger: quietLogger()})
+		if err != nil {
+			stopTrainer()
+			_ = srv.Close()
+			return nil, nil, err
+		}
+		go func() { done <- tr.Run(tctx) }()
+	} else {
+		d := websocket.Dialer{ReadBufferSize: coord.BufferSize, WriteBufferSize: 1 << 20, HandshakeTimeout: 10 * time.Second}
+		ws, _, err := d.DialContext(ctx, "ws://"+ln.Addr().String()+"/v1/train", nil)
+		if err != nil {
+			stopTrainer()
+			_ = srv.Close()
+			return nil, nil, err
+		}
+		context.AfterFunc(tctx, func() { _ = ws.Close() })
+		go func() { done <- protocolTrainer(ws, n, delta) }()
+	}
 	wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	if err := hub.WaitTrainers(wctx, 1); err != nil {
+		stopTrainer()
 		_ = srv.Close()
 		return nil, nil, err
 	}
@@ -210,15 +255,16 @@ func startHubPair(ctx context.Context, n int, delta []float32) (*coord.Hub, func
 		case <-done:
 		case <-time.After(5 * time.Second):
 		}
-		_ = ws.Close()
+		stopTrainer()
 		_ = srv.Close()
 	}
 	return hub, stop, nil
 }
 
-// trainerLoop reads frames as internal/trainer does and answers each task
-// with delta at once.
-func trainerLoop(ws *websocket.Conn, n int, delta []float32) error {
+// protocolTrainer speaks the trainer's side of the protocol on ws and
+// answers every task at once with delta: model frames are read straight
+// into a tensor and checked, other payloads discarded.
+func protocolTrainer(ws *websocket.Conn, n int, delta []float32) error {
 	global := make([]float32, n)
 	payload := wire.Float32Bytes(delta)
 	send := func(t wire.Type, h any, p []byte) error {
@@ -234,24 +280,24 @@ func trainerLoop(ws *websocket.Conn, n int, delta []float32) error {
 	if err := send(wire.TypeHello, wire.Hello{Name: "bench"}, nil); err != nil {
 		return err
 	}
+	var hdr []byte
 	for {
 		_, r, err := ws.NextReader()
 		if err != nil {
 			return err
 		}
-		b, err := io.ReadAll(r)
+		f, err := wire.ReadHead(r, hdr)
 		if err != nil {
 			return err
 		}
-		f, err := wire.Decode(b)
-		if err != nil {
-			return err
-		}
+		hdr = f.Header
 		switch f.Type {
 		case wire.TypeWelcome:
 			err = send(wire.TypePull, wire.Pull{}, nil)
 		case wire.TypeModel:
-			err = wire.ReadFloat32s(global, f.Payload)
+			if _, err = wire.ReadTensor(r, global); err == nil {
+				err = wire.CheckFinite(global)
+			}
 		case wire.TypeTask:
 			var t wire.Task
 			if err = f.Parse(&t); err == nil {
@@ -266,6 +312,9 @@ func trainerLoop(ws *websocket.Conn, n int, delta []float32) error {
 			return fmt.Errorf("hub sent an error frame: %s", f.Header)
 		}
 		if err != nil {
+			return err
+		}
+		if _, err := io.Copy(io.Discard, r); err != nil {
 			return err
 		}
 	}
@@ -474,30 +523,15 @@ func startTCPPair(size int) (*pair, error) {
 	return p, nil
 }
 
-// readDirect reads one tensor frame from r with no intermediate buffer: the
-// prefix and header into a small array, the payload straight into dst's
-// bytes, then one range check.
+// readDirect reads one tensor frame from r with no intermediate buffer:
+// the prefix and header, then the payload straight into dst's bytes, then
+// one range check.
 func readDirect(r io.Reader, dst []float32) error {
-	var hdr [wire.PrefixLen + 512]byte
-	if _, err := io.ReadFull(r, hdr[:wire.PrefixLen]); err != nil {
+	if _, err := wire.ReadHead(r, nil); err != nil {
 		return err
 	}
-	h := int(hdr[2]) | int(hdr[3])<<8 | int(hdr[4])<<16 | int(hdr[5])<<24
-	if h > len(hdr)-wire.PrefixLen {
-		return fmt.Errorf("header of %d bytes", h)
-	}
-	if _, err := io.ReadFull(r, hdr[wire.PrefixLen:wire.PrefixLen+h]); err != nil {
+	if _, err := wire.ReadTensor(r, dst); err != nil {
 		return err
-	}
-	if _, err := wire.Decode(hdr[:wire.PrefixLen+h]); err != nil {
-		return err
-	}
-	if _, err := io.ReadFull(r, wire.Float32Bytes(dst)); err != nil {
-		return err
-	}
-	var extra [1]byte
-	if n, _ := r.Read(extra[:]); n != 0 {
-		return errors.New("payload longer than the model")
 	}
 	return allreduce.CheckFinite(dst)
 }
