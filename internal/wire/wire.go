@@ -163,22 +163,32 @@ func Decode(b []byte) (Frame, error) {
 	if len(b) < PrefixLen {
 		return Frame{}, fmt.Errorf("frame of %d bytes is shorter than the %d-byte prefix", len(b), PrefixLen)
 	}
-	if b[0] != Version {
-		return Frame{}, fmt.Errorf("%w: frame says version %d, this peer speaks version %d", ErrVersion, b[0], Version)
-	}
-	t := Type(b[1])
-	if t < TypeHello || t > TypeError {
-		return Frame{}, fmt.Errorf("unknown message type %d (known: 1..%d)", b[1], TypeError)
-	}
-	h := binary.LittleEndian.Uint32(b[2:6])
-	if h > MaxHeader {
-		return Frame{}, fmt.Errorf("%s header length %d exceeds the limit of %d bytes", t, h, MaxHeader)
+	t, h, err := checkPrefix(b[:PrefixLen])
+	if err != nil {
+		return Frame{}, err
 	}
 	if int64(h) > int64(len(b)-PrefixLen) {
 		return Frame{}, fmt.Errorf("%s header length %d exceeds the %d bytes left in the frame", t, h, len(b)-PrefixLen)
 	}
 	end := PrefixLen + int(h)
 	return Frame{Type: t, Header: b[PrefixLen:end], Payload: b[end:]}, nil
+}
+
+// checkPrefix checks a frame's fixed prefix — version, type, header length
+// within MaxHeader — and returns the type and the header length.
+func checkPrefix(pre []byte) (Type, uint32, error) {
+	if pre[0] != Version {
+		return 0, 0, fmt.Errorf("%w: frame says version %d, this peer speaks version %d", ErrVersion, pre[0], Version)
+	}
+	t := Type(pre[1])
+	if t < TypeHello || t > TypeError {
+		return 0, 0, fmt.Errorf("unknown message type %d (known: 1..%d)", pre[1], TypeError)
+	}
+	h := binary.LittleEndian.Uint32(pre[2:6])
+	if h > MaxHeader {
+		return 0, 0, fmt.Errorf("%s header length %d exceeds the limit of %d bytes", t, h, MaxHeader)
+	}
+	return t, h, nil
 }
 
 // Parse decodes the frame's JSON header into v strictly: unknown fields and
@@ -293,16 +303,9 @@ func ReadHead(r io.Reader, buf []byte) (Frame, error) {
 		}
 		return Frame{}, err
 	}
-	if pre[0] != Version {
-		return Frame{}, fmt.Errorf("%w: frame says version %d, this peer speaks version %d", ErrVersion, pre[0], Version)
-	}
-	t := Type(pre[1])
-	if t < TypeHello || t > TypeError {
-		return Frame{}, fmt.Errorf("unknown message type %d (known: 1..%d)", pre[1], TypeError)
-	}
-	h := binary.LittleEndian.Uint32(pre[2:6])
-	if h > MaxHeader {
-		return Frame{}, fmt.Errorf("%s header length %d exceeds the limit of %d bytes", t, h, MaxHeader)
+	t, h, err := checkPrefix(pre[:])
+	if err != nil {
+		return Frame{}, err
 	}
 	if cap(buf) < int(h) {
 		buf = make([]byte, h)

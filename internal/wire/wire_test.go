@@ -111,3 +111,44 @@ func FuzzDecode(f *testing.F) {
 		_ = ReadFloat32s(dst, fr.Payload)
 	})
 }
+
+// TestReadHeadMatchesDecode checks the streaming reader against Decode on
+// good and bad frames.
+func TestReadHeadMatchesDecode(t *testing.T) {
+	good, _ := Encode(TypeUpdate, Update{Task: 3}, Float32Bytes([]float32{1, 2}))
+	for _, b := range [][]byte{good, good[:3], append([]byte{2}, good[1:]...), {1, 42, 0, 0, 0, 0}, {1, 3, 9, 0, 0, 0, '{', '}'}} {
+		f1, err1 := Decode(b)
+		r := bytes.NewReader(b)
+		f2, err2 := ReadHead(r, nil)
+		if (err1 == nil) != (err2 == nil) || (err1 != nil && err1.Error() != err2.Error()) {
+			t.Fatalf("frame %v: Decode %v, ReadHead %v", b, err1, err2)
+		}
+		if err1 != nil {
+			continue
+		}
+		if f1.Type != f2.Type || !bytes.Equal(f1.Header, f2.Header) {
+			t.Fatalf("frame %v: Decode %v %s, ReadHead %v %s", b, f1.Type, f1.Header, f2.Type, f2.Header)
+		}
+		dst := make([]float32, 2)
+		if n, err := ReadTensor(r, dst); err != nil || n != 8 || dst[1] != 2 {
+			t.Fatalf("ReadTensor: %d %v %v", n, err, dst)
+		}
+	}
+	// Wrong tensor sizes are SizeErrors, and an empty payload is (0, nil).
+	for _, tc := range []struct {
+		payload []byte
+		want    string
+	}{{make([]byte, 4), "4 bytes, want 8"}, {make([]byte, 12), "12 bytes, want 8"}} {
+		_, err := ReadTensor(bytes.NewReader(tc.payload), make([]float32, 2))
+		var se *SizeError
+		if !errors.As(err, &se) || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("payload of %d bytes: %v", len(tc.payload), err)
+		}
+	}
+	if n, err := ReadTensor(bytes.NewReader(nil), make([]float32, 2)); n != 0 || err != nil {
+		t.Errorf("empty payload: %d %v", n, err)
+	}
+	if err := CheckFinite([]float32{1, 2, float32(math.Inf(1))}); err == nil || !strings.Contains(err.Error(), "tensor value 2 is +Inf") {
+		t.Errorf("CheckFinite: %v", err)
+	}
+}
