@@ -532,8 +532,8 @@ func sectionScale(r *results, w func(string, ...any)) {
 	}
 	rounds := r.scale[0].Rounds
 	w("`go run ./bench scale`: the real aggregator binary (`-clients 1000 -fraction m/1000 -min-trainers N`, 2NN) with N simulated trainers from `bench/simtrainer` — N real websocket connections in one process speaking the real protocol and answering every task at once with a small fixed update. ")
-	w("Each run has one warm-up round (connections, first shard transfers), %d measured rounds, and one more round during which the aggregator's `/metrics` is read. ", rounds)
-	w("CPU is the aggregator's user+system time per measured round from `/proc/PID/stat`. RSS and peak RSS (VmRSS, VmHWM) are from `/proc/PID/status` after the last measured round; *base* is VmRSS once the aggregator listens, with MNIST loaded and the 1,000 shards encoded, so *RSS − base* is what the trainers and rounds added (the peak mostly records start-up). *Live heap* is the heap the last garbage collection before that point kept (`GODEBUG=gctrace=1`), and *heap in use* the Go runtime's `go_memstats_heap_inuse_bytes` (allocated, touched or not, garbage included). ")
+	w("Each run starts with ⌈N/m⌉+1 warm-up rounds (connections, first shard transfers, and at least one task for every trainer, so that every connection has carried frames whatever m), then %d measured rounds, then one more round during which the aggregator's `/metrics` is read. The aggregator runs with `GOGC=25`, so that its heap tracks what the rounds need rather than what loading MNIST left behind. ", rounds)
+	w("CPU is the aggregator's user+system time per measured round from `/proc/PID/stat`. RSS and peak RSS (VmRSS, VmHWM) are from `/proc/PID/status` after the last measured round; *base* is VmRSS once the aggregator listens, with MNIST loaded and the 1,000 shards encoded, so *RSS − base* is what the trainers and rounds added (the peak mostly records start-up). *Live heap* is the most any garbage collection during the measured rounds kept (or the last one's, if none ran; `GODEBUG=gctrace=1`), and *heap in use* the Go runtime's `go_memstats_heap_inuse_bytes` (allocated, touched or not, garbage included). ")
 	w("*Warnings* counts aggregator log lines at level WARN or ERROR. The simulator's *done / closed / failed* count connections ended by a `done` frame, closed by the aggregator without one, or ended by an error.\n\n")
 	w("| trainers | updates/round | s/round | aggregator CPU s/round | CPU ms/update | base RSS MB | RSS MB | RSS − base MB | peak RSS MB | live heap MB | heap in use MB | warnings | rounds done | connections done / closed / failed |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
 	for _, s := range r.scale {
@@ -559,13 +559,30 @@ func sectionScale(r *results, w func(string, ...any)) {
 		w("| %d | %d → %d | %s | %.1f | %s | %.1f |\n", g.trainers, g.lo.PerRound, g.hi.PerRound, mb(g.growth), g.ratio, mb(lg), float64(lg)/float64(g.model))
 	}
 	top := gs[len(gs)-1]
-	w("\nBoth measures move by tens of MB from run to run (the base differs, the Go runtime returns freed memory to the system in its own time, and the last collection may date from start-up), so with 10 or 100 trainers the growth is noise around zero and cannot resolve two model sizes either way; `TestGatherMemoryIsOneModel` in `internal/allreduce` shows, exactly, that the fold allocates nothing per update. With 1,000 trainers the growth is far outside the noise.\n\n")
+	w("\nBoth measures move by several MB from run to run (the Go runtime returns freed memory to the system in its own time, and collections come when they come), which is more than two model sizes, so only growth well beyond that is significant; `TestGatherMemoryIsOneModel` in `internal/allreduce` shows, exactly, that the fold itself allocates nothing per update.\n\n")
+	// What each connection costs, from the runs with the fewest updates.
+	var few, many *scaleRow
+	for i := range r.scale {
+		s := &r.scale[i]
+		if few == nil || s.Trainers < few.Trainers || (s.Trainers == few.Trainers && s.PerRound < few.PerRound) {
+			few = s
+		}
+		if many == nil || s.Trainers > many.Trainers || (s.Trainers == many.Trainers && s.PerRound < many.PerRound) {
+			many = s
+		}
+	}
+	if few != nil && many != nil && many.Trainers > few.Trainers {
+		per := float64((many.RSS-many.BaseRSS)-(few.RSS-few.BaseRSS)) / float64(many.Trainers-few.Trainers)
+		w("Connections themselves cost memory too: with %d updates per round, going from %d to %d trainers adds %s MB of RSS, about %s MB per trainer once its connection has carried frames (gorilla/websocket's read and write buffers of `coord.BufferSize`, 64 KiB each, and the connection's goroutines).\n\n",
+			many.PerRound, few.Trainers, many.Trainers, mb((many.RSS-many.BaseRSS)-(few.RSS-few.BaseRSS)), f(per/1e6))
+	}
+
 	if top.ratio < 2 {
 		w("The gather streams: memory does not grow with the number of updates.\n\n")
 	} else {
 		w("**The target is missed**, and not by the accumulator, which is one model-sized int64 buffer per round whatever the number of updates (`TestGatherMemoryIsOneModel` shows exactly that the fold allocates nothing). ")
-		w("What grows with the number of updates is the memory for updates being read off the network: %.0f model sizes here, i.e. about that many 0.8 MB update buffers live at once when %d trainers answer together. ", top.ratio, top.trainers)
-		w("Bounding how many updates are read at the same time — a few buffers handed out by the hub, with the other connections' readers waiting for one while their data waits in the socket — would cap the growth at that many models whatever the number of trainers.\n\n")
+		w("What grows with the number of updates is the memory for updates being read off the network: the hub's reader takes a model-sized buffer (from a `sync.Pool`) for each update it reads, and when %d trainers answer together hundreds of readers hold one at the same time — %.0f model sizes of RSS here, and the live heap agrees. ", top.trainers, top.ratio)
+		w("Bounding how many updates are read at the same time — a fixed set of a few buffers handed out by the hub, with the other connections' readers waiting for one while their data waits in the socket — would cap the growth at that many models whatever the number of trainers.\n\n")
 	}
 	w("Aggregator CPU per update is about %s ms at %d updates per round with %d trainers (reading the update off its socket, the hub's bookkeeping, and the model, shard and task frames sent back)", f(1e3*top.hi.CPUPerRound.Median/float64(top.hi.PerRound)), top.hi.PerRound, top.trainers)
 	if m := mainAggregate(r); len(m) > 0 && m[0].Ours.Median > 0 {

@@ -21,24 +21,28 @@ import (
 
 // scaleRow is one line of "bench scale": the real aggregator binary with
 // N simulated trainers (bench/simtrainer, N websocket connections) and m
-// updates per round (-clients 1000 -fraction m/1000). The first round, which
-// also carries the connections and most shard transfers, is a warm-up; the
-// figures are over the measured rounds after it. One more round follows
-// them, so that the aggregator's /metrics can be read (for the Go heap in
-// use) while it is still running, outside the measured rounds.
+// updates per round (-clients 1000 -fraction m/1000). The first ⌈N/m⌉+1
+// rounds are a warm-up: they carry the connections and the first shard
+// transfers, and give every trainer at least one task (tasks go to the
+// longest-idle trainer), so that every connection has carried frames before
+// memory is measured, whatever m. The figures are over the measured rounds
+// after the warm-up. One more round follows them, so that the aggregator's
+// /metrics can be read (for the Go heap in use) while it is still running,
+// outside the measured rounds.
 type scaleRow struct {
 	Row         string          `json:"row"` // "scale"
 	Trainers    int             `json:"trainers"`
 	Fraction    float64         `json:"fraction"`
 	PerRound    int             `json:"updates_per_round"`
-	Rounds      int             `json:"rounds"`           // measured rounds (after the warm-up)
+	Rounds      int             `json:"rounds"` // measured rounds (after the warm-up)
+	Warmup      int             `json:"warmup_rounds"`
 	RoundSecs   spread          `json:"round_seconds"`    // wall time per round
 	CPUPerRound spread          `json:"cpu_per_round_s"`  // aggregator user+system CPU seconds per round
 	BaseRSS     int64           `json:"base_rss_bytes"`   // VmRSS once listening, before any trainer
 	RSS         int64           `json:"rss_bytes"`        // VmRSS after the last round
 	HWM         int64           `json:"hwm_bytes"`        // VmHWM (peak RSS) after the last round
 	HeapInuse   int64           `json:"heap_inuse_bytes"` // go_memstats_heap_inuse_bytes after the last round (0: not read)
-	LiveHeap    int64           `json:"live_heap_bytes"`  // live heap after the last garbage collection before that point (GODEBUG=gctrace=1)
+	LiveHeap    int64           `json:"live_heap_bytes"`  // largest live heap after a collection during the measured rounds, else the latest (GODEBUG=gctrace=1, GOGC=25)
 	ModelBytes  int64           `json:"model_bytes"`
 	Warnings    int             `json:"log_warnings"` // aggregator log lines at level WARN or ERROR
 	Samples     []string        `json:"log_samples,omitempty"`
@@ -65,7 +69,7 @@ func runScale(args []string) error {
 	sim := fs.String("simtrainer", "", "simtrainer binary (go build ./bench/simtrainer)")
 	trainers := fs.String("trainers", "10,100,1000", "connected trainers, comma-separated")
 	updates := fs.String("updates", "10,100,1000", "updates per round, comma-separated (of 1,000 clients)")
-	rounds := fs.Int("rounds", 3, "measured rounds per configuration, between one warm-up round and one for reading /metrics")
+	rounds := fs.Int("rounds", 3, "measured rounds per configuration, between the warm-up rounds and one for reading /metrics")
 	timeout := fs.Duration("timeout", 10*time.Minute, "limit per configuration")
 	logs := fs.String("logs", "", "directory to keep each run's aggregator log in")
 	if err := fs.Parse(args); err != nil {
@@ -119,16 +123,20 @@ type sample struct {
 func scaleRun(aggBin, simBin string, n, m, rounds int, timeout time.Duration, logDir string) (*scaleRow, error) {
 	const clients = 1000
 	frac := float64(m) / clients
-	progress("scale: %d trainers, %d updates per round, %d+1 rounds", n, m, rounds)
+	warm := (n+m-1)/m + 1
+	progress("scale: %d trainers, %d updates per round, %d warm-up + %d measured rounds", n, m, warm, rounds)
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 	start := time.Now()
 	agg := exec.CommandContext(ctx, aggBin, "-listen", "127.0.0.1:0", "-clients", strconv.Itoa(clients),
-		"-fraction", strconv.FormatFloat(frac, 'g', -1, 64), "-rounds", strconv.Itoa(rounds+2),
+		"-fraction", strconv.FormatFloat(frac, 'g', -1, 64), "-rounds", strconv.Itoa(warm+rounds+1),
 		"-min-trainers", strconv.Itoa(n), "-log-level", "info")
 	agg.Cancel = func() error { return agg.Process.Signal(syscall.SIGKILL) }
-	// gctrace prints the live heap after every collection on stderr.
-	agg.Env = append(os.Environ(), "GODEBUG=gctrace=1")
+	// gctrace prints the live heap after every collection on stderr, and
+	// GOGC=25 makes collections frequent enough that it tracks the heap
+	// the measured rounds need (freed memory otherwise hides growth: after
+	// loading MNIST the process holds hundreds of MB it no longer uses).
+	agg.Env = append(os.Environ(), "GODEBUG=gctrace=1", "GOGC=25")
 	stdout, err := agg.StdoutPipe()
 	if err != nil {
 		return nil, err
@@ -141,13 +149,15 @@ func scaleRun(aggBin, simBin string, n, m, rounds int, timeout time.Duration, lo
 		return nil, err
 	}
 	pid := agg.Process.Pid
-	row := &scaleRow{Row: "scale", Trainers: n, Fraction: frac, PerRound: m, ModelBytes: 4 * params2NN, Total: rounds + 2}
+	row := &scaleRow{Row: "scale", Trainers: n, Fraction: frac, PerRound: m, ModelBytes: 4 * params2NN, Total: warm + rounds + 1, Warmup: warm}
 
 	// The log: count warnings and errors, keep a few, and optionally a copy;
 	// follow the live heap in the gctrace lines.
 	var live struct {
 		sync.Mutex
-		bytes int64
+		last    int64 // after the latest collection
+		max     int64 // the most after any collection since measuring began
+		measure bool
 	}
 	var logWG sync.WaitGroup
 	logWG.Add(1)
@@ -169,7 +179,10 @@ func scaleRun(aggBin, simBin string, n, m, rounds int, timeout time.Duration, lo
 			if m := gctraceRE.FindStringSubmatch(l); m != nil {
 				n, _ := strconv.ParseInt(m[1], 10, 64)
 				live.Lock()
-				live.bytes = n << 20
+				live.last = n << 20
+				if live.measure {
+					live.max = max(live.max, live.last)
+				}
 				live.Unlock()
 				continue
 			}
@@ -216,9 +229,14 @@ func scaleRun(aggBin, simBin string, n, m, rounds int, timeout time.Duration, lo
 			s.rss, s.hwm, _ = procMem(pid)
 			samples = append(samples, s)
 			row.Completed++
-			if row.Completed == rounds+1 {
+			if row.Completed == warm {
 				live.Lock()
-				row.LiveHeap = live.bytes
+				live.measure = true
+				live.Unlock()
+			}
+			if row.Completed == warm+rounds {
+				live.Lock()
+				row.LiveHeap = max(live.max, live.last)
 				live.Unlock()
 				row.HeapInuse = heapInuse(ctx, addr)
 			}
@@ -253,10 +271,10 @@ func scaleRun(aggBin, simBin string, n, m, rounds int, timeout time.Duration, lo
 	if simErr != nil {
 		progress("scale: simtrainer: %v", simErr)
 	}
-	if len(samples) < rounds+1 {
+	if len(samples) < warm+rounds {
 		return row, nil
 	}
-	samples = samples[:rounds+1] // the warm-up round and the measured ones
+	samples = samples[warm-1 : warm+rounds] // the last warm-up round's line, then the measured ones
 	var secs, cpus []float64
 	for i := 1; i < len(samples); i++ {
 		secs = append(secs, samples[i].at.Sub(samples[i-1].at).Seconds())
