@@ -642,10 +642,20 @@ func sectionEndToEnd(r *results, w func(string, ...any)) {
 	floor2 := (tr2 + agg2) / max(free, 0.1)
 	w("Where the time goes: with one trainer a round takes %s ms of wall time; the trainer computes %s ms of it (training, evaluation, shard decoding) while the aggregator uses %s ms of CPU, mostly on the other core. ",
 		f(wall1*1e3), f(tr1*1e3), f(e.OneAggCPU.Median*1e3))
-	w("With two trainers the two trainers (%s ms of CPU per round together, more than one trainer's, largely because each decodes its own copy of the shards it is sent) and the aggregator (%s ms) share about %.1f free cores: at least (%s + %s) / %.1f = %s ms per round, so at most %.2f× the one-trainer rate. ",
-		f(tr2*1e3), f(agg2*1e3), free, f(tr2*1e3), f(agg2*1e3), free, f(floor2*1e3), wall1/floor2)
+	more := ""
+	if tr2 > 1.03*tr1 {
+		more = ", more than one trainer's, largely because each decodes its own copy of the shards it is sent"
+	}
+	w("With two trainers the two trainers (%s ms of CPU per round together%s) and the aggregator (%s ms) share about %.1f free cores: at least (%s + %s) / %.1f = %s ms per round, so at most %.2f× the one-trainer rate. ",
+		f(tr2*1e3), more, f(agg2*1e3), free, f(tr2*1e3), f(agg2*1e3), free, f(floor2*1e3), wall1/floor2)
 	if e.Two.Median > 0 {
-		w("Measured: %s ms per round. The difference is waiting: by default each round gathers twice (training, then the scattered evaluation), and each gather ends only when its last task is in, while the other trainer idles. ", f(1e3/e.Two.Median))
+		wall2 := 1 / e.Two.Median
+		w("Measured: %s ms per round. ", f(wall2*1e3))
+		if wall2 > 1.05*floor2 {
+			w("The difference is waiting: by default each round gathers twice (training, then the scattered evaluation), and each gather ends only when its last task is in, while the other trainer idles. ")
+		} else {
+			w("The runs sit at that bound: they are limited by the CPU available. ")
+		}
 	}
 	perUpdate := ""
 	for _, s := range r.scale {
