@@ -664,7 +664,11 @@ func sectionEndToEnd(r *results, w func(string, ...any)) {
 			break
 		}
 	}
-	w("The aggregator's share is mostly its work per update and per round (section 4%s; section 3 for a round's fixed costs); a shard cache shared by the trainers of one machine would cut the duplicate decoding. ", perUpdate)
+	w("The aggregator's share is mostly its work per update and per round (section 4%s; section 3 for a round's fixed costs)", perUpdate)
+	if more != "" {
+		w("; a shard cache shared by the trainers of one machine would cut the duplicate decoding")
+	}
+	w(". ")
 	// The runs by repeat, with the other load during each; "quiet" repeats
 	// had the machine otherwise idle.
 	w("\n\nRuns by repeat, with the other load during each:\n\n| repeat | 1 trainer rounds/s (other load) | 2 trainers rounds/s (other load) | ratio |\n|---|---|---|---|\n")
