@@ -59,16 +59,40 @@ func NewAccumulator(n int, maxWeight int64) (*Accumulator, error) {
 	if n <= 0 {
 		return nil, fmt.Errorf("accumulator size %d: want at least one value", n)
 	}
+	scale, err := scaleFor(maxWeight)
+	if err != nil {
+		return nil, err
+	}
+	return &Accumulator{sum: make([]int64, n), scale: scale, maxWeight: maxWeight}, nil
+}
+
+// scaleFor returns 2^frac for a round whose weights add up to at most
+// maxWeight (see NewAccumulator).
+func scaleFor(maxWeight int64) (float64, error) {
 	if maxWeight <= 0 {
-		return nil, fmt.Errorf("accumulator total weight %d: want a positive sample count", maxWeight)
+		return 0, fmt.Errorf("accumulator total weight %d: want a positive sample count", maxWeight)
 	}
 	if maxWeight > MaxTotalWeight {
-		return nil, fmt.Errorf("accumulator total weight %d is too large for 64-bit fixed point (at most %d)", maxWeight, MaxTotalWeight)
+		return 0, fmt.Errorf("accumulator total weight %d is too large for 64-bit fixed point (at most %d)", maxWeight, MaxTotalWeight)
 	}
 	// ⌈log2(v)⌉ for v ≥ 1 is the bit length of v−1. MaxAbs·maxWeight ≤ 2^43,
 	// so frac ≥ 8.
 	frac := 51 - bits.Len64(uint64(MaxAbs*maxWeight-1))
-	return &Accumulator{sum: make([]int64, n), scale: math.Ldexp(1, frac), maxWeight: maxWeight}, nil
+	return math.Ldexp(1, frac), nil
+}
+
+// ResetFor empties the accumulator for a new round whose weights add up to
+// at most maxWeight, keeping its buffer: it then behaves exactly like
+// NewAccumulator(a.Len(), maxWeight), without allocating (and page-faulting
+// in) a new sum every round. On error the accumulator is unchanged.
+func (a *Accumulator) ResetFor(maxWeight int64) error {
+	scale, err := scaleFor(maxWeight)
+	if err != nil {
+		return err
+	}
+	a.Reset()
+	a.scale, a.maxWeight = scale, maxWeight
+	return nil
 }
 
 // Len is the number of values of one update.

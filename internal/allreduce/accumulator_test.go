@@ -294,6 +294,57 @@ func TestRejectedUpdateLeavesSumUnchanged(t *testing.T) {
 	}
 }
 
+// TestResetForIsANewAccumulator reuses one accumulator across rounds of
+// different total weights and checks each round's mean is bit-identical to
+// a fresh accumulator's.
+func TestResetForIsANewAccumulator(t *testing.T) {
+	r := rand.New(rand.NewPCG(11, 12))
+	const n = 3*foldChunk + 5
+	reused, err := NewAccumulator(n, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for round := range 4 {
+		us, ws := randomUpdates(r, 3+round, n)
+		var total int64
+		for _, w := range ws {
+			total += w
+		}
+		total += int64(round) * 1000 // announced totals need not be reached
+		fresh, err := NewAccumulator(n, total)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := reused.ResetFor(total); err != nil {
+			t.Fatal(err)
+		}
+		for k := range us {
+			if err := fresh.Add(us[k], ws[k]); err != nil {
+				t.Fatal(err)
+			}
+			if err := reused.Add(us[k], ws[k]); err != nil {
+				t.Fatal(err)
+			}
+		}
+		a, b := make([]float32, n), make([]float32, n)
+		if err := fresh.Mean(a); err != nil {
+			t.Fatal(err)
+		}
+		if err := reused.Mean(b); err != nil {
+			t.Fatal(err)
+		}
+		for i := range a {
+			if math.Float32bits(a[i]) != math.Float32bits(b[i]) {
+				t.Fatalf("round %d: mean[%d] %v after ResetFor, %v fresh", round, i, b[i], a[i])
+			}
+		}
+	}
+	before := slices.Clone(reused.sum)
+	if err := reused.ResetFor(MaxTotalWeight + 1); err == nil || !slices.Equal(reused.sum, before) || reused.Count() == 0 {
+		t.Fatalf("ResetFor(MaxTotalWeight+1): error %v; the accumulator must be left unchanged", err)
+	}
+}
+
 func BenchmarkAccumulate(b *testing.B) {
 	for _, n := range []int{199210, 16 << 20} {
 		u := make([]float32, n)
