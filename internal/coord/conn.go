@@ -234,22 +234,25 @@ func (c *conn) reader(buf []byte) error {
 				c.fatal("protocol", err.Error())
 				return err
 			}
-			bp := h.updates.Get().(*[]float32)
-			n, perr := wire.ReadTensor(r, *bp)
+			buf := <-h.updates
+			if buf == nil {
+				buf = make([]float32, h.cfg.Params)
+			}
+			n, perr := wire.ReadTensor(r, buf)
 			var se *wire.SizeError
 			if perr != nil && !errors.As(perr, &se) {
-				h.updates.Put(bp)
+				h.updates <- buf
 				return c.readFailed(perr)
 			}
 			h.countReceived(size + n)
 			// An eval result has no payload; gather checks which kind
 			// the task wants.
-			payload := *bp
+			payload := buf
 			if n == 0 && perr == nil {
 				payload = nil
 			}
 			h.gather(c, &u, payload, perr)
-			h.updates.Put(bp)
+			h.updates <- buf
 		case wire.TypeError:
 			var e wire.Error
 			if err := f.Parse(&e); err != nil {

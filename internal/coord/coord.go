@@ -109,8 +109,16 @@ type Hub struct {
 	durations []float64     // recent task seconds, for the derived deadline
 	stats     Stats
 	trainers  map[string]*TrainerStats
-	updates   sync.Pool // *[]float32 of Params values: buffers for updates being read
+	// updates holds the buffers for updates being read off the network:
+	// at most updateReads at a time, allocated on first use, so gathering
+	// needs a few model-sized buffers whatever the number of trainers.
+	updates chan []float32
+	acc     *allreduce.Accumulator // reused round after round
 }
+
+// updateReads bounds how many updates are read off the network at once;
+// other trainers' updates wait in their sockets meanwhile.
+const updateReads = 4
 
 // New returns a hub for the job described by cfg.
 func New(cfg Config) (*Hub, error) {
@@ -127,9 +135,9 @@ func New(cfg Config) (*Hub, error) {
 		changed:  make(chan struct{}),
 		trainers: make(map[string]*TrainerStats),
 	}
-	h.updates.New = func() any {
-		b := make([]float32, cfg.Params)
-		return &b
+	h.updates = make(chan []float32, updateReads)
+	for range updateReads {
+		h.updates <- nil
 	}
 	return h, nil
 }
@@ -253,13 +261,6 @@ func (h *Hub) RunRound(ctx context.Context, spec RoundSpec) (*RoundResult, error
 		}
 		total += int64(shards[k].Rows)
 	}
-	var acc *allreduce.Accumulator
-	if !spec.Eval {
-		var err error
-		if acc, err = allreduce.NewAccumulator(h.cfg.Params, total); err != nil {
-			return nil, err
-		}
-	}
 	model := slices.Clone(spec.Model)
 	mp, err := wire.Prefix(wire.TypeModel, wire.Model{Version: spec.Version, Params: len(model)})
 	if err != nil {
@@ -269,7 +270,6 @@ func (h *Hub) RunRound(ctx context.Context, spec RoundSpec) (*RoundResult, error
 		spec:     spec,
 		model:    outFrame{prefix: mp, payload: wire.Float32Bytes(model)},
 		tasks:    make(map[int64]*task, len(spec.Clients)),
-		acc:      acc,
 		needed:   needed,
 		finished: make(chan struct{}),
 		start:    time.Now(),
@@ -282,6 +282,20 @@ func (h *Hub) RunRound(ctx context.Context, spec RoundSpec) (*RoundResult, error
 	if h.round != nil {
 		h.mu.Unlock()
 		return nil, fmt.Errorf("round %d started while round %d is running", spec.Round, h.round.spec.Round)
+	}
+	if !spec.Eval {
+		// One accumulator serves every round: rounds never overlap.
+		var err error
+		if h.acc == nil {
+			h.acc, err = allreduce.NewAccumulator(h.cfg.Params, total)
+		} else {
+			err = h.acc.ResetFor(total)
+		}
+		if err != nil {
+			h.mu.Unlock()
+			return nil, err
+		}
+		r.acc = h.acc
 	}
 	r.first = h.nextTask + 1
 	for _, k := range spec.Clients {
