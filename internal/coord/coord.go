@@ -80,7 +80,7 @@ func (c *Config) defaults() {
 		c.StragglerFactor = 2
 	}
 	if c.MinDeadline <= 0 {
-		c.MinDeadline = 500 * time.Millisecond
+		c.MinDeadline = 50 * time.Millisecond
 	}
 	if c.MaxFailures <= 0 {
 		c.MaxFailures = 3
