@@ -390,8 +390,12 @@ func (h *Hub) deadlineLocked() time.Duration {
 	return max(d, h.cfg.MinDeadline)
 }
 
-// checkDeadlinesLocked queues one more copy of every task that has run past
+// checkDeadlinesLocked queues one more copy of a task that has run past
 // its deadline on all of its trainers, so an idle trainer can take it over.
+// Like MapReduce's backup tasks this happens only at the tail of a round —
+// when no task is waiting for its first trainer — and never for more tasks
+// than there are idle trainers to take them, so a loaded aggregator does not
+// mistake its own delays for stragglers and flood the trainers with copies.
 func (h *Hub) checkDeadlinesLocked(now time.Time) {
 	r := h.round
 	if r == nil || r.closed {
@@ -401,7 +405,19 @@ func (h *Hub) checkDeadlinesLocked(now time.Time) {
 	if limit <= 0 {
 		return
 	}
+	spare := len(h.idle)
+	for _, t := range r.queue {
+		if t.state == queued {
+			return // originals still wait: no trainer is free for copies
+		}
+		if t.state == running {
+			spare-- // a copy already waits for a trainer
+		}
+	}
 	for _, t := range r.order {
+		if spare <= 0 {
+			break
+		}
 		if t.state != running || t.inQueue || len(t.running) >= 2 {
 			continue
 		}
@@ -412,6 +428,7 @@ func (h *Hub) checkDeadlinesLocked(now time.Time) {
 			}
 		}
 		if late {
+			spare--
 			t.inQueue = true
 			r.queue = append(r.queue, t)
 			r.res.Reissued++
