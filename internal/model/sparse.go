@@ -190,13 +190,7 @@ func accSegs[T Float](out []T, ldOut, n int, ends []int32, vals []T, idx []int32
 		panic(fmt.Sprintf("model: accSegs: %d segments of %d values %d apart with %d entries (rows below %d, %d apart) do not fit in %d outputs, %d indices, %d values and a matrix of %d",
 			nseg, n, ldOut, nnz, bound, ldM, len(out), len(idx), len(vals), len(m)))
 	}
-	lo := int32(0)
-	for _, hi := range ends {
-		if hi < lo {
-			panic("model: accSegs: segment ends decrease")
-		}
-		lo = hi
-	}
+	checkEnds("accSegs", ends)
 	switch o := any(out).(type) {
 	case []float32:
 		accSegs32(o, ldOut, n, ends, any(vals).([]float32), idx, any(m).([]float32), ldM)
@@ -257,13 +251,7 @@ func scatterSegs[T Float](out []T, ldOut, n int, ends []int32, vals []T, alpha T
 		panic(fmt.Sprintf("model: scatterSegs: %d segments of %d values (%d apart) with %d entries (rows below %d, %d apart) do not fit in %d sources, %d indices, %d values and %d outputs",
 			nseg, n, ldSrc, nnz, bound, ldOut, len(src), len(idx), len(vals), len(out)))
 	}
-	lo := int32(0)
-	for _, hi := range ends {
-		if hi < lo {
-			panic("model: scatterSegs: segment ends decrease")
-		}
-		lo = hi
-	}
+	checkEnds("scatterSegs", ends)
 	switch o := any(out).(type) {
 	case []float32:
 		scatterSegs32(o, ldOut, n, ends, any(vals).([]float32), float32(alpha), idx, any(src).([]float32), ldSrc)
@@ -366,5 +354,17 @@ func transpose[T Float](dst, src []T, rows, cols int) {
 				}
 			}
 		}
+	}
+}
+
+// checkEnds panics, naming the kernel, when segment ends decrease: the
+// kernels index with them unchecked.
+func checkEnds(kernel string, ends []int32) {
+	lo := int32(0)
+	for _, hi := range ends {
+		if hi < lo {
+			panic("model: " + kernel + ": segment ends decrease")
+		}
+		lo = hi
 	}
 }
