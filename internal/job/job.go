@@ -205,12 +205,12 @@ func (j *Job) evaluate(ctx context.Context, round int) (accuracy, loss float64, 
 		accuracy, loss = j.ws.Evaluate(j.params, j.test)
 		return accuracy, loss, nil
 	}
-	params, version, _ := j.Model()
 	shards := make([]int, j.cfg.EvalShards)
 	for i := range shards {
 		shards[i] = i
 	}
-	res, err := j.hub.RunRound(ctx, coord.RoundSpec{Round: round, Version: version, Model: params, Clients: shards, Eval: true})
+	// Called from Run, the only writer of params and version.
+	res, err := j.hub.RunRound(ctx, coord.RoundSpec{Round: round, Version: j.version, Model: j.params, Clients: shards, Eval: true})
 	if err != nil {
 		return 0, 0, err
 	}
@@ -437,12 +437,10 @@ func (j *Job) Run(ctx context.Context) (Summary, error) {
 	defer j.hub.Finish("job complete")
 	start := time.Now()
 	m := cfg.PerRound()
-	sum := Summary{Rounds: j.next, Accuracy: j.accuracy, Loss: j.loss}
 	if j.next == 0 {
 		fmt.Fprintf(cfg.Out, "job: %s, %d clients (%s), %d per round, %s, lr %g, %d rounds; round 0 accuracy %.4f\n",
 			j.spec, cfg.Clients, cfg.Partition, m, j.cfg.key(j.spec)["mode"], cfg.LR, cfg.Rounds, j.accuracy)
 	}
-	mean := make([]float32, len(j.params))
 	var roundSecs []float64
 	for r := j.next; r < cfg.Rounds; r++ {
 		if cfg.Target > 0 && j.accuracy >= cfg.Target {
@@ -455,9 +453,10 @@ func (j *Job) Run(ctx context.Context) (Summary, error) {
 			}
 		}
 		clients := SelectClients(cfg.Seed, r, cfg.Clients, m+cfg.OverSelect)
-		params, version, _ := j.Model()
+		// Run is the only writer of params and version, so it reads them
+		// without the lock; RunRound takes its own copy of the weights.
 		spec := coord.RoundSpec{
-			Round: r, Version: version, Model: params, Clients: clients, Quorum: m,
+			Round: r, Version: j.version, Model: j.params, Clients: clients, Quorum: m,
 			Mode: cfg.Mode, Epochs: cfg.Epochs, Batch: cfg.Batch, LR: float32(cfg.LR), Seed: cfg.Seed,
 		}
 		if cfg.Mode == "fedsgd" {
@@ -470,13 +469,12 @@ func (j *Job) Run(ctx context.Context) (Summary, error) {
 		aggStart := time.Now()
 		var norm float64
 		if res.Updates > 0 {
-			copy(mean, res.Mean)
-			for _, x := range mean {
+			for _, x := range res.Mean {
 				norm += float64(x) * float64(x)
 			}
 			norm = math.Sqrt(norm)
 			j.mu.Lock()
-			j.opt.Step(j.params, mean)
+			j.opt.Step(j.params, res.Mean)
 			j.version++
 			j.mu.Unlock()
 		} else {
@@ -505,8 +503,7 @@ func (j *Job) Run(ctx context.Context) (Summary, error) {
 			f(Report{Round: r + 1, Rounds: cfg.Rounds, Version: j.version, Accuracy: acc, TestLoss: loss, AggSeconds: aggSecs, UpdateNorm: norm, Result: res, ETA: eta})
 		}
 	}
-	sum = j.summary(j.next, start)
-	return sum, nil
+	return j.summary(j.next, start), nil
 }
 
 // Counters is the hub's task accounting as one line, printed before the
@@ -520,10 +517,9 @@ func (j *Job) Counters() string {
 }
 
 func (j *Job) summary(rounds int, start time.Time) Summary {
-	_, _, acc := j.Model()
 	j.mu.RLock()
 	defer j.mu.RUnlock()
-	return Summary{Rounds: rounds, Accuracy: acc, Loss: j.loss, Seconds: j.elapsed + time.Since(start).Seconds()}
+	return Summary{Rounds: rounds, Accuracy: j.accuracy, Loss: j.loss, Seconds: j.elapsed + time.Since(start).Seconds()}
 }
 
 func (j *Job) save(start time.Time) error {
