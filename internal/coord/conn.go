@@ -460,7 +460,6 @@ func (h *Hub) gather(c *conn, u *wire.Update, update []float32, payloadErr error
 	t.correct, t.loss = u.Correct, u.Loss
 	r.folded++
 	r.samples += int64(t.wire.Rows)
-	r.lossSum += u.Loss * float64(t.wire.Rows)
 	r.res.Completed++
 	r.res.Tasks[c.name]++
 	h.stats.TasksCompleted++

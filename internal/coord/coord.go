@@ -217,7 +217,6 @@ type round struct {
 	first    int64                  // id of the round's first task; older ids are stale
 	busy     map[string][2]float64  // per trainer: examples processed, compute seconds
 	needed   int
-	lossSum  float64
 	res      RoundResult
 	finished chan struct{}
 	closed   bool
@@ -347,9 +346,9 @@ func (h *Hub) closeRound(r *round) *RoundResult {
 	res.Seconds = time.Since(r.start).Seconds()
 	res.Updates = r.folded
 	res.Samples = r.samples
-	switch {
-	case res.Samples == 0:
-	case r.spec.Eval:
+	if res.Samples > 0 {
+		// Losses and counts are summed in task order, so the figures do
+		// not depend on the order results arrived in.
 		var lossSum float64
 		for _, t := range r.order {
 			if t.state == done {
@@ -357,11 +356,13 @@ func (h *Hub) closeRound(r *round) *RoundResult {
 				lossSum += t.loss * float64(t.wire.Rows)
 			}
 		}
-		res.EvalLoss = lossSum / float64(res.Samples)
-	default:
-		res.Mean = make([]float32, h.cfg.Params)
-		_ = r.acc.Mean(res.Mean) // cannot fail: sizes match and weight > 0
-		res.TrainLoss = r.lossSum / float64(res.Samples)
+		if r.spec.Eval {
+			res.EvalLoss = lossSum / float64(res.Samples)
+		} else {
+			res.Mean = make([]float32, h.cfg.Params)
+			_ = r.acc.Mean(res.Mean) // cannot fail: sizes match and weight > 0
+			res.TrainLoss = lossSum / float64(res.Samples)
+		}
 	}
 	for name, b := range r.busy {
 		if b[1] > 0 {
