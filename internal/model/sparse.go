@@ -76,13 +76,7 @@ func (s *csr[T]) reserve(rows, in int) {
 // non-zero entries (NaNs included). next, if not nil, is the row that will
 // be stored after this one, which the AVX2 kernel prefetches.
 func (s *csr[T]) setRow(r int, src, next []float32) {
-	if r == 0 {
-		s.ptr = s.ptr[:1]
-		s.ptr[0] = 0
-		clear(s.cnt)
-	}
-	n := int(s.ptr[r])
-	idx, val := s.idx[n:n+len(src)], s.val[n:n+len(src)]
+	n, idx, val := s.rowSpace(r, len(src))
 	var k int
 	if v32, ok := any(val).([]float32); ok {
 		k = compact32(idx, v32, src, next, s.cnt)
@@ -92,15 +86,21 @@ func (s *csr[T]) setRow(r int, src, next []float32) {
 	s.ptr = append(s.ptr, int32(n+k))
 }
 
-// setRowT is setRow for a row of T, such as a layer's deltas.
-func (s *csr[T]) setRowT(r int, src []T) {
+// rowSpace starts row r (starting the matrix afresh at row 0) and returns
+// where its entries begin and room for up to width of them.
+func (s *csr[T]) rowSpace(r, width int) (n int, idx []int32, val []T) {
 	if r == 0 {
 		s.ptr = s.ptr[:1]
 		s.ptr[0] = 0
 		clear(s.cnt)
 	}
-	n := int(s.ptr[r])
-	idx, val := s.idx[n:n+len(src)], s.val[n:n+len(src)]
+	n = int(s.ptr[r])
+	return n, s.idx[n : n+width], s.val[n : n+width]
+}
+
+// setRowT is setRow for a row of T, such as a layer's deltas.
+func (s *csr[T]) setRowT(r int, src []T) {
+	n, idx, val := s.rowSpace(r, len(src))
 	var k int
 	if v32, ok := any(val).([]float32); ok {
 		k = compact32(idx, v32, any(src).([]float32), nil, s.cnt)
