@@ -138,7 +138,7 @@ var rows = []row{
 				{"mean", mean("fedgather_round_duration_seconds")},
 			}},
 		{title: "Aggregation time", span: 8, unit: units.Seconds, min: ptr(0),
-			desc: "Time after a round's gather: server step, evaluation and bookkeeping.",
+			desc: "Time after a round's gather: server step and bookkeeping (with -eval local, the evaluation too).",
 			q: []query{
 				{"p50", quantile("0.5", "fedgather_aggregation_duration_seconds")},
 				{"p95", quantile("0.95", "fedgather_aggregation_duration_seconds")},

@@ -429,11 +429,11 @@ func (h *Hub) gather(c *conn, u *wire.Update, update []float32, payloadErr error
 	err := payloadErr
 	switch {
 	case err != nil:
-	case r.spec.Eval && update != nil:
+	case t.eval && update != nil:
 		err = fmt.Errorf("update for eval task %d carries a tensor; eval results have no payload", u.Task)
-	case !r.spec.Eval && update == nil:
+	case !t.eval && update == nil:
 		err = fmt.Errorf("update for task %d has no tensor payload, want %d float32 values", u.Task, h.cfg.Params)
-	case r.spec.Eval && (u.Correct < 0 || u.Correct > u.Samples):
+	case t.eval && (u.Correct < 0 || u.Correct > u.Samples):
 		err = fmt.Errorf("eval task %d reports %d correct of %d examples", u.Task, u.Correct, u.Samples)
 	case u.Client != t.wire.Client:
 		err = fmt.Errorf("update for task %d names client %d, the task is for client %d", u.Task, u.Client, t.wire.Client)
@@ -444,7 +444,7 @@ func (h *Hub) gather(c *conn, u *wire.Update, update []float32, payloadErr error
 	case !(u.Loss >= 0) || u.Loss > 1e30:
 		err = fmt.Errorf("update for task %d reports training loss %v; want a finite non-negative number", u.Task, u.Loss)
 	}
-	if err == nil && !r.spec.Eval {
+	if err == nil && !t.eval {
 		err = r.acc.Add(update, int64(t.wire.Rows))
 	}
 	if err != nil {
@@ -458,12 +458,14 @@ func (h *Hub) gather(c *conn, u *wire.Update, update []float32, payloadErr error
 	}
 	t.state = done
 	t.correct, t.loss = u.Correct, u.Loss
-	r.folded++
-	r.samples += int64(t.wire.Rows)
 	r.res.Completed++
 	r.res.Tasks[c.name]++
 	h.stats.TasksCompleted++
-	if !r.spec.Eval {
+	if t.eval {
+		r.tested += int64(t.wire.Rows)
+	} else {
+		r.folded++
+		r.samples += int64(t.wire.Rows)
 		if u.Seconds > 0 && u.Seconds < 1e6 {
 			b := r.busy[c.name]
 			r.busy[c.name] = [2]float64{b[0] + float64(u.Samples*max(t.wire.Epochs, 1)), b[1] + u.Seconds}
@@ -475,16 +477,17 @@ func (h *Hub) gather(c *conn, u *wire.Update, update []float32, payloadErr error
 			ts.Seconds += u.Seconds
 		}
 	}
-	if held && !r.spec.Eval {
+	if held && !t.eval {
 		h.durations = append(h.durations, time.Since(started).Seconds())
 		if len(h.durations) > 64 {
 			h.durations = h.durations[len(h.durations)-64:]
 		}
 	}
-	if r.folded >= r.needed {
-		// Over-selection: the remaining tasks are no longer wanted.
+	if !t.eval && r.folded == r.needed {
+		// Over-selection: the remaining training tasks are no longer
+		// wanted (eval tasks still are).
 		for _, o := range r.order {
-			if o.state == queued || o.state == running {
+			if !o.eval && (o.state == queued || o.state == running) {
 				o.state = dropped
 			}
 		}

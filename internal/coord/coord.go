@@ -116,6 +116,12 @@ type Hub struct {
 	acc     *allreduce.Accumulator // reused round after round
 }
 
+// deadlineTick is how often a running round looks for tasks past their
+// deadline: a fraction of the smallest derived deadline (MinDeadline's
+// default, 50 ms), so that a straggler's task is re-issued soon after its
+// deadline rather than up to a whole tick later.
+const deadlineTick = 10 * time.Millisecond
+
 // updateReads bounds how many updates are read off the network at once;
 // other trainers' updates wait in their sockets meanwhile.
 const updateReads = 4
@@ -154,10 +160,13 @@ type RoundSpec struct {
 	Batch   int
 	LR      float32
 	Seed    uint64 // job seed; each task's seed derives from it, the round and the client
-	// Eval makes this an evaluation round: Clients index Config.EvalShards,
-	// each task evaluates Model on one test shard, and the result carries
-	// Correct and EvalLoss instead of a mean update.
-	Eval bool
+	// Evaluate adds one eval task per test shard (Config.EvalShards) to the
+	// round: each evaluates Model on its shard, and the result carries
+	// Correct, EvalSamples and EvalLoss. A round may train, evaluate or
+	// both; the job evaluates each new version in the same round as it
+	// trains from it, so that a round has one gather, not two. Eval tasks
+	// queue after the training tasks: being shorter, they fill the tail.
+	Evaluate bool
 }
 
 // RoundResult is what a round gathered.
@@ -173,10 +182,13 @@ type RoundResult struct {
 	Rates   map[string]float64
 	Dropped []int // clients whose task was given up after too many failures
 
-	// Evaluation rounds: examples classified correctly and the mean test
-	// loss, summed in task order so the figures are reproducible.
-	Correct  int64
-	EvalLoss float64
+	// Evaluation (RoundSpec.Evaluate): test examples evaluated and
+	// classified correctly, and the mean test loss, summed in task order so
+	// the figures are reproducible. EvalSamples falls short of the test
+	// set only when an eval task was dropped after repeated failures.
+	EvalSamples int64
+	Correct     int64
+	EvalLoss    float64
 
 	Assigned, Completed, Failed, Requeued, Reissued, Duplicates int
 }
@@ -193,6 +205,7 @@ const (
 type task struct {
 	wire     wire.Task
 	shard    *Shard
+	eval     bool // evaluates the model on a test shard; no update
 	state    taskState
 	inQueue  bool
 	running  map[*conn]time.Time // attempts in flight, by trainer, with start time
@@ -211,9 +224,10 @@ type round struct {
 	tasks    map[int64]*task
 	order    []*task
 	queue    []*task
-	acc      *allreduce.Accumulator // nil for evaluation rounds
-	folded   int                    // results counted
-	samples  int64                  // Σ n_k of the results counted
+	acc      *allreduce.Accumulator // nil when the round only evaluates
+	folded   int                    // training results counted
+	samples  int64                  // Σ n_k of the training results counted
+	tested   int64                  // test examples of the eval results counted
 	first    int64                  // id of the round's first task; older ids are stale
 	busy     map[string][2]float64  // per trainer: examples processed, compute seconds
 	needed   int
@@ -241,22 +255,21 @@ func (h *Hub) RunRound(ctx context.Context, spec RoundSpec) (*RoundResult, error
 	if len(spec.Model) != h.cfg.Params {
 		return nil, fmt.Errorf("round %d model has %d parameters, the job %d", spec.Round, len(spec.Model), h.cfg.Params)
 	}
-	if len(spec.Clients) == 0 {
-		return nil, fmt.Errorf("round %d selects no client", spec.Round)
+	if len(spec.Clients) == 0 && !spec.Evaluate {
+		return nil, fmt.Errorf("round %d selects no client and evaluates nothing", spec.Round)
+	}
+	if spec.Evaluate && len(h.cfg.EvalShards) == 0 {
+		return nil, fmt.Errorf("round %d evaluates, but the hub has no test shards", spec.Round)
 	}
 	needed := spec.Quorum
 	if needed <= 0 || needed > len(spec.Clients) {
 		needed = len(spec.Clients)
 	}
 	shards := h.cfg.Shards
-	if spec.Eval {
-		shards = h.cfg.EvalShards
-		spec.Mode = "eval"
-	}
 	var total int64
 	for _, k := range spec.Clients {
 		if k < 0 || k >= len(shards) {
-			return nil, fmt.Errorf("round %d selects shard %d of %d", spec.Round, k, len(shards))
+			return nil, fmt.Errorf("round %d selects client %d of %d", spec.Round, k, len(shards))
 		}
 		total += int64(shards[k].Rows)
 	}
@@ -282,7 +295,7 @@ func (h *Hub) RunRound(ctx context.Context, spec RoundSpec) (*RoundResult, error
 		h.mu.Unlock()
 		return nil, fmt.Errorf("round %d started while round %d is running", spec.Round, h.round.spec.Round)
 	}
-	if !spec.Eval {
+	if len(spec.Clients) > 0 {
 		// One accumulator serves every round: rounds never overlap.
 		var err error
 		if h.acc == nil {
@@ -297,29 +310,32 @@ func (h *Hub) RunRound(ctx context.Context, spec RoundSpec) (*RoundResult, error
 		r.acc = h.acc
 	}
 	r.first = h.nextTask + 1
-	for _, k := range spec.Clients {
+	add := func(sh *Shard, w wire.Task, eval bool) {
 		h.nextTask++
-		sh := &shards[k]
+		w.ID, w.Round, w.Version, w.Shard, w.Rows = h.nextTask, spec.Round, spec.Version, sh.Hash, sh.Rows
 		t := &task{
-			wire: wire.Task{
-				ID: h.nextTask, Round: spec.Round, Version: spec.Version, Client: k,
-				Shard: sh.Hash, Rows: sh.Rows, Mode: spec.Mode, Epochs: spec.Epochs,
-				Batch: spec.Batch, LR: spec.LR, Seed: TaskSeed(spec.Seed, spec.Round, k),
-			},
-			shard:    sh,
+			wire: w, shard: sh, eval: eval, inQueue: true,
 			running:  make(map[*conn]time.Time),
 			failedBy: make(map[string]bool),
-			inQueue:  true,
 		}
 		r.tasks[t.wire.ID] = t
 		r.order = append(r.order, t)
 		r.queue = append(r.queue, t)
 	}
+	for _, k := range spec.Clients {
+		add(&shards[k], wire.Task{Client: k, Mode: spec.Mode, Epochs: spec.Epochs, Batch: spec.Batch,
+			LR: spec.LR, Seed: TaskSeed(spec.Seed, spec.Round, k)}, false)
+	}
+	if spec.Evaluate {
+		for k := range h.cfg.EvalShards {
+			add(&h.cfg.EvalShards[k], wire.Task{Client: k, Mode: "eval"}, true)
+		}
+	}
 	h.round = r
 	h.dispatchLocked()
 	h.mu.Unlock()
 
-	tick := time.NewTicker(50 * time.Millisecond)
+	tick := time.NewTicker(deadlineTick)
 	defer tick.Stop()
 	for {
 		select {
@@ -346,23 +362,27 @@ func (h *Hub) closeRound(r *round) *RoundResult {
 	res.Seconds = time.Since(r.start).Seconds()
 	res.Updates = r.folded
 	res.Samples = r.samples
+	res.EvalSamples = r.tested
+	// Losses and counts are summed in task order, so the figures do not
+	// depend on the order results arrived in.
+	var trainLoss, evalLoss float64
+	for _, t := range r.order {
+		switch {
+		case t.state != done:
+		case t.eval:
+			res.Correct += int64(t.correct)
+			evalLoss += t.loss * float64(t.wire.Rows)
+		default:
+			trainLoss += t.loss * float64(t.wire.Rows)
+		}
+	}
 	if res.Samples > 0 {
-		// Losses and counts are summed in task order, so the figures do
-		// not depend on the order results arrived in.
-		var lossSum float64
-		for _, t := range r.order {
-			if t.state == done {
-				res.Correct += int64(t.correct)
-				lossSum += t.loss * float64(t.wire.Rows)
-			}
-		}
-		if r.spec.Eval {
-			res.EvalLoss = lossSum / float64(res.Samples)
-		} else {
-			res.Mean = make([]float32, h.cfg.Params)
-			_ = r.acc.Mean(res.Mean) // cannot fail: sizes match and weight > 0
-			res.TrainLoss = lossSum / float64(res.Samples)
-		}
+		res.Mean = make([]float32, h.cfg.Params)
+		_ = r.acc.Mean(res.Mean) // cannot fail: sizes match and weight > 0
+		res.TrainLoss = trainLoss / float64(res.Samples)
+	}
+	if res.EvalSamples > 0 {
+		res.EvalLoss = evalLoss / float64(res.EvalSamples)
 	}
 	for name, b := range r.busy {
 		if b[1] > 0 {
@@ -370,7 +390,7 @@ func (h *Hub) closeRound(r *round) *RoundResult {
 		}
 	}
 	for _, t := range r.order {
-		if t.state == dropped {
+		if t.state == dropped && !t.eval {
 			res.Dropped = append(res.Dropped, t.wire.Client)
 		}
 	}
@@ -568,17 +588,16 @@ func (h *Hub) requeueLocked(r *round, t *task) {
 	h.dispatchLocked()
 }
 
-// maybeFinishLocked closes the round once enough results are in, or once
-// nothing is left that could still produce one.
+// maybeFinishLocked closes the round once enough training results are in
+// and every eval task has its result, or once nothing is left that could
+// still produce one.
 func (h *Hub) maybeFinishLocked(r *round) {
 	if r.closed {
 		return
 	}
-	if r.folded < r.needed {
-		for _, t := range r.order {
-			if t.state == queued || t.state == running {
-				return
-			}
+	for _, t := range r.order {
+		if (t.state == queued || t.state == running) && (t.eval || r.folded < r.needed) {
+			return
 		}
 	}
 	r.closed = true

@@ -153,8 +153,9 @@ func TestRoundsWithTrainersJoiningAndLeaving(t *testing.T) {
 
 func TestTrainerStoppedMidRoundTaskRequeued(t *testing.T) {
 	// Big enough shards that the victim, 1000x slowed, holds its task for
-	// seconds.
-	f := newSizedFixture(t, 8, 2000, "mlp:64", coord.Config{})
+	// seconds; a long deadline, so that its task is not re-issued before
+	// the victim stops (this test is about requeueing on disconnect).
+	f := newSizedFixture(t, 8, 2000, "mlp:64", coord.Config{TaskDeadline: time.Minute})
 	slowCtx, stopSlow := context.WithCancel(context.Background())
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
@@ -246,7 +247,7 @@ func TestEvalRoundMatchesLocalEvaluation(t *testing.T) {
 	if err := f.hub.WaitTrainers(ctx, 2); err != nil {
 		t.Fatal(err)
 	}
-	res, err := f.hub.RunRound(ctx, coord.RoundSpec{Round: 0, Version: 0, Model: f.params, Clients: []int{0, 1, 2, 3, 4, 5}, Eval: true})
+	res, err := f.hub.RunRound(ctx, coord.RoundSpec{Round: 0, Version: 0, Model: f.params, Evaluate: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -261,10 +262,56 @@ func TestEvalRoundMatchesLocalEvaluation(t *testing.T) {
 		all.Y = append(all.Y, ds.Y...)
 	}
 	acc, loss := model.NewWorkspace(f.spec, 64).Evaluate(f.params, all)
-	if res.Samples != 300 || res.Updates != 6 || res.Mean != nil {
+	if res.EvalSamples != 300 || res.Completed != 6 || res.Updates != 0 || res.Samples != 0 || res.Mean != nil {
 		t.Fatalf("eval round result %+v", res)
 	}
-	if got := float64(res.Correct) / float64(res.Samples); got != acc || math.Abs(res.EvalLoss-loss) > 1e-9 {
+	if got := float64(res.Correct) / float64(res.EvalSamples); got != acc || math.Abs(res.EvalLoss-loss) > 1e-9 {
 		t.Fatalf("scattered evaluation: accuracy %v loss %v; local: %v %v", got, res.EvalLoss, acc, loss)
+	}
+
+	// A round that trains and evaluates the same version gathers exactly
+	// what a training round and an evaluation round gather separately.
+	train := coord.RoundSpec{Round: 1, Version: 0, Model: f.params, Clients: []int{0, 2, 4, 5},
+		Mode: "fedavg", Epochs: 1, Batch: 5, LR: 0.1, Seed: 3}
+	alone, err := f.hub.RunRound(ctx, train)
+	if err != nil {
+		t.Fatal(err)
+	}
+	train.Evaluate = true
+	both, err := f.hub.RunRound(ctx, train)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if both.Updates != 4 || both.Completed != 10 || both.Samples != alone.Samples || both.TrainLoss != alone.TrainLoss {
+		t.Fatalf("train+eval round %+v; training alone %+v", both, alone)
+	}
+	for i := range alone.Mean {
+		if both.Mean[i] != alone.Mean[i] {
+			t.Fatalf("mean[%d] = %v with evaluation in the round, %v without", i, both.Mean[i], alone.Mean[i])
+		}
+	}
+	if both.EvalSamples != res.EvalSamples || both.Correct != res.Correct || both.EvalLoss != res.EvalLoss {
+		t.Fatalf("evaluation in a training round: %d/%d loss %v; alone %d/%d loss %v",
+			both.Correct, both.EvalSamples, both.EvalLoss, res.Correct, res.EvalSamples, res.EvalLoss)
+	}
+}
+
+func TestOverSelectionKeepsEvalTasks(t *testing.T) {
+	f := newFixture(t, 6, coord.Config{})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	f.startTrainer(t, ctx, "a", 1)
+	if err := f.hub.WaitTrainers(ctx, 1); err != nil {
+		t.Fatal(err)
+	}
+	// Quorum 2 of 4 clients: the round stops training after two updates
+	// but still evaluates every test shard.
+	res, err := f.hub.RunRound(ctx, coord.RoundSpec{Round: 0, Version: 0, Model: f.params, Clients: []int{0, 1, 2, 3}, Quorum: 2,
+		Mode: "fedavg", Epochs: 1, Batch: 5, LR: 0.1, Seed: 3, Evaluate: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Updates != 2 || res.EvalSamples != 300 {
+		t.Fatalf("over-selected round with evaluation: %d updates (want 2), %d test examples (want 300)", res.Updates, res.EvalSamples)
 	}
 }

@@ -258,7 +258,11 @@ func rounds(lines []string) []roundLine {
 }
 
 // tasksPerRound is what every round completes by default: m = 10 training
-// tasks (K=100, C=0.1) and 10 evaluation tasks (-eval-shards 10).
+// tasks (K=100, C=0.1) and 10 evaluation tasks (-eval-shards 10) of the
+// version it produced. (Those run in the next round's gather, the last
+// round's in a gather of their own, so a job of R rounds completes
+// R·tasksPerRound tasks and the line of every round after the first
+// credits 20.)
 const tasksPerRound = 10 + 10
 
 var doneRE = regexp.MustCompile(`^done rounds=(\d+) accuracy=([0-9.]+) loss=([0-9.]+) seconds=([0-9.]+)$`)

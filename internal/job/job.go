@@ -198,31 +198,16 @@ func New(cfg Config) (*Job, error) {
 	return j, nil
 }
 
-// evaluate measures the current model on the test set: scattered over the
-// trainers as one eval task per test shard, or here.
-func (j *Job) evaluate(ctx context.Context, round int) (accuracy, loss float64, err error) {
-	if j.cfg.Eval == "local" {
-		accuracy, loss = j.ws.Evaluate(j.params, j.test)
-		return accuracy, loss, nil
+// evaluation reads the test-set figures of a round that evaluated the
+// current version: scattered over the trainers, or here when some test
+// shards could not be evaluated (dropped after repeated failures), rather
+// than report a partial figure.
+func (j *Job) evaluation(res *coord.RoundResult) (accuracy, loss float64) {
+	if res.EvalSamples != int64(j.test.Len()) {
+		j.cfg.Logger.Warn("evaluating on the aggregator: trainers evaluated only part of the test set", "examples", res.EvalSamples, "of", j.test.Len())
+		return j.ws.Evaluate(j.params, j.test)
 	}
-	shards := make([]int, j.cfg.EvalShards)
-	for i := range shards {
-		shards[i] = i
-	}
-	// Called from Run, the only writer of params and version.
-	res, err := j.hub.RunRound(ctx, coord.RoundSpec{Round: round, Version: j.version, Model: j.params, Clients: shards, Eval: true})
-	if err != nil {
-		return 0, 0, err
-	}
-	if res.Samples != int64(j.test.Len()) {
-		// Some test shards could not be evaluated (dropped after
-		// repeated failures): finish the job here rather than report a
-		// partial figure.
-		j.cfg.Logger.Warn("evaluating on the aggregator: trainers evaluated only part of the test set", "examples", res.Samples, "of", j.test.Len())
-		accuracy, loss = j.ws.Evaluate(j.params, j.test)
-		return accuracy, loss, nil
-	}
-	return float64(res.Correct) / float64(res.Samples), res.EvalLoss, nil
+	return float64(res.Correct) / float64(res.EvalSamples), res.EvalLoss
 }
 
 // evenSplit cuts n rows into k contiguous, near-equal parts.
@@ -430,8 +415,25 @@ func (j *Job) Handler() *http.ServeMux {
 	return mux
 }
 
+// trained is a round whose server step is done and whose new version
+// awaits its test-set evaluation.
+type trained struct {
+	round int // 0-based
+	res   *coord.RoundResult
+	agg   float64 // seconds of the server step (and of a local evaluation)
+	norm  float64 // L2 norm of the applied mean update
+}
+
 // Run runs the remaining rounds and returns the summary. Trainers are told
 // the job is done when it ends, for whatever reason.
+//
+// With evaluation on the trainers, each version is evaluated in the same
+// round as the next version is trained from it: round r+1's training tasks
+// and the eval tasks of the version round r produced share one queue and
+// one gather. Round r's line is printed, and its checkpoint written, once
+// that gather is in and before the next server step; if round r reached
+// the target accuracy, round r+1's training is discarded unapplied. The
+// versions, and so every figure, are those of evaluating before training.
 func (j *Job) Run(ctx context.Context) (Summary, error) {
 	cfg := &j.cfg
 	defer j.hub.Finish("job complete")
@@ -442,68 +444,103 @@ func (j *Job) Run(ctx context.Context) (Summary, error) {
 			j.spec, cfg.Clients, cfg.Partition, m, j.cfg.key(j.spec)["mode"], cfg.LR, cfg.Rounds, j.accuracy)
 	}
 	var roundSecs []float64
-	for r := j.next; r < cfg.Rounds; r++ {
-		if cfg.Target > 0 && j.accuracy >= cfg.Target {
+	var held *trained // awaiting evaluation in this gather
+	for r := j.next; ; r++ {
+		if held == nil && (r >= cfg.Rounds || (cfg.Target > 0 && j.accuracy >= cfg.Target)) {
 			break
 		}
 		if j.hub.Trainers() < cfg.MinTrainers {
 			fmt.Fprintf(cfg.Out, "waiting for trainers: %d of %d connected\n", j.hub.Trainers(), cfg.MinTrainers)
 			if err := j.hub.WaitTrainers(ctx, cfg.MinTrainers); err != nil {
-				return j.summary(r, start), err
+				return j.summary(j.next, start), err
 			}
 		}
-		clients := SelectClients(cfg.Seed, r, cfg.Clients, m+cfg.OverSelect)
+		train := r < cfg.Rounds
 		// Run is the only writer of params and version, so it reads them
 		// without the lock; RunRound takes its own copy of the weights.
-		spec := coord.RoundSpec{
-			Round: r, Version: j.version, Model: j.params, Clients: clients, Quorum: m,
-			Mode: cfg.Mode, Epochs: cfg.Epochs, Batch: cfg.Batch, LR: float32(cfg.LR), Seed: cfg.Seed,
-		}
-		if cfg.Mode == "fedsgd" {
-			spec.Epochs, spec.Batch = 1, 0
+		spec := coord.RoundSpec{Round: r, Version: j.version, Model: j.params, Evaluate: held != nil}
+		if train {
+			spec.Clients = SelectClients(cfg.Seed, r, cfg.Clients, m+cfg.OverSelect)
+			spec.Quorum, spec.Mode, spec.Epochs, spec.Batch, spec.LR, spec.Seed = m, cfg.Mode, cfg.Epochs, cfg.Batch, float32(cfg.LR), cfg.Seed
+			if cfg.Mode == "fedsgd" {
+				spec.Epochs, spec.Batch = 1, 0
+			}
 		}
 		res, err := j.hub.RunRound(ctx, spec)
 		if err != nil {
-			return j.summary(r, start), err
+			return j.summary(j.next, start), err
 		}
-		aggStart := time.Now()
-		var norm float64
-		if res.Updates > 0 {
-			for _, x := range res.Mean {
-				norm += float64(x) * float64(x)
+		if held != nil {
+			acc, loss := j.evaluation(res)
+			if err := j.finish(held, acc, loss, &roundSecs, start); err != nil {
+				return j.summary(j.next, start), err
 			}
-			norm = math.Sqrt(norm)
-			j.mu.Lock()
-			j.opt.Step(j.params, res.Mean)
-			j.version++
-			j.mu.Unlock()
-		} else {
-			fmt.Fprintf(cfg.Out, "round %d gathered no update; the model is unchanged\n", r+1)
-		}
-		acc, loss, err := j.evaluate(ctx, r)
-		if err != nil {
-			return j.summary(r, start), err
-		}
-		j.mu.Lock()
-		j.accuracy, j.loss = acc, loss
-		j.mu.Unlock()
-		aggSecs := time.Since(aggStart).Seconds()
-		roundSecs = append(roundSecs, res.Seconds+aggSecs)
-		eta := estimate(roundSecs, cfg.Rounds-r-1)
-		j.next = r + 1
-		// Save before printing: a round that was printed is never run again.
-		if cfg.StateDir != "" {
-			if err := j.save(start); err != nil {
-				return j.summary(r+1, start), err
+			held = nil
+			if cfg.Target > 0 && acc >= cfg.Target {
+				break // round r's training is not needed
 			}
 		}
-		fmt.Fprintf(cfg.Out, "round %d/%d acc=%.4f test_loss=%.4f train_loss=%.4f secs=%.2f updates=%d tasks=%s%s speed=%s eta=%s\n",
-			r+1, cfg.Rounds, acc, loss, res.TrainLoss, res.Seconds+aggSecs, res.Updates, formatTasks(res.Tasks), faults(res), formatRates(res.Rates), eta)
-		for _, f := range j.observers {
-			f(Report{Round: r + 1, Rounds: cfg.Rounds, Version: j.version, Accuracy: acc, TestLoss: loss, AggSeconds: aggSecs, UpdateNorm: norm, Result: res, ETA: eta})
+		if !train {
+			break
+		}
+		held = j.step(r, res)
+		if cfg.Eval == "local" {
+			t := time.Now()
+			acc, loss := j.ws.Evaluate(j.params, j.test)
+			held.agg += time.Since(t).Seconds()
+			if err := j.finish(held, acc, loss, &roundSecs, start); err != nil {
+				return j.summary(j.next, start), err
+			}
+			held = nil
 		}
 	}
 	return j.summary(j.next, start), nil
+}
+
+// step applies round r's mean update to the model: the next version.
+func (j *Job) step(r int, res *coord.RoundResult) *trained {
+	t := &trained{round: r, res: res}
+	begin := time.Now()
+	if res.Updates == 0 {
+		fmt.Fprintf(j.cfg.Out, "round %d gathered no update; the model is unchanged\n", r+1)
+		return t
+	}
+	var norm float64
+	for _, x := range res.Mean {
+		norm += float64(x) * float64(x)
+	}
+	t.norm = math.Sqrt(norm)
+	j.mu.Lock()
+	j.opt.Step(j.params, res.Mean)
+	j.version++
+	j.mu.Unlock()
+	t.agg = time.Since(begin).Seconds()
+	return t
+}
+
+// finish records a trained round's evaluation: the model's figures, the
+// checkpoint, the round line and the observers.
+func (j *Job) finish(t *trained, acc, loss float64, roundSecs *[]float64, start time.Time) error {
+	cfg := &j.cfg
+	r, res := t.round, t.res
+	j.mu.Lock()
+	j.accuracy, j.loss = acc, loss
+	j.mu.Unlock()
+	*roundSecs = append(*roundSecs, res.Seconds+t.agg)
+	eta := estimate(*roundSecs, cfg.Rounds-r-1)
+	j.next = r + 1
+	// Save before printing: a round that was printed is never run again.
+	if cfg.StateDir != "" {
+		if err := j.save(start); err != nil {
+			return err
+		}
+	}
+	fmt.Fprintf(cfg.Out, "round %d/%d acc=%.4f test_loss=%.4f train_loss=%.4f secs=%.2f updates=%d tasks=%s%s speed=%s eta=%s\n",
+		r+1, cfg.Rounds, acc, loss, res.TrainLoss, res.Seconds+t.agg, res.Updates, formatTasks(res.Tasks), faults(res), formatRates(res.Rates), eta)
+	for _, f := range j.observers {
+		f(Report{Round: r + 1, Rounds: cfg.Rounds, Version: j.version, Accuracy: acc, TestLoss: loss, AggSeconds: t.agg, UpdateNorm: t.norm, Result: res, ETA: eta})
+	}
+	return nil
 }
 
 // Counters is the hub's task accounting as one line, printed before the

@@ -99,7 +99,7 @@ func New(src Source) *Aggregator {
 		}),
 		aggSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Namespace: Namespace, Name: "aggregation_duration_seconds",
-			Help:    "Time after a round's gather: the server step, evaluation and bookkeeping.",
+			Help:    "Time after a round's gather: the server step and bookkeeping (with -eval local, the evaluation too).",
 			Buckets: AggregationBuckets,
 		}),
 	}
