@@ -360,13 +360,7 @@ func ReadTensor(r io.Reader, dst []float32) (int, error) {
 // exponent bits without branches, so it runs at memory speed, and only
 // looks for the index once it knows there is a bad value.
 func CheckFinite(v []float32) error {
-	var bad uint32
-	for _, x := range v {
-		// The exponent is all ones exactly for NaN and ±Inf; adding one
-		// exponent step then carries into the sign bit.
-		bad |= (math.Float32bits(x)&0x7f800000 + 0x00800000) >> 31
-	}
-	if bad == 0 {
+	if allFinite(v) {
 		return nil
 	}
 	for i, x := range v {
@@ -375,6 +369,41 @@ func CheckFinite(v []float32) error {
 		}
 	}
 	return nil
+}
+
+// allFinite reports whether no value of v is NaN or infinite. The exponent
+// is all ones exactly for those; masking everything else and adding one
+// exponent step then carries into the sign bit. Two values are tested per
+// 64-bit word (neither half's sum can carry into the other: each is at
+// most 0x80000000, and which half holds which value does not matter), four
+// words per iteration with independent accumulators: several times faster
+// than one value at a time.
+func allFinite(v []float32) bool {
+	const (
+		exp  = 0x7f800000_7f800000
+		step = 0x00800000_00800000
+		sign = 0x80000000_80000000
+	)
+	var b0, b1, b2, b3 uint64
+	one := func(x float32) { b0 |= uint64(math.Float32bits(x)&0x7f800000 + 0x00800000) }
+	if len(v) > 0 && uintptr(unsafe.Pointer(&v[0]))%8 != 0 {
+		one(v[0]) // align the words
+		v = v[1:]
+	}
+	w := unsafe.Slice((*uint64)(unsafe.Pointer(unsafe.SliceData(v))), len(v)/2)
+	for ; len(w) >= 4; w = w[4:] {
+		b0 |= w[0]&exp + step
+		b1 |= w[1]&exp + step
+		b2 |= w[2]&exp + step
+		b3 |= w[3]&exp + step
+	}
+	for _, x := range w {
+		b0 |= x&exp + step
+	}
+	if len(v)%2 == 1 {
+		one(v[len(v)-1])
+	}
+	return (b0|b1|b2|b3)&sign == 0
 }
 
 // ExpectEnd checks that a frame of type t has no payload left in r.

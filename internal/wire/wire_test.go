@@ -3,6 +3,7 @@ package wire
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"math"
 	"strings"
 	"testing"
@@ -150,5 +151,49 @@ func TestReadHeadMatchesDecode(t *testing.T) {
 	}
 	if err := CheckFinite([]float32{1, 2, float32(math.Inf(1))}); err == nil || !strings.Contains(err.Error(), "tensor value 2 is +Inf") {
 		t.Errorf("CheckFinite: %v", err)
+	}
+}
+
+func TestCheckFinite(t *testing.T) {
+	bads := []float32{float32(math.NaN()), float32(math.Inf(1)), float32(math.Inf(-1)), math.Float32frombits(0x7f800001), math.Float32frombits(0xffc00000)}
+	goods := []float32{0, float32(math.Copysign(0, -1)), math.MaxFloat32, -math.MaxFloat32, math.SmallestNonzeroFloat32, 1, -3.5e-20}
+	buf := make([]float32, 80)
+	for i := range buf {
+		buf[i] = goods[i%len(goods)]
+	}
+	// Every offset (aligned to 8 bytes or not), every length up to 40 and
+	// every position of one bad value.
+	for off := 0; off < 3; off++ {
+		for n := 0; n <= 40; n++ {
+			v := buf[off : off+n]
+			if err := CheckFinite(v); err != nil {
+				t.Fatalf("offset %d length %d, all finite: %v", off, n, err)
+			}
+			for p := 0; p < n; p++ {
+				for _, b := range bads {
+					keep := v[p]
+					v[p] = b
+					err := CheckFinite(v)
+					v[p] = keep
+					want := fmt.Sprintf("tensor value %d is", p)
+					if err == nil || !strings.Contains(err.Error(), want) {
+						t.Fatalf("offset %d length %d, %v at %d: got %v, want an error naming value %d", off, n, b, p, err, p)
+					}
+				}
+			}
+		}
+	}
+}
+
+func BenchmarkCheckFinite(b *testing.B) {
+	v := make([]float32, 199210)
+	for i := range v {
+		v[i] = float32(i%101) * 1e-3
+	}
+	b.SetBytes(int64(4 * len(v)))
+	for b.Loop() {
+		if err := CheckFinite(v); err != nil {
+			b.Fatal(err)
+		}
 	}
 }
