@@ -401,7 +401,8 @@ func sectionAggregate(r *results, w func(string, ...any)) {
 	w("\nThe issue measured about 2.4 GB/s before this work (a scalar loop, with three range checks per update on the hub's path); the *generic* rows are today's portable Go kernel, measured with `-tags purego`. ")
 	w("What changed (`internal/allreduce`): an AVX2 kernel converts each value to fixed point exactly with the float64 trick `bits(v + 1.5·2^52) − bits(1.5·2^52)`, four float64 lanes per instruction and 32 values per loop iteration, selected at start-up by CPUID; ")
 	w("the portable Go kernel computes the same IEEE operations and gives bit-identical sums (tested bit for bit, and `-tags purego` forces it). ")
-	w("Validation and folding are one pass: each 2,048-value chunk is range-checked while it is still in L1 and then folded, and a bad value rolls the folded chunks back exactly. ")
+	w("Validation and folding are one pass, fused in the kernel: each block of 32 values is range-checked and folded only if it is clean, so the update is read from memory once; at a bad value the kernel stops and the values already folded are subtracted again, which restores the sum exactly. ")
+	w("On Linux the sum is allocated on transparent huge pages (`madvise`), which speeds up streaming it once it no longer fits in the caches. ")
 	w("The scale rule changed to keep every term within the trick's exact range: frac = 51 − ⌈log2(MaxAbs·maxWeight)⌉, total weight at most 2^29 (see `NewAccumulator`).\n\n")
 	for _, a := range mainAggregate(r) {
 		if a.Ratio.Median >= a.Target {
@@ -409,6 +410,7 @@ func sectionAggregate(r *results, w func(string, ...any)) {
 		}
 		w("**%s misses the %.1f× target.** The fold is a read-modify-write of an int64 sum: per value it reads 4 bytes of update and 8 of sum and writes 8 of sum, 20 bytes of memory traffic, where copy() reads 4 and writes 4 (and at this size Go's memmove uses non-temporal stores, so it does not even read the destination). ", a.Case, a.Target)
 		w("Once the 192 MiB of update and sum no longer fit in the caches, both are bound by memory bandwidth, and at equal bandwidth the traffic alone predicts 8/20 = 0.4× for a 64-bit exact sum; measured: %.2f× (the two access patterns do not reach exactly the same bandwidth, and the copy's figure varies most from run to run). ", a.Ratio.Median)
+		w("What binds is the read side: one core reads from memory more slowly than copy() moves bytes with its non-temporal stores, and the fold must read 12 bytes per value; a pass that only reads the update and the sum, with no arithmetic and no writes, runs at about the fold's speed, and software prefetching, non-temporal stores to the sum and other chunk sizes did not help. ")
 		w("Reaching 0.5× would need a narrower sum (for example 32-bit partial sums flushed every few updates, which gives up the simple overflow bound) and is not worth the exactness risk: at the 2NN's 0.8 MB, the size this system runs, everything stays in cache and the target is met.\n\n")
 	}
 }
@@ -613,7 +615,7 @@ func sectionScale(r *results, w func(string, ...any)) {
 		w("A finding for the owners of `cmd/aggregator` and `internal/coord`: at the end of a job the aggregator exits before its connection writers have flushed the `done` frames (`Hub.Finish` only queues them), so many trainers see the connection drop instead of `done` (the *closed* column); a real trainer then reconnects with back-off to an aggregator that is gone instead of exiting. Waiting for the writers to drain (with a bound) before exiting would fix it.\n\n")
 	}
 	if reissued > 0 {
-		w("Another: with %d trainers and %d updates per round, %d tasks outlived the derived deadline (2 × the median task time, at least 500 ms) because the aggregator itself was the bottleneck, and were re-issued; their second copies arrive as duplicates or stale updates, adding load where there is least to spare. That run's task accounting: `%s`.\n\n", worst.Trainers, worst.PerRound, reissued, worst.Accounting)
+		w("Another: with %d trainers and %d updates per round, %d tasks outlived the derived deadline (2 × the median task time, at least 50 ms) because the aggregator itself was the bottleneck, and were re-issued; their second copies arrive as duplicates or stale updates, adding load where there is least to spare. That run's task accounting: `%s`.\n\n", worst.Trainers, worst.PerRound, reissued, worst.Accounting)
 	}
 }
 
@@ -653,7 +655,7 @@ func sectionEndToEnd(r *results, w func(string, ...any)) {
 		wall2 := 1 / e.Two.Median
 		w("Measured: %s ms per round. ", f(wall2*1e3))
 		if wall2 > 1.05*floor2 {
-			w("The difference is waiting: by default each round gathers twice (training, then the scattered evaluation), and each gather ends only when its last task is in, while the other trainer idles. ")
+			w("The difference is waiting: each round ends with one gather (its training tasks and the eval tasks of the previous version, in one queue), which ends only when its last task is in, while the other trainer idles; and the aggregator's step between two rounds is on the critical path. ")
 		} else {
 			w("The runs sit at that bound: they are limited by the CPU available. ")
 		}
@@ -700,15 +702,15 @@ func sectionEndToEnd(r *results, w func(string, ...any)) {
 	case met:
 		w("The target is met.\n\n")
 	case len(quiet) == pairs && pairs > 0:
-		w("**The target is missed**, on a machine otherwise idle in every repeat (%.2f×–%.2f×): two cores hold two trainers *and* the aggregator, which leaves the bound computed above little room, and the waits at the end of each gather take most of the rest", slices.Min(quiet), slices.Max(quiet))
+		w("**The target is missed**, on a machine otherwise idle in every repeat (%.2f×–%.2f×): two cores hold two trainers *and* the aggregator, which leaves the bound computed above little room, and the wait at the end of each round's gather takes most of the rest", slices.Min(quiet), slices.Max(quiet))
 		if slices.Max(quiet) >= e.Target {
 			w("; some runs land above the target and some below")
 		}
-		w(". Scattering the evaluation of a new version together with the next round's training (both start from the same version) would remove one of the two waits per round.\n\n")
+		w(".\n\n")
 	case len(quiet) > 0 && slices.Max(quiet) >= e.Target:
 		w("**The median misses the target, but the repeats with the machine otherwise idle reach it** (%.2f×–%.2f×): the misses come from other processes taking CPU from the two-trainer runs on this shared machine.\n\n", slices.Min(quiet), slices.Max(quiet))
 	case len(quiet) > 0:
-		w("**The target is missed** even in the repeats with the machine otherwise idle (%.2f×–%.2f×): two cores hold two trainers *and* the aggregator, which bounds the speed-up as computed above, and the waits at the end of each gather take the rest. Scattering the evaluation of a new version together with the next round's training (both start from the same version) would remove one of the two waits per round.\n\n", slices.Min(quiet), slices.Max(quiet))
+		w("**The target is missed** even in the repeats with the machine otherwise idle (%.2f×–%.2f×): two cores hold two trainers *and* the aggregator, which bounds the speed-up as computed above, and the wait at the end of each round's gather takes the rest.\n\n", slices.Min(quiet), slices.Max(quiet))
 	default:
 		w("**The target is missed, and no repeat had the machine to itself**: other processes kept %s cores busy on average during the two-trainer runs (median), leaving about %.1f cores for an aggregator and two trainers whose work needs two; rerun `bash bench/run endtoend` on an idle machine to check the target.\n\n", load(e.TwoOtherCores.Median), free)
 	}
