@@ -19,6 +19,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -108,11 +109,19 @@ type Job struct {
 	ws     *model.Workspace
 	jobKey map[string]string
 
-	mu       sync.RWMutex // guards params, version, accuracy for HTTP readers
-	params   []float32
-	version  int
-	accuracy float64
-	loss     float64
+	// params and version are the newest weights; Run is their only
+	// reader and writer.
+	params  []float32
+	version int
+
+	// evaluated is the newest version whose test-set figures are known
+	// (params, once its evaluation is in), with those figures: what the
+	// checkpoint, the exports, /v1/model and /healthz show. mu guards them.
+	mu               sync.RWMutex
+	evaluated        []float32
+	evaluatedVersion int
+	accuracy         float64
+	loss             float64
 
 	next      int     // next round to run
 	elapsed   float64 // seconds trained before this process (from a checkpoint)
@@ -195,6 +204,7 @@ func New(cfg Config) (*Job, error) {
 		}
 	}
 	j.accuracy, j.loss = j.ws.Evaluate(j.params, j.test)
+	j.evaluated, j.evaluatedVersion = slices.Clone(j.params), j.version
 	return j, nil
 }
 
@@ -401,7 +411,7 @@ func (j *Job) Observe(f func(Report)) { j.observers = append(j.observers, f) }
 func (j *Job) Model() (params []float32, version int, accuracy float64) {
 	j.mu.RLock()
 	defer j.mu.RUnlock()
-	return append([]float32(nil), j.params...), j.version, j.accuracy
+	return slices.Clone(j.evaluated), j.evaluatedVersion, j.accuracy
 }
 
 // Handler serves the trainers' websocket endpoint and /healthz.
@@ -510,10 +520,8 @@ func (j *Job) step(r int, res *coord.RoundResult) *trained {
 		norm += float64(x) * float64(x)
 	}
 	t.norm = math.Sqrt(norm)
-	j.mu.Lock()
 	j.opt.Step(j.params, res.Mean)
 	j.version++
-	j.mu.Unlock()
 	t.agg = time.Since(begin).Seconds()
 	return t
 }
@@ -524,7 +532,8 @@ func (j *Job) finish(t *trained, acc, loss float64, roundSecs *[]float64, start 
 	cfg := &j.cfg
 	r, res := t.round, t.res
 	j.mu.Lock()
-	j.accuracy, j.loss = acc, loss
+	copy(j.evaluated, j.params)
+	j.evaluatedVersion, j.accuracy, j.loss = j.version, acc, loss
 	j.mu.Unlock()
 	*roundSecs = append(*roundSecs, res.Seconds+t.agg)
 	eta := estimate(*roundSecs, cfg.Rounds-r-1)

@@ -9,5 +9,5 @@ package job
 func (j *Job) State() Report {
 	j.mu.RLock()
 	defer j.mu.RUnlock()
-	return Report{Round: j.next, Rounds: j.cfg.Rounds, Version: j.version, Accuracy: j.accuracy, TestLoss: j.loss}
+	return Report{Round: j.next, Rounds: j.cfg.Rounds, Version: j.evaluatedVersion, Accuracy: j.accuracy, TestLoss: j.loss}
 }
