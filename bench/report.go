@@ -402,7 +402,7 @@ func sectionAggregate(r *results, w func(string, ...any)) {
 	w("What changed (`internal/allreduce`): an AVX2 kernel converts each value to fixed point exactly with the float64 trick `bits(v + 1.5·2^52) − bits(1.5·2^52)`, four float64 lanes per instruction and 32 values per loop iteration, selected at start-up by CPUID; ")
 	w("the portable Go kernel computes the same IEEE operations and gives bit-identical sums (tested bit for bit, and `-tags purego` forces it). ")
 	w("Validation and folding are one pass, fused in the kernel: each block of 32 values is range-checked and folded only if it is clean, so the update is read from memory once; at a bad value the kernel stops and the values already folded are subtracted again, which restores the sum exactly. ")
-	w("On Linux the sum is allocated on transparent huge pages (`madvise`), which speeds up streaming it once it no longer fits in the caches. ")
+	w("Once per 4 KiB page of the update and of the sum, the kernel prefetches one line 32,768 values ahead, so that the page's TLB walk and the hardware prefetchers (which stop at page boundaries) start early. ")
 	w("The scale rule changed to keep every term within the trick's exact range: frac = 51 − ⌈log2(MaxAbs·maxWeight)⌉, total weight at most 2^29 (see `NewAccumulator`).\n\n")
 	for _, a := range mainAggregate(r) {
 		if a.Ratio.Median >= a.Target {
@@ -410,7 +410,7 @@ func sectionAggregate(r *results, w func(string, ...any)) {
 		}
 		w("**%s misses the %.1f× target.** The fold is a read-modify-write of an int64 sum: per value it reads 4 bytes of update and 8 of sum and writes 8 of sum, 20 bytes of memory traffic, where copy() reads 4 and writes 4 (and at this size Go's memmove uses non-temporal stores, so it does not even read the destination). ", a.Case, a.Target)
 		w("Once the 192 MiB of update and sum no longer fit in the caches, both are bound by memory bandwidth, and at equal bandwidth the traffic alone predicts 8/20 = 0.4× for a 64-bit exact sum; measured: %.2f× (the two access patterns do not reach exactly the same bandwidth, and the copy's figure varies most from run to run). ", a.Ratio.Median)
-		w("What binds is the read side: one core reads from memory more slowly than copy() moves bytes with its non-temporal stores, and the fold must read 12 bytes per value; a pass that only reads the update and the sum, with no arithmetic and no writes, runs at about the fold's speed, and software prefetching, non-temporal stores to the sum and other chunk sizes did not help. ")
+		w("What binds is the read side: one core reads from memory more slowly than copy() moves bytes with its non-temporal stores, and the fold must read 12 bytes per value; a pass that only reads the update and the sum, with no arithmetic and no writes, is no faster than the fold; prefetching every line, non-temporal stores to the sum and other chunk sizes did not help. ")
 		w("Reaching 0.5× would need a narrower sum (for example 32-bit partial sums flushed every few updates, which gives up the simple overflow bound) and is not worth the exactness risk: at the 2NN's 0.8 MB, the size this system runs, everything stays in cache and the target is met.\n\n")
 	}
 }

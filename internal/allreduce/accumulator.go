@@ -152,19 +152,21 @@ func badValue(u []float32, offset int) error {
 	return nil
 }
 
-// foldChunk is how many values Add checks before folding them: small enough
-// that the chunk is still in the L1 cache when it is folded, so the update
-// crosses the memory bus once.
-const foldChunk = 2048
+// foldChunk is how many values Add folds per call of the checked kernel.
+// The check is fused into the fold, so the chunk no longer needs to fit in
+// L1; it only keeps each assembly call short (an assembly loop cannot be
+// preempted, and a 64 MiB update takes milliseconds). It is a multiple of
+// checkBlock, so chunks do not split the check's blocks.
+const foldChunk = 1 << 14
 
 // Add validates update and folds weight·update into the sum. An update that
 // fails validation leaves the accumulator unchanged.
 //
-// Checking and folding are one pass: each chunk of the update is checked,
-// then folded while it is in cache. When a chunk holds a bad value, the
-// chunks already folded are subtracted again, which restores the sum
-// exactly: fixed-point addition is exact, and the rounding of −x·w is the
-// negation of that of x·w.
+// Checking and folding are one pass: the kernel range-checks each block of
+// 32 values and folds it only if it is clean (foldCheckedGeneric). When a
+// block holds a bad value, the values already folded are subtracted again,
+// which restores the sum exactly: fixed-point addition is exact, and the
+// rounding of −x·w is the negation of that of x·w.
 func (a *Accumulator) Add(update []float32, weight int64) error {
 	if err := a.checkShape(update, weight); err != nil {
 		return err
@@ -173,11 +175,12 @@ func (a *Accumulator) Add(update []float32, weight int64) error {
 	s := a.sum
 	for lo := 0; lo < len(update); lo += foldChunk {
 		hi := min(lo+foldChunk, len(update))
-		if !inRange(update[lo:hi]) {
-			fold(s[:lo], update[:lo], -f)
-			return badValue(update[lo:hi], lo)
+		if k := lo + foldChecked(s[lo:hi], update[lo:hi], f); k < hi {
+			// Everything before k is folded, and clean: the first bad
+			// value is at k or after.
+			fold(s[:k], update[:k], -f)
+			return badValue(update[k:], k)
 		}
-		fold(s[lo:hi], update[lo:hi], f)
 	}
 	a.weight += weight
 	a.count++

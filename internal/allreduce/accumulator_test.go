@@ -262,9 +262,10 @@ func TestScaleAtTheEdges(t *testing.T) {
 	}
 }
 
-// TestRejectedUpdateLeavesSumUnchanged puts a bad value in each chunk of an
-// update (the fold rolls back the chunks it already added) and checks that
-// the sum is bit-identical to before.
+// TestRejectedUpdateLeavesSumUnchanged puts a bad value at every class of
+// position of an update (every lane of a block, around chunk boundaries, in
+// the tail; the fold rolls back the values it already added) and checks the
+// error names it and the sum is bit-identical to before.
 func TestRejectedUpdateLeavesSumUnchanged(t *testing.T) {
 	r := rand.New(rand.NewPCG(7, 8))
 	const n = 3*foldChunk + 45
@@ -279,8 +280,8 @@ func TestRejectedUpdateLeavesSumUnchanged(t *testing.T) {
 		}
 	}
 	before := slices.Clone(a.sum)
-	for _, pos := range []int{0, 1, foldChunk - 1, foldChunk, 2*foldChunk + 7, n - 1} {
-		for _, bad := range []float32{float32(math.NaN()), float32(math.Inf(-1)), -2 * MaxAbs} {
+	for _, pos := range badPositions(r, n) {
+		for _, bad := range badValues {
 			u := slices.Clone(us[2])
 			u[pos] = bad
 			err := a.Add(u, ws[2])

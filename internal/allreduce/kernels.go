@@ -38,6 +38,30 @@ func foldGeneric(s []int64, x []float32, f float64) {
 	}
 }
 
+// checkBlock is the number of values the checked fold range-checks before
+// it folds them. Every implementation checks the same blocks, the first
+// starting at index 0, so they stop at the same place; the AVX2 kernel folds
+// one block per loop iteration.
+const checkBlock = 32
+
+// foldCheckedGeneric folds x into s as foldGeneric does, one block of
+// checkBlock values at a time, each checked as by inRangeGeneric before it is
+// folded. At the first block holding a NaN, an infinity or a value beyond
+// ±MaxAbs it stops, without folding anything of that block, and returns the
+// index where the block starts; it returns len(x) when it folded every value.
+// Subtracting the fold of x[:k] with −f then restores s exactly.
+func foldCheckedGeneric(s []int64, x []float32, f float64) int {
+	s = s[:len(x)]
+	for lo := 0; lo < len(x); lo += checkBlock {
+		hi := min(lo+checkBlock, len(x))
+		if !inRangeGeneric(x[lo:hi]) {
+			return lo
+		}
+		foldGeneric(s[lo:hi], x[lo:hi], f)
+	}
+	return len(x)
+}
+
 // inRangeGeneric reports whether every value of x is finite and within
 // ±MaxAbs.
 func inRangeGeneric(x []float32) bool {

@@ -7,11 +7,15 @@ package allreduce
 var useAVX2 = cpuHasAVX2()
 
 // avx2Block is the number of elements the assembly kernels handle per loop
-// iteration; the remainder goes to the generic kernels.
-const avx2Block = 32
+// iteration; the remainder goes to the generic kernels. It is also the
+// checked fold's block (checkBlock).
+const avx2Block = checkBlock
 
 //go:noescape
 func foldAVX2(sum *int64, x *float32, n int, f float64)
+
+//go:noescape
+func foldCheckedAVX2(sum *int64, x *float32, n int, f float64) int
 
 //go:noescape
 func inRangeAVX2(x *float32, n int) bool
@@ -38,6 +42,21 @@ func fold(s []int64, x []float32, f float64) {
 		s, x = s[n:], x[n:]
 	}
 	foldGeneric(s, x, f)
+}
+
+// foldChecked is foldCheckedGeneric's checked fold: the AVX2 kernel takes the
+// whole blocks, the generic one the remainder, a last block shorter than
+// checkBlock that starts where it would in foldCheckedGeneric.
+func foldChecked(s []int64, x []float32, f float64) int {
+	n := len(x) &^ (avx2Block - 1)
+	if useAVX2 && n > 0 {
+		s = s[:len(x)]
+		if k := foldCheckedAVX2(&s[0], &x[0], n, f); k < n {
+			return k
+		}
+		return n + foldCheckedGeneric(s[n:], x[n:], f)
+	}
+	return foldCheckedGeneric(s, x, f)
 }
 
 func inRange(x []float32) bool {

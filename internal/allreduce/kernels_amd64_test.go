@@ -63,11 +63,25 @@ func TestAVX2KernelsMatchGeneric(t *testing.T) {
 		if got, want := inRangeAVX2(&x[0], n), inRangeGeneric(x); got != want {
 			t.Fatalf("trial %d: inRange avx2 %v, generic %v", trial, got, want)
 		}
+		// The checked fold, on the same values with bad ones planted in
+		// half the trials: the same stopping block and the same sums.
+		if trial%2 == 1 {
+			for range 1 + r.IntN(3) {
+				x[r.IntN(n)] = badValues[r.IntN(len(badValues))]
+			}
+		}
+		got = slices.Clone(want)
+		kw := foldCheckedGeneric(want, x, f)
+		kg := foldCheckedAVX2(&got[0], &x[0], n, f)
+		if kg != kw || !slices.Equal(got, want) {
+			t.Fatalf("trial %d: checked fold stopped at %d (avx2), %d (generic), sums equal: %v", trial, kg, kw, slices.Equal(got, want))
+		}
 	}
 }
 
 // TestAVX2RangeCheckFindsEveryBadValue puts one bad value at every position
-// of a block and checks the assembly range check reports it.
+// of four blocks and checks that the assembly range check reports it and
+// that the checked fold stops at its block without writing anything of it.
 func TestAVX2RangeCheckFindsEveryBadValue(t *testing.T) {
 	if !useAVX2 {
 		t.Skip("this CPU has no AVX2; the generic kernels are in use")
@@ -85,12 +99,25 @@ func TestAVX2RangeCheckFindsEveryBadValue(t *testing.T) {
 	if !inRangeAVX2(&x[0], n) {
 		t.Fatal("±MaxAbs reported out of range")
 	}
+	sum := make([]int64, n)
+	if k := foldCheckedAVX2(&sum[0], &x[0], n, 1); k != n {
+		t.Fatalf("±MaxAbs stopped the checked fold at %d", k)
+	}
 	for i := range x {
 		for _, b := range bad {
 			old := x[i]
 			x[i] = b
 			if inRangeAVX2(&x[0], n) || inRangeGeneric(x) {
 				t.Fatalf("%v at %d not reported (avx2 %v, generic %v)", b, i, inRangeAVX2(&x[0], n), inRangeGeneric(x))
+			}
+			clear(sum)
+			if k := foldCheckedAVX2(&sum[0], &x[0], n, 1); k != i&^(avx2Block-1) {
+				t.Fatalf("%v at %d: checked fold stopped at %d, want %d", b, i, k, i&^(avx2Block-1))
+			}
+			for j, v := range sum[i&^(avx2Block-1):] {
+				if v != 0 {
+					t.Fatalf("%v at %d: the checked fold wrote sum[%d] at or after the bad block", b, i, i&^(avx2Block-1)+j)
+				}
 			}
 			x[i] = old
 		}
