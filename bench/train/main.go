@@ -2,7 +2,8 @@
 // for comparison with the PyTorch anchor bench/pytorch_train.py, which runs
 // the same configurations and prints the same format.
 //
-//	go run ./bench/train                  # pure-Go build (gonum BLAS)
+//	go run ./bench/train                  # default build: no cgo (gonum BLAS, our Go assembly kernels)
+//	go run -tags purego ./bench/train     # no assembly of ours: portable Go kernels
 //	go run -tags openblas ./bench/train   # OpenBLAS build (cgo)
 //
 // For each configuration (model logreg or 2nn, batch size B) it trains one
@@ -27,7 +28,7 @@
 // same ones):
 //
 //	impl                  "fedgather" here, "pytorch" for the anchor
-//	build                 the BLAS backend compiled in: "gonum" or "openblas"
+//	build                 the build: "gonum" (default), "purego" or "openblas"
 //	                      (PyTorch: "torch-" and its version)
 //	model                 "logreg" (784-10) or "2nn" (784-200-200-10)
 //	batch                 minibatch size B
@@ -176,7 +177,7 @@ func main() {
 	for _, c := range configs {
 		r := result{
 			Impl:         "fedgather",
-			Build:        model.Backend,
+			Build:        buildName,
 			Model:        c.name,
 			Batch:        c.batch,
 			Median:       round(median(c.rates), 1),
