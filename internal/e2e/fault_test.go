@@ -231,7 +231,9 @@ func TestChaos(t *testing.T) {
 	live := []*proc{}
 	next := 1
 	spawn := func() {
-		live = append(live, trainer(t, addr, fmt.Sprintf("c%d", next), "-slowdown", "3"))
+		// Slowed down so that the run lasts long enough for many kills
+		// (the speed of training must not make the test trivial).
+		live = append(live, trainer(t, addr, fmt.Sprintf("c%d", next), "-slowdown", "10"))
 		next++
 	}
 	for i := 0; i < 3; i++ {
@@ -262,6 +264,9 @@ func TestChaos(t *testing.T) {
 	fmt.Sscan(got[2], &accGot)
 	fmt.Sscan(want[2], &accWant)
 	t.Logf("%d trainers killed; accuracy %.4f vs fault-free %.4f; counters %v", kills, accGot, accWant, c)
+	if kills < 10 {
+		t.Errorf("only %d trainers were killed before the job ended; the test needs at least 10 to mean anything", kills)
+	}
 	if math.Abs(accGot-accWant) > 0.005 {
 		t.Errorf("accuracy %.4f differs from the fault-free %.4f by more than 0.5 points", accGot, accWant)
 	}
