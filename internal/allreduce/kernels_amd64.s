@@ -34,6 +34,40 @@ no:
 	MOVB $0, ret+0(FP)
 	RET
 
+// MAGIC puts the bits of 1.5·2^52 in every lane of Y14 (uses AX).
+#define MAGIC \
+	MOVQ         $0x4338000000000000, AX; \
+	MOVQ         AX, X14; \
+	VPBROADCASTQ X14, Y14
+
+// RANGE puts the magnitude mask 0x7fffffff in every 32-bit lane of Y13 and
+// the bits of float32(MaxAbs) in every lane of Y12 (uses AX).
+#define RANGE \
+	MOVL         $0x7fffffff, AX; \
+	MOVQ         AX, X13; \
+	VPBROADCASTD X13, Y13; \
+	MOVL         $0x46800000, AX; \
+	MOVQ         AX, X12; \
+	VPBROADCASTD X12, Y12
+
+// OUT32 sets the lanes of Y0 that correspond to an out-of-range value among
+// the 32 at SI, given RANGE's constants: the magnitude bits, compared as
+// signed 32-bit integers with those of MaxAbs, exceed them exactly for
+// values beyond ±MaxAbs, NaN and ±Inf. Y0 is zero when all 32 are in range.
+// It uses Y0–Y3 and leaves SI unchanged.
+#define OUT32 \
+	VPAND    (SI), Y13, Y0; \
+	VPAND    32(SI), Y13, Y1; \
+	VPAND    64(SI), Y13, Y2; \
+	VPAND    96(SI), Y13, Y3; \
+	VPCMPGTD Y12, Y0, Y0; \
+	VPCMPGTD Y12, Y1, Y1; \
+	VPCMPGTD Y12, Y2, Y2; \
+	VPCMPGTD Y12, Y3, Y3; \
+	VPOR     Y0, Y1, Y0; \
+	VPOR     Y2, Y3, Y2; \
+	VPOR     Y0, Y2, Y0
+
 // FOLD32 folds the 32 values at SI into the 32 sums at DI, given f in Y15
 // and the bits of 1.5·2^52 in Y14, by the same operations as foldGeneric:
 // convert to float64 (four lanes per register), multiply by f, add
@@ -97,9 +131,7 @@ TEXT ·foldAVX2(SB), NOSPLIT, $0-32
 	MOVQ         x+8(FP), SI
 	MOVQ         n+16(FP), CX
 	VBROADCASTSD f+24(FP), Y15
-	MOVQ         $0x4338000000000000, AX
-	MOVQ         AX, X14
-	VPBROADCASTQ X14, Y14
+	MAGIC
 	SHRQ         $5, CX
 	JZ           folddone
 
@@ -129,15 +161,8 @@ TEXT ·foldCheckedAVX2(SB), NOSPLIT, $0-40
 	MOVQ         x+8(FP), SI
 	MOVQ         n+16(FP), CX
 	VBROADCASTSD f+24(FP), Y15
-	MOVQ         $0x4338000000000000, AX
-	MOVQ         AX, X14
-	VPBROADCASTQ X14, Y14
-	MOVL         $0x7fffffff, AX
-	MOVQ         AX, X13
-	VPBROADCASTD X13, Y13
-	MOVL         $0x46800000, AX
-	MOVQ         AX, X12
-	VPBROADCASTD X12, Y12
+	MAGIC
+	RANGE
 	MOVQ         SI, R8
 	SHRQ         $5, CX
 	JZ           checkeddone
@@ -163,23 +188,10 @@ sumpage:
 	PREFETCHT0 262144(DI)
 
 check:
-	// The magnitude bits of the 32 values, compared as signed 32-bit
-	// integers with those of MaxAbs: a lane is all ones when the value is
-	// out of range, NaN or ±Inf. One test of the OR of the four compares
-	// decides the block.
-	VPAND    (SI), Y13, Y8
-	VPAND    32(SI), Y13, Y9
-	VPAND    64(SI), Y13, Y10
-	VPAND    96(SI), Y13, Y11
-	VPCMPGTD Y12, Y8, Y8
-	VPCMPGTD Y12, Y9, Y9
-	VPCMPGTD Y12, Y10, Y10
-	VPCMPGTD Y12, Y11, Y11
-	VPOR     Y8, Y9, Y8
-	VPOR     Y10, Y11, Y10
-	VPOR     Y8, Y10, Y8
-	VPTEST   Y8, Y8
-	JNZ      checkeddone
+	// One test decides the block.
+	OUT32
+	VPTEST Y0, Y0
+	JNZ    checkeddone
 
 	// A clean block: fold it and move on.
 	FOLD32
@@ -204,32 +216,17 @@ checkeddone:
 TEXT ·inRangeAVX2(SB), NOSPLIT, $0-17
 	MOVQ         x+0(FP), SI
 	MOVQ         n+8(FP), CX
-	MOVL         $0x7fffffff, AX
-	MOVQ         AX, X13
-	VPBROADCASTD X13, Y13
-	MOVL         $0x46800000, AX
-	MOVQ         AX, X12
-	VPBROADCASTD X12, Y12
+	RANGE
 	VPXOR        Y8, Y8, Y8
 	SHRQ         $5, CX
 	JZ           rangedone
 
 rangeloop:
-	VPAND    (SI), Y13, Y0
-	VPAND    32(SI), Y13, Y1
-	VPAND    64(SI), Y13, Y2
-	VPAND    96(SI), Y13, Y3
-	VPCMPGTD Y12, Y0, Y0
-	VPCMPGTD Y12, Y1, Y1
-	VPCMPGTD Y12, Y2, Y2
-	VPCMPGTD Y12, Y3, Y3
-	VPOR     Y0, Y1, Y0
-	VPOR     Y2, Y3, Y2
-	VPOR     Y0, Y8, Y8
-	VPOR     Y2, Y8, Y8
-	ADDQ     $128, SI
-	DECQ     CX
-	JNZ      rangeloop
+	OUT32
+	VPOR Y0, Y8, Y8
+	ADDQ $128, SI
+	DECQ CX
+	JNZ  rangeloop
 
 rangedone:
 	VPTEST    Y8, Y8
@@ -246,9 +243,7 @@ TEXT ·scaleMeanAVX2(SB), NOSPLIT, $0-32
 	MOVQ         sum+8(FP), SI
 	MOVQ         n+16(FP), CX
 	VBROADCASTSD inv+24(FP), Y15
-	MOVQ         $0x4338000000000000, AX
-	MOVQ         AX, X14
-	VPBROADCASTQ X14, Y14
+	MAGIC
 	SHRQ         $5, CX
 	JZ           meandone
 
