@@ -100,6 +100,59 @@ func TestSameModelWithOneOrThreeTrainers(t *testing.T) {
 	t.Logf("1 trainer and 3 trainers: all %d parameters bit-identical", len(models[0]))
 }
 
+// TestTargetStopsAtTheFirstVersionThatReachesIt runs to a target accuracy.
+// A version is evaluated in the same gather as the next round's training,
+// so when it reaches the target that training has been done too: it must
+// be discarded, not applied. The run must stop at the first round whose
+// version reaches the target, and its checkpoint must hold exactly the
+// model of a run of that many rounds.
+func TestTargetStopsAtTheFirstVersionThatReachesIt(t *testing.T) {
+	const target = 0.86
+	state := t.TempDir()
+	lines := trainRounds(t, 2, "-rounds", "10", "-target", fmt.Sprint(target), "-min-trainers", "2", "-state", state)
+	rs := rounds(lines)
+	if len(rs) < 2 || rs[len(rs)-1].acc < target || rs[len(rs)-2].acc >= target {
+		t.Fatalf("round lines %+v: want them to end at the first round reaching %.2f", rs, target)
+	}
+	n := len(rs)
+	var done []string
+	for _, l := range lines {
+		if m := doneRE.FindStringSubmatch(l); m != nil {
+			done = m
+		}
+	}
+	if done == nil || done[1] != fmt.Sprint(n) || done[2] != fmt.Sprintf("%.4f", rs[n-1].acc) {
+		t.Fatalf("summary %q after %d rounds ending at accuracy %.4f", done, n, rs[n-1].acc)
+	}
+	// Every round's training and evaluation, plus the training of round
+	// n+1, gathered with round n's evaluation and then discarded.
+	c := counters(t, lines)
+	if c["completed"] != int64(n*tasksPerRound+10) {
+		t.Errorf("completed=%d; want %d rounds × %d + 10 discarded training tasks", c["completed"], n, tasksPerRound)
+	}
+	got, err := checkpoint.Load(state)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ref := t.TempDir()
+	trainRounds(t, 2, "-rounds", fmt.Sprint(n), "-min-trainers", "2", "-state", ref)
+	want, err := checkpoint.Load(ref)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.NextRound != n || got.Version != want.Version || got.Accuracy != want.Accuracy {
+		t.Fatalf("checkpoint at the target: next round %d, version %d, accuracy %v; a %d-round run: %d, %d, %v",
+			got.NextRound, got.Version, got.Accuracy, n, want.NextRound, want.Version, want.Accuracy)
+	}
+	for i := range want.Params {
+		if math.Float32bits(got.Params[i]) != math.Float32bits(want.Params[i]) {
+			t.Fatalf("parameter %d is %v after stopping at the target, %v after a %d-round run", i, got.Params[i], want.Params[i], n)
+		}
+	}
+	t.Logf("target %.2f reached at round %d (accuracy %.4f, previous %.4f); checkpoint bit-identical to a %d-round run; completed=%d",
+		target, n, rs[n-1].acc, rs[n-2].acc, n, c["completed"])
+}
+
 // TestLateTrainerJoins starts a second trainer after round 2 and checks it
 // receives tasks.
 func TestLateTrainerJoins(t *testing.T) {
