@@ -14,6 +14,7 @@ import (
 	"net/http"
 	"runtime"
 	"time"
+	"unsafe"
 
 	"github.com/gorilla/websocket"
 
@@ -49,26 +50,31 @@ import (
 //	         of 64 KiB, so that an update (a client frame, which gorilla
 //	         masks by copying it through the write buffer) leaves as one
 //	         frame.
+//	tcpcheck raw TCP as below, each side then checking the values it read
+//	         (wire.CheckFinite, allreduce.CheckFinite): the ceiling for any
+//	         protocol that validates the tensors it receives.
 //	anchor   raw TCP: the same payload bytes written and read back with
 //	         io.ReadFull into a reused buffer.
 type transportRow struct {
-	Row     string  `json:"row"` // "transport"
-	Case    string  `json:"case"`
-	Bytes   int     `json:"bytes"` // payload bytes per round trip (model + update)
-	Hub     spread  `json:"hub"`
-	Real    spread  `json:"real"`
-	Wire    spread  `json:"wire"`
-	Direct  spread  `json:"direct"`
-	Big     spread  `json:"big"`
-	Anchor  spread  `json:"anchor"`
-	Ratio   spread  `json:"ratio"`        // hub/anchor per repeat
-	RealRat spread  `json:"real_ratio"`   // real/anchor per repeat
-	WireRat spread  `json:"wire_ratio"`   // wire/anchor per repeat
-	DirRat  spread  `json:"direct_ratio"` // direct/anchor per repeat
-	BigRat  spread  `json:"big_ratio"`    // big/anchor per repeat
-	Target  float64 `json:"target"`
-	Repeats int     `json:"repeats"`
-	Trips   int     `json:"round_trips"` // per measurement
+	Row      string  `json:"row"` // "transport"
+	Case     string  `json:"case"`
+	Bytes    int     `json:"bytes"` // payload bytes per round trip (model + update)
+	Hub      spread  `json:"hub"`
+	Real     spread  `json:"real"`
+	Wire     spread  `json:"wire"`
+	Direct   spread  `json:"direct"`
+	Big      spread  `json:"big"`
+	Anchor   spread  `json:"anchor"`
+	Checked  spread  `json:"tcp_checked"`  // raw TCP, each side checking the tensor it read
+	Ratio    spread  `json:"ratio"`        // hub/anchor per repeat
+	RealRat  spread  `json:"real_ratio"`   // real/anchor per repeat
+	WireRat  spread  `json:"wire_ratio"`   // wire/anchor per repeat
+	DirRat   spread  `json:"direct_ratio"` // direct/anchor per repeat
+	BigRat   spread  `json:"big_ratio"`    // big/anchor per repeat
+	CheckRat spread  `json:"tcp_checked_ratio"`
+	Target   float64 `json:"target"`
+	Repeats  int     `json:"repeats"`
+	Trips    int     `json:"round_trips"` // per measurement
 }
 
 const params2NN = 199210
@@ -77,7 +83,7 @@ func runTransport(args []string) error {
 	fs := flag.NewFlagSet("transport", flag.ContinueOnError)
 	repeats := fs.Int("repeats", 7, "measurements of each side")
 	trips := fs.Int("trips", 100, "round trips per measurement")
-	only := fs.String("only", "", "measure only this path (hub, real, buffered, direct, big, tcp), for profiling")
+	only := fs.String("only", "", "measure only this path (hub, real, buffered, direct, big, tcp, tcpcheck), for profiling")
 	prof := profileFlag(fs)
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -121,11 +127,16 @@ func runTransport(args []string) error {
 		return err
 	}
 	defer bp.close()
-	tp, err := startTCPPair(4 * n)
+	tp, err := startTCPPair(4*n, false)
 	if err != nil {
 		return err
 	}
 	defer tp.close()
+	cp, err := startTCPPair(4*n, true)
+	if err != nil {
+		return err
+	}
+	defer cp.close()
 
 	roundTrips := func(h *coord.Hub) func(int) error {
 		version := 0
@@ -145,7 +156,7 @@ func runTransport(args []string) error {
 	}
 	hubTrips, realTrips := roundTrips(hub), roundTrips(realHub)
 	// Warm up each path (the hub's first round also sends the shard).
-	for _, f := range []func(int) error{hubTrips, realTrips, wp.trips, dp.trips, bp.trips, tp.trips} {
+	for _, f := range []func(int) error{hubTrips, realTrips, wp.trips, dp.trips, bp.trips, tp.trips, cp.trips} {
 		if err := f(3); err != nil {
 			return err
 		}
@@ -159,14 +170,14 @@ func runTransport(args []string) error {
 		}
 		return bytes * float64(*trips) / time.Since(start).Seconds() / 1e6, nil
 	}
-	progress("transport: %d × %d round trips of a 0.8 MB model and update on each of 6 paths", *repeats, *trips)
-	var hubs, reals, wires, directs, bigs, tcps []float64
+	progress("transport: %d × %d round trips of a 0.8 MB model and update on each of 7 paths", *repeats, *trips)
+	var hubs, reals, wires, directs, bigs, tcps, checked []float64
 	for rep := range *repeats {
 		paths := []struct {
 			name string
 			f    func(int) error
 			out  *[]float64
-		}{{"hub", hubTrips, &hubs}, {"real", realTrips, &reals}, {"buffered", wp.trips, &wires}, {"direct", dp.trips, &directs}, {"big", bp.trips, &bigs}, {"tcp", tp.trips, &tcps}}
+		}{{"hub", hubTrips, &hubs}, {"real", realTrips, &reals}, {"buffered", wp.trips, &wires}, {"direct", dp.trips, &directs}, {"big", bp.trips, &bigs}, {"tcp", tp.trips, &tcps}, {"tcpcheck", cp.trips, &checked}}
 		// Rotate the order so no path always runs first.
 		for i := range paths {
 			p := paths[(i+rep)%len(paths)]
@@ -183,6 +194,7 @@ func runTransport(args []string) error {
 	return emit(&transportRow{
 		Row: "transport", Case: "2NN model + update (2 × 0.8 MB)", Bytes: 8 * n,
 		Hub: spreadOf(hubs), Real: spreadOf(reals), Wire: spreadOf(wires), Direct: spreadOf(directs), Big: spreadOf(bigs), Anchor: spreadOf(tcps),
+		Checked: spreadOf(checked), CheckRat: spreadOf(ratios(checked, tcps)),
 		Ratio: spreadOf(ratios(hubs, tcps)), RealRat: spreadOf(ratios(reals, tcps)), WireRat: spreadOf(ratios(wires, tcps)), DirRat: spreadOf(ratios(directs, tcps)), BigRat: spreadOf(ratios(bigs, tcps)),
 		Target: 0.9, Repeats: *repeats, Trips: *trips,
 	})
@@ -458,8 +470,11 @@ func startWirePair(model, delta []float32, direct bool, clientBuf int) (*pair, e
 
 // startTCPPair connects two TCP sockets on loopback. Per round trip the
 // server writes size bytes, the client reads them and writes them back, and
-// the server reads them.
-func startTCPPair(size int) (*pair, error) {
+// the server reads them. With check, each side then checks what it read as
+// float32 values, as our protocol's two ends do (wire.CheckFinite on the
+// model, allreduce.CheckFinite on the update): the most any protocol that
+// validates tensors could reach over the same socket.
+func startTCPPair(size int, check bool) (*pair, error) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return nil, err
@@ -500,6 +515,9 @@ func startTCPPair(size int) (*pair, error) {
 				if _, err = server.Write(out); err == nil {
 					_, err = io.ReadFull(server, in)
 				}
+				if err == nil && check {
+					err = allreduce.CheckFinite(floats(in))
+				}
 			}
 			p.done <- err
 		}
@@ -508,6 +526,9 @@ func startTCPPair(size int) (*pair, error) {
 		buf := make([]byte, size)
 		for {
 			if _, err := io.ReadFull(client, buf); err != nil {
+				return
+			}
+			if check && wire.CheckFinite(floats(buf)) != nil {
 				return
 			}
 			if _, err := client.Write(buf); err != nil {
@@ -521,6 +542,11 @@ func startTCPPair(size int) (*pair, error) {
 		_ = server.Close()
 	}
 	return p, nil
+}
+
+// floats views b (a multiple of 4 bytes, zeros here) as float32 values.
+func floats(b []byte) []float32 {
+	return unsafe.Slice((*float32)(unsafe.Pointer(unsafe.SliceData(b))), len(b)/4)
 }
 
 // readDirect reads one tensor frame from r with no intermediate buffer:
