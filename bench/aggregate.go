@@ -32,7 +32,7 @@ type aggregateRow struct {
 
 func runAggregate(args []string) error {
 	fs := flag.NewFlagSet("aggregate", flag.ContinueOnError)
-	repeats := fs.Int("repeats", 7, "measurements of each side")
+	repeats := fs.Int("repeats", 15, "measurements of each side")
 	minTime := fs.Duration("min-time", 150*time.Millisecond, "length of one measurement")
 	prof := profileFlag(fs)
 	if err := fs.Parse(args); err != nil {
