@@ -83,7 +83,7 @@ func flags(stderr io.Writer) (*flag.FlagSet, *options) {
 	fs.IntVar(&c.EvalShards, "eval-shards", 10, "test-set shards, one eval task each, with -eval trainers")
 	fs.StringVar(&c.StateDir, "state", "", "directory for a checkpoint after every round; the job resumes from it when restarted")
 	fs.StringVar(&o.token, "token", "", "shared secret trainers must present (default: none)")
-	fs.DurationVar(&c.Hub.TaskDeadline, "task-deadline", 0, "re-issue a task running longer than this (default: 2x the median task time, at least 50ms)")
+	fs.DurationVar(&c.Hub.TaskDeadline, "task-deadline", 0, "re-issue a task running longer than this (default: 2x the median time of recent tasks of its kind, training or eval, at least 50ms)")
 	fs.Int64Var(&c.Hub.MaxMessage, "max-message", 256<<20, "largest message accepted from a trainer, in bytes")
 	fs.DurationVar(&c.Hub.PingPeriod, "ping", 5*time.Second, "ping trainers this often; one silent for 3 pings is dropped")
 	fs.BoolVar(&o.demo, "demo", false, "also start trainer processes on this machine; defaults to -listen 127.0.0.1:0 -target 0.97 -rounds 300")

@@ -415,14 +415,14 @@ func (h *Hub) gather(c *conn, u *wire.Update, update []float32, payloadErr error
 		h.rejectLocked(c, u.Task, fmt.Sprintf("update for task %d, which is not a task of round %d", u.Task, r.spec.Round))
 		return
 	}
-	started, held := t.running[c]
+	started, attempted := t.running[c]
 	delete(t.running, c)
 	if t.state == done {
 		r.res.Duplicates++
 		h.stats.UpdatesDuplicate++
 		return
 	}
-	if t.state == dropped {
+	if t.state == dropped || t.state == unneeded {
 		h.stats.UpdatesStale++
 		return
 	}
@@ -477,18 +477,16 @@ func (h *Hub) gather(c *conn, u *wire.Update, update []float32, payloadErr error
 			ts.Seconds += u.Seconds
 		}
 	}
-	if held && !t.eval {
-		h.durations = append(h.durations, time.Since(started).Seconds())
-		if len(h.durations) > 64 {
-			h.durations = h.durations[len(h.durations)-64:]
-		}
+	if attempted {
+		d := append(h.durations[kind(t.eval)], time.Since(started).Seconds())
+		h.durations[kind(t.eval)] = d[max(len(d)-64, 0):]
 	}
 	if !t.eval && r.folded == r.needed {
 		// Over-selection: the remaining training tasks are no longer
 		// wanted (eval tasks still are).
 		for _, o := range r.order {
 			if !o.eval && (o.state == queued || o.state == running) {
-				o.state = dropped
+				o.state = unneeded
 			}
 		}
 	}

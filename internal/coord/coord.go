@@ -42,7 +42,7 @@ type Config struct {
 	Model  wire.ModelSpec
 	Params int     // parameters of the model
 	Shards []Shard // indexed by client
-	// EvalShards are the test set's shards, for evaluation rounds.
+	// EvalShards are the test set's shards, for eval tasks (RoundSpec.Evaluate).
 	EvalShards []Shard
 	Token      string // when set, trainers must present it
 	MaxMessage int64  // largest frame accepted from a trainer
@@ -106,7 +106,7 @@ type Hub struct {
 	nextTask  int64
 	nextConn  int
 	changed   chan struct{} // closed and replaced whenever the set of trainers changes
-	durations []float64     // recent task seconds, for the derived deadline
+	durations [2][]float64  // recent task seconds by kind (training, eval), for the derived deadlines
 	stats     Stats
 	trainers  map[string]*TrainerStats
 	// updates holds the buffers for updates being read off the network:
@@ -154,7 +154,7 @@ type RoundSpec struct {
 	Version int
 	Model   []float32 // global weights of Version; copied, not retained
 	Clients []int     // selected clients, one task each
-	Quorum  int       // results that close the round; 0 means all of Clients
+	Quorum  int       // training results the round needs; 0 means all of Clients
 	Mode    string    // "fedavg" or "fedsgd"
 	Epochs  int
 	Batch   int
@@ -199,7 +199,8 @@ const (
 	queued taskState = iota
 	running
 	done
-	dropped
+	dropped  // given up after too many failures
+	unneeded // an over-selected training task whose round has its quorum
 )
 
 type task struct {
@@ -248,9 +249,10 @@ func TaskSeed(seed uint64, round, client int) uint64 {
 	return x
 }
 
-// RunRound scatters one task per selected client, gathers their updates and
-// returns the weighted mean once Quorum results are in. It returns early
-// only when ctx ends.
+// RunRound scatters one task per selected client (and, with Evaluate, one
+// eval task per test shard), gathers the results and returns the weighted
+// mean update once Quorum training results and every eval result are in.
+// It returns early only when ctx ends.
 func (h *Hub) RunRound(ctx context.Context, spec RoundSpec) (*RoundResult, error) {
 	if len(spec.Model) != h.cfg.Params {
 		return nil, fmt.Errorf("round %d model has %d parameters, the job %d", spec.Round, len(spec.Model), h.cfg.Params)
@@ -397,18 +399,29 @@ func (h *Hub) closeRound(r *round) *RoundResult {
 	return &res
 }
 
-// deadlineLocked is how long a task may run before it is issued again.
-func (h *Hub) deadlineLocked() time.Duration {
+// deadlineLocked is how long a task of the kind given (eval or training)
+// may run before it is issued again: TaskDeadline when set, else
+// StragglerFactor times the median of that kind's recent task times, at
+// least MinDeadline; 0 (no speculation) while none has been measured.
+func (h *Hub) deadlineLocked(eval bool) time.Duration {
 	if h.cfg.TaskDeadline > 0 {
 		return h.cfg.TaskDeadline
 	}
-	if len(h.durations) == 0 {
-		return 0 // nothing measured yet: no speculation
+	d := h.durations[kind(eval)]
+	if len(d) == 0 {
+		return 0
 	}
-	s := slices.Clone(h.durations)
+	s := slices.Clone(d)
 	sort.Float64s(s)
-	d := time.Duration(h.cfg.StragglerFactor * s[len(s)/2] * float64(time.Second))
-	return max(d, h.cfg.MinDeadline)
+	return max(time.Duration(h.cfg.StragglerFactor*s[len(s)/2]*float64(time.Second)), h.cfg.MinDeadline)
+}
+
+// kind indexes per-kind figures: 0 for training tasks, 1 for eval tasks.
+func kind(eval bool) int {
+	if eval {
+		return 1
+	}
+	return 0
 }
 
 // checkDeadlinesLocked queues one more copy of a task that has run past
@@ -422,8 +435,8 @@ func (h *Hub) checkDeadlinesLocked(now time.Time) {
 	if r == nil || r.closed {
 		return
 	}
-	limit := h.deadlineLocked()
-	if limit <= 0 {
+	limits := [2]time.Duration{h.deadlineLocked(false), h.deadlineLocked(true)}
+	if limits[0] <= 0 && limits[1] <= 0 {
 		return
 	}
 	spare := len(h.idle)
@@ -439,7 +452,8 @@ func (h *Hub) checkDeadlinesLocked(now time.Time) {
 		if spare <= 0 {
 			break
 		}
-		if t.state != running || t.inQueue || len(t.running) >= 2 {
+		limit := limits[kind(t.eval)]
+		if t.state != running || t.inQueue || len(t.running) >= 2 || limit <= 0 {
 			continue
 		}
 		late := true
@@ -489,14 +503,15 @@ func (h *Hub) dispatchLocked() {
 }
 
 // pickLocked returns the index in the queue of the task cn should take
-// next, or -1: the first task whose shard cn already holds (data locality:
-// no transfer, no decoding), else the first task it may take. Which trainer
-// runs a task never changes its result.
+// next, or -1: the first task it may take — training tasks are queued
+// before eval tasks, so they go first — or, better, a task of the same kind
+// whose shard cn already holds (data locality: no transfer, no decoding).
+// Which trainer runs a task never changes its result.
 func (h *Hub) pickLocked(r *round, cn *conn) int {
 	first := -1
 	for j := 0; j < len(r.queue); j++ {
 		t := r.queue[j]
-		if t.state == done || t.state == dropped {
+		if t.state == done || t.state == dropped || t.state == unneeded {
 			t.inQueue = false
 			r.queue = append(r.queue[:j], r.queue[j+1:]...)
 			j--
@@ -505,11 +520,14 @@ func (h *Hub) pickLocked(r *round, cn *conn) int {
 		if !h.mayTakeLocked(t, cn) {
 			continue
 		}
-		if cn.shards[t.shard.Hash] {
-			return j
-		}
 		if first < 0 {
 			first = j
+		}
+		if t.eval != r.queue[first].eval {
+			break // no task of the first one's kind left that cn holds
+		}
+		if cn.shards[t.shard.Hash] {
+			return j
 		}
 	}
 	return first

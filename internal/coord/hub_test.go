@@ -41,10 +41,33 @@ func newSizedFixture(t *testing.T, k, rows int, arch string, cfg coord.Config) *
 	if err != nil {
 		t.Fatal(err)
 	}
+	shards := makeShards(t, k, rows, 0)
+	cfg.Model = wire.ModelSpec{Name: spec.Name, Sizes: spec.Sizes}
+	cfg.Params = spec.NumParams()
+	cfg.Shards = shards
+	if cfg.EvalShards == nil {
+		cfg.EvalShards = shards
+	}
+	cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	hub, err := coord.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(hub)
+	t.Cleanup(srv.Close)
+	p := make([]float32, spec.NumParams())
+	spec.Init(p, 1)
+	return &fixture{hub: hub, srv: srv, spec: spec, params: p, k: k}
+}
+
+// makeShards encodes k synthetic shards of rows examples (20 features, 3
+// classes); shards with another offset hold other examples.
+func makeShards(t *testing.T, k, rows, offset int) []coord.Shard {
+	t.Helper()
 	shards := make([]coord.Shard, k)
 	for c := range shards {
 		ds := &data.Dataset{Dim: 20, Classes: 3}
-		for i := 0; i < rows; i++ {
+		for i := offset; i < offset+rows; i++ {
 			y := int32((c + i) % 3)
 			for d := 0; d < 20; d++ {
 				ds.X = append(ds.X, float32(math.Sin(float64(d*(int(y)+1)+i))))
@@ -58,20 +81,7 @@ func newSizedFixture(t *testing.T, k, rows int, arch string, cfg coord.Config) *
 		sum := sha256.Sum256(b)
 		shards[c] = coord.Shard{Hash: hex.EncodeToString(sum[:]), Rows: rows, Bytes: b}
 	}
-	cfg.Model = wire.ModelSpec{Name: spec.Name, Sizes: spec.Sizes}
-	cfg.Params = spec.NumParams()
-	cfg.Shards = shards
-	cfg.EvalShards = shards
-	cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
-	hub, err := coord.New(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := httptest.NewServer(hub)
-	t.Cleanup(srv.Close)
-	p := make([]float32, spec.NumParams())
-	spec.Init(p, 1)
-	return &fixture{hub: hub, srv: srv, spec: spec, params: p, k: k}
+	return shards
 }
 
 func (f *fixture) startTrainer(t *testing.T, ctx context.Context, name string, slowdown float64) (done chan error) {
@@ -311,7 +321,68 @@ func TestOverSelectionKeepsEvalTasks(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if res.Updates != 2 || res.EvalSamples != 300 {
-		t.Fatalf("over-selected round with evaluation: %d updates (want 2), %d test examples (want 300)", res.Updates, res.EvalSamples)
+	if res.Updates != 2 || res.EvalSamples != 300 || len(res.Dropped) != 0 {
+		t.Fatalf("over-selected round with evaluation: %d updates (want 2), %d test examples (want 300), dropped %v (want none: unneeded is not failed)",
+			res.Updates, res.EvalSamples, res.Dropped)
+	}
+}
+
+// syncBuffer is a bytes.Buffer safe for a logger and a test to share.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// TestTrainingTasksGoBeforeCachedEvalTasks: a trainer prefers tasks whose
+// shard it holds, but only among tasks of the kind that comes first, so the
+// longer training tasks start before the eval tasks even when the trainer
+// holds every test shard and none of the clients' shards.
+func TestTrainingTasksGoBeforeCachedEvalTasks(t *testing.T) {
+	f := newFixture(t, 6, coord.Config{EvalShards: makeShards(t, 4, 50, 1000)})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var log syncBuffer
+	tr, err := trainer.New(trainer.Config{Aggregator: f.srv.URL, Name: "a", MaxBackoff: 200 * time.Millisecond,
+		Logger: slog.New(slog.NewTextHandler(&log, &slog.HandlerOptions{Level: slog.LevelDebug}))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() { _ = tr.Run(ctx) }()
+	if err := f.hub.WaitTrainers(ctx, 1); err != nil {
+		t.Fatal(err)
+	}
+	// The trainer now holds every test shard and no client's shard.
+	if _, err := f.hub.RunRound(ctx, coord.RoundSpec{Round: 0, Version: 0, Model: f.params, Evaluate: true}); err != nil {
+		t.Fatal(err)
+	}
+	mark := len(log.String())
+	if _, err := f.hub.RunRound(ctx, coord.RoundSpec{Round: 1, Version: 0, Model: f.params, Clients: []int{3, 1}, Evaluate: true,
+		Mode: "fedavg", Epochs: 1, Batch: 5, LR: 0.1, Seed: 3}); err != nil {
+		t.Fatal(err)
+	}
+	var order []string
+	for _, l := range strings.Split(log.String()[mark:], "\n") {
+		switch {
+		case strings.Contains(l, "msg=training"):
+			order = append(order, "train")
+		case strings.Contains(l, "msg=evaluating"):
+			order = append(order, "eval")
+		}
+	}
+	want := "train train eval eval eval eval"
+	if got := strings.Join(order, " "); got != want {
+		t.Fatalf("task order %q, want %q", got, want)
 	}
 }

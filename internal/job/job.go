@@ -470,8 +470,11 @@ func (j *Job) Run(ctx context.Context) (Summary, error) {
 		// without the lock; RunRound takes its own copy of the weights.
 		spec := coord.RoundSpec{Round: r, Version: j.version, Model: j.params, Evaluate: held != nil}
 		if train {
-			spec.Clients = SelectClients(cfg.Seed, r, cfg.Clients, m+cfg.OverSelect)
-			spec.Quorum, spec.Mode, spec.Epochs, spec.Batch, spec.LR, spec.Seed = m, cfg.Mode, cfg.Epochs, cfg.Batch, float32(cfg.LR), cfg.Seed
+			spec = coord.RoundSpec{
+				Round: r, Version: j.version, Model: j.params, Evaluate: held != nil,
+				Clients: SelectClients(cfg.Seed, r, cfg.Clients, m+cfg.OverSelect), Quorum: m,
+				Mode: cfg.Mode, Epochs: cfg.Epochs, Batch: cfg.Batch, LR: float32(cfg.LR), Seed: cfg.Seed,
+			}
 			if cfg.Mode == "fedsgd" {
 				spec.Epochs, spec.Batch = 1, 0
 			}
@@ -482,7 +485,7 @@ func (j *Job) Run(ctx context.Context) (Summary, error) {
 		}
 		if held != nil {
 			acc, loss := j.evaluation(res)
-			if err := j.finish(held, acc, loss, &roundSecs, start); err != nil {
+			if err := j.record(held, acc, loss, &roundSecs, start); err != nil {
 				return j.summary(j.next, start), err
 			}
 			held = nil
@@ -498,7 +501,7 @@ func (j *Job) Run(ctx context.Context) (Summary, error) {
 			t := time.Now()
 			acc, loss := j.ws.Evaluate(j.params, j.test)
 			held.agg += time.Since(t).Seconds()
-			if err := j.finish(held, acc, loss, &roundSecs, start); err != nil {
+			if err := j.record(held, acc, loss, &roundSecs, start); err != nil {
 				return j.summary(j.next, start), err
 			}
 			held = nil
@@ -526,9 +529,9 @@ func (j *Job) step(r int, res *coord.RoundResult) *trained {
 	return t
 }
 
-// finish records a trained round's evaluation: the model's figures, the
+// record records a trained round's evaluation: the model's figures, the
 // checkpoint, the round line and the observers.
-func (j *Job) finish(t *trained, acc, loss float64, roundSecs *[]float64, start time.Time) error {
+func (j *Job) record(t *trained, acc, loss float64, roundSecs *[]float64, start time.Time) error {
 	cfg := &j.cfg
 	r, res := t.round, t.res
 	j.mu.Lock()
