@@ -468,16 +468,16 @@ func (j *Job) Run(ctx context.Context) (Summary, error) {
 		train := r < cfg.Rounds
 		// Run is the only writer of params and version, so it reads them
 		// without the lock; RunRound takes its own copy of the weights.
-		spec := coord.RoundSpec{Round: r, Version: j.version, Model: j.params, Evaluate: held != nil}
+		// Past the last round the gather only evaluates: no clients.
+		spec := coord.RoundSpec{
+			Round: r, Version: j.version, Model: j.params, Evaluate: held != nil, Quorum: m,
+			Mode: cfg.Mode, Epochs: cfg.Epochs, Batch: cfg.Batch, LR: float32(cfg.LR), Seed: cfg.Seed,
+		}
 		if train {
-			spec = coord.RoundSpec{
-				Round: r, Version: j.version, Model: j.params, Evaluate: held != nil,
-				Clients: SelectClients(cfg.Seed, r, cfg.Clients, m+cfg.OverSelect), Quorum: m,
-				Mode: cfg.Mode, Epochs: cfg.Epochs, Batch: cfg.Batch, LR: float32(cfg.LR), Seed: cfg.Seed,
-			}
-			if cfg.Mode == "fedsgd" {
-				spec.Epochs, spec.Batch = 1, 0
-			}
+			spec.Clients = SelectClients(cfg.Seed, r, cfg.Clients, m+cfg.OverSelect)
+		}
+		if cfg.Mode == "fedsgd" {
+			spec.Epochs, spec.Batch = 1, 0
 		}
 		res, err := j.hub.RunRound(ctx, spec)
 		if err != nil {
