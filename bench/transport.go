@@ -337,12 +337,35 @@ func protocolTrainer(ws *websocket.Conn, n int, delta []float32) error {
 type pair struct {
 	run   chan int
 	done  chan error
+	quit  chan struct{}
 	close func()
+}
+
+func newPair() *pair {
+	return &pair{run: make(chan int), done: make(chan error), quit: make(chan struct{})}
 }
 
 func (p *pair) trips(k int) error {
 	p.run <- k
 	return <-p.done
+}
+
+// serve runs the server side until p.quit closes: for each trips(k), k
+// calls of trip, stopping at the first error, which trips returns.
+func (p *pair) serve(trip func() error) {
+	for {
+		var k int
+		select {
+		case k = <-p.run:
+		case <-p.quit:
+			return
+		}
+		var err error
+		for i := 0; i < k && err == nil; i++ {
+			err = trip()
+		}
+		p.done <- err
+	}
 }
 
 // startWirePair connects a websocket client to a websocket server on
@@ -353,14 +376,13 @@ func (p *pair) trips(k int) error {
 // clientBuf is the client's read and write buffer size.
 func startWirePair(model, delta []float32, direct bool, clientBuf int) (*pair, error) {
 	n := len(model)
-	p := &pair{run: make(chan int), done: make(chan error)}
+	p := newPair()
 	prefix, err := wire.Prefix(wire.TypeModel, wire.Model{Version: 1, Params: n})
 	if err != nil {
 		return nil, err
 	}
 	mpayload := wire.Float32Bytes(model)
 	up := websocket.Upgrader{ReadBufferSize: coord.BufferSize, WriteBufferSize: coord.BufferSize}
-	quit := make(chan struct{})
 	mux := http.NewServeMux()
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		ws, err := up.Upgrade(w, r, nil)
@@ -370,49 +392,40 @@ func startWirePair(model, delta []float32, direct bool, clientBuf int) (*pair, e
 		defer ws.Close()
 		var buf bytes.Buffer
 		update := make([]float32, n)
-		for {
-			var k int
-			select {
-			case k = <-p.run:
-			case <-quit:
-				return
+		p.serve(func() error {
+			w, err := ws.NextWriter(websocket.BinaryMessage)
+			if err != nil {
+				return err
 			}
-			var err error
-			for i := 0; i < k && err == nil; i++ {
-				var w io.WriteCloser
-				if w, err = ws.NextWriter(websocket.BinaryMessage); err == nil {
-					if _, err = w.Write(prefix); err == nil {
-						_, err = w.Write(mpayload)
-					}
-					if err == nil {
-						err = w.Close()
-					}
-				}
-				if err != nil {
-					break
-				}
-				var r io.Reader
-				if _, r, err = ws.NextReader(); err != nil {
-					break
-				}
-				if direct {
-					err = readDirect(r, update)
-					continue
-				}
-				buf.Reset()
-				if _, err = buf.ReadFrom(r); err != nil {
-					break
-				}
-				var f wire.Frame
-				if f, err = wire.Decode(buf.Bytes()); err != nil {
-					break
-				}
-				if err = wire.ReadFloat32s(update, f.Payload); err == nil {
-					err = allreduce.CheckFinite(update)
-				}
+			if _, err := w.Write(prefix); err != nil {
+				return err
 			}
-			p.done <- err
-		}
+			if _, err := w.Write(mpayload); err != nil {
+				return err
+			}
+			if err := w.Close(); err != nil {
+				return err
+			}
+			_, r, err := ws.NextReader()
+			if err != nil {
+				return err
+			}
+			if direct {
+				return readDirect(r, update)
+			}
+			buf.Reset()
+			if _, err := buf.ReadFrom(r); err != nil {
+				return err
+			}
+			f, err := wire.Decode(buf.Bytes())
+			if err != nil {
+				return err
+			}
+			if err := wire.ReadFloat32s(update, f.Payload); err != nil {
+				return err
+			}
+			return allreduce.CheckFinite(update)
+		})
 	})
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -461,7 +474,7 @@ func startWirePair(model, delta []float32, direct bool, clientBuf int) (*pair, e
 		}
 	}()
 	p.close = func() {
-		close(quit)
+		close(p.quit)
 		_ = ws.Close()
 		_ = srv.Close()
 	}
@@ -498,30 +511,21 @@ func startTCPPair(size int, check bool) (*pair, error) {
 		_ = client.Close()
 		return nil, errors.New("loopback accept failed")
 	}
-	p := &pair{run: make(chan int), done: make(chan error)}
-	quit := make(chan struct{})
-	go func() {
-		out := make([]byte, size)
-		in := make([]byte, size)
-		for {
-			var k int
-			select {
-			case k = <-p.run:
-			case <-quit:
-				return
-			}
-			var err error
-			for i := 0; i < k && err == nil; i++ {
-				if _, err = server.Write(out); err == nil {
-					_, err = io.ReadFull(server, in)
-				}
-				if err == nil && check {
-					err = allreduce.CheckFinite(floats(in))
-				}
-			}
-			p.done <- err
+	p := newPair()
+	out := make([]byte, size)
+	in := make([]byte, size)
+	go p.serve(func() error {
+		if _, err := server.Write(out); err != nil {
+			return err
 		}
-	}()
+		if _, err := io.ReadFull(server, in); err != nil {
+			return err
+		}
+		if check {
+			return allreduce.CheckFinite(floats(in))
+		}
+		return nil
+	})
 	go func() {
 		buf := make([]byte, size)
 		for {
@@ -537,7 +541,7 @@ func startTCPPair(size int, check bool) (*pair, error) {
 		}
 	}()
 	p.close = func() {
-		close(quit)
+		close(p.quit)
 		_ = client.Close()
 		_ = server.Close()
 	}
