@@ -14,6 +14,7 @@ import (
 	"syscall"
 	"time"
 
+	"fedgather/bench/internal/benchfmt"
 	"fedgather/internal/data"
 	"fedgather/internal/model"
 )
@@ -226,7 +227,7 @@ func measureParts(row *endToEndRow) error {
 			}
 			ts = append(ts, time.Since(start).Seconds())
 		}
-		return median(ts), nil
+		return benchfmt.Median(ts), nil
 	}
 	if row.TaskSeconds, err = timeIt(func() error {
 		copy(local, params)

@@ -22,6 +22,8 @@ import (
 	"os"
 	"runtime/pprof"
 	"slices"
+
+	"fedgather/bench/internal/benchfmt"
 )
 
 func main() {
@@ -66,20 +68,7 @@ func spreadOf(v []float64) spread {
 	if len(v) == 0 {
 		return spread{}
 	}
-	return spread{Median: median(v), Min: slices.Min(v), Max: slices.Max(v)}
-}
-
-// median returns the median of v (the mean of the middle two for an even
-// count), or 0 for an empty v.
-func median(v []float64) float64 {
-	if len(v) == 0 {
-		return 0
-	}
-	s := slices.Sorted(slices.Values(v))
-	if len(s)%2 == 1 {
-		return s[len(s)/2]
-	}
-	return (s[len(s)/2-1] + s[len(s)/2]) / 2
+	return spread{Median: benchfmt.Median(v), Min: slices.Min(v), Max: slices.Max(v)}
 }
 
 // ratios returns a[i]/b[i] for each repeat: the pairs were measured side by

@@ -15,25 +15,13 @@ import (
 	"strconv"
 	"strings"
 	"time"
-)
 
-// trainRow is one line printed by bench/train or bench/pytorch_train.py
-// (see their header comments).
-type trainRow struct {
-	Impl     string  `json:"impl"`
-	Build    string  `json:"build"`
-	Model    string  `json:"model"`
-	Batch    int     `json:"batch"`
-	Median   float64 `json:"samples_per_s_median"`
-	Min      float64 `json:"samples_per_s_min"`
-	Max      float64 `json:"samples_per_s_max"`
-	Accuracy float64 `json:"accuracy"`
-	Repeats  int     `json:"repeats"`
-}
+	"fedgather/bench/internal/benchfmt"
+)
 
 // results is everything the parts wrote into the results directory.
 type results struct {
-	train     map[string][]trainRow // by build: "gonum", "openblas", "pytorch"; one entry per run
+	train     map[string][]benchfmt.TrainResult // by build: "gonum", "openblas", "pytorch"; one entry per run
 	trainNote string
 	aggregate []aggregateRow
 	transport []transportRow
@@ -76,7 +64,7 @@ func runReport(args []string) error {
 }
 
 func loadResults(dir string) (*results, error) {
-	r := &results{train: map[string][]trainRow{}}
+	r := &results{train: map[string][]benchfmt.TrainResult{}}
 	files, err := filepath.Glob(filepath.Join(dir, "*.jsonl"))
 	if err != nil {
 		return nil, err
@@ -104,7 +92,7 @@ func loadResults(dir string) (*results, error) {
 			var err error
 			switch {
 			case probe.Impl != "":
-				var t trainRow
+				var t benchfmt.TrainResult
 				if err = json.Unmarshal(line, &t); err == nil {
 					key := t.Build
 					if t.Impl == "pytorch" {
@@ -258,7 +246,7 @@ func render(r *results, command, commit string, now time.Time) string {
 type trainPair struct {
 	build, model string
 	batch        int
-	ours, torch  []trainRow
+	ours, torch  []benchfmt.TrainResult
 }
 
 func trainPairs(r *results) []trainPair {
@@ -292,7 +280,7 @@ func trainPairs(r *results) []trainPair {
 }
 
 // rates pools the per-run medians of repeated runs.
-func rates(rows []trainRow) (s spread, acc float64) {
+func rates(rows []benchfmt.TrainResult) (s spread, acc float64) {
 	var v, a []float64
 	for _, t := range rows {
 		v = append(v, t.Median)
@@ -302,7 +290,7 @@ func rates(rows []trainRow) (s spread, acc float64) {
 	if len(rows) == 1 {
 		s = spread{Median: rows[0].Median, Min: rows[0].Min, Max: rows[0].Max}
 	}
-	return s, median(a)
+	return s, benchfmt.Median(a)
 }
 
 func pairRatio(p trainPair) spread {

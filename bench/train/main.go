@@ -64,28 +64,10 @@ import (
 	"strings"
 	"time"
 
+	"fedgather/bench/internal/benchfmt"
 	"fedgather/internal/data"
 	"fedgather/internal/model"
 )
-
-// result is one output line; the field order is the output order.
-type result struct {
-	Impl         string  `json:"impl"`
-	Build        string  `json:"build"`
-	Model        string  `json:"model"`
-	Batch        int     `json:"batch"`
-	Median       float64 `json:"samples_per_s_median"`
-	Min          float64 `json:"samples_per_s_min"`
-	Max          float64 `json:"samples_per_s_max"`
-	Accuracy     float64 `json:"accuracy"`
-	Repeats      int     `json:"repeats"`
-	LR           float64 `json:"lr"`
-	Epochs       int     `json:"epochs"`
-	Threads      int     `json:"threads"`
-	TrainSamples int     `json:"train_samples"`
-	TestSamples  int     `json:"test_samples"`
-	CPUMedian    float64 `json:"samples_per_cpu_s_median"`
-}
 
 type config struct {
 	name  string
@@ -175,22 +157,22 @@ func main() {
 
 	enc := json.NewEncoder(os.Stdout)
 	for _, c := range configs {
-		r := result{
+		r := benchfmt.TrainResult{
 			Impl:         "fedgather",
 			Build:        buildName,
 			Model:        c.name,
 			Batch:        c.batch,
-			Median:       round(median(c.rates), 1),
+			Median:       round(benchfmt.Median(c.rates), 1),
 			Min:          round(slices.Min(c.rates), 1),
 			Max:          round(slices.Max(c.rates), 1),
-			Accuracy:     round(median(c.accs), 4),
+			Accuracy:     round(benchfmt.Median(c.accs), 4),
 			Repeats:      *repeats,
 			LR:           *lr,
 			Epochs:       1,
 			Threads:      1,
 			TrainSamples: train.Len(),
 			TestSamples:  test.Len(),
-			CPUMedian:    round(median(c.cpu), 1),
+			CPUMedian:    round(benchfmt.Median(c.cpu), 1),
 		}
 		if err := enc.Encode(r); err != nil {
 			log.Fatalf("train: %v", err)
@@ -202,19 +184,6 @@ func main() {
 func head(ds *data.Dataset, n int) *data.Dataset {
 	n = min(n, ds.Len())
 	return &data.Dataset{X: ds.X[:n*ds.Dim], Y: ds.Y[:n], Dim: ds.Dim, Classes: ds.Classes}
-}
-
-// median returns the median of v (the mean of the middle two for an even
-// count), or 0 for an empty v.
-func median(v []float64) float64 {
-	if len(v) == 0 {
-		return 0
-	}
-	s := slices.Sorted(slices.Values(v))
-	if len(s)%2 == 1 {
-		return s[len(s)/2]
-	}
-	return (s[len(s)/2-1] + s[len(s)/2]) / 2
 }
 
 func round(v float64, digits int) float64 {
