@@ -144,10 +144,8 @@ func TestTargetStopsAtTheFirstVersionThatReachesIt(t *testing.T) {
 		t.Fatalf("checkpoint at the target: next round %d, version %d, accuracy %v; a %d-round run: %d, %d, %v",
 			got.NextRound, got.Version, got.Accuracy, n, want.NextRound, want.Version, want.Accuracy)
 	}
-	for i := range want.Params {
-		if math.Float32bits(got.Params[i]) != math.Float32bits(want.Params[i]) {
-			t.Fatalf("parameter %d is %v after stopping at the target, %v after a %d-round run", i, got.Params[i], want.Params[i], n)
-		}
+	if !sameParams(got.Params, want.Params) {
+		t.Fatalf("the parameters after stopping at the target differ from those of a %d-round run", n)
 	}
 	t.Logf("target %.2f reached at round %d (accuracy %.4f, previous %.4f); checkpoint bit-identical to a %d-round run; completed=%d",
 		target, n, rs[n-1].acc, rs[n-2].acc, n, c["completed"])
