@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"net/url"
 	"os"
@@ -92,17 +91,6 @@ func substitute(t *testing.T, expr string) string {
 		t.Fatalf("query %q uses a Grafana variable the test does not know; add it to grafanaVars", expr)
 	}
 	return expr
-}
-
-// freePort returns a loopback port that was free a moment ago.
-func freePort(t *testing.T) int {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
 }
 
 // promClient queries a Prometheus HTTP API.
@@ -227,7 +215,7 @@ func TestPrometheusDashboardQueries(t *testing.T) {
 	trainers := []string{"t1", "t2"}
 	var targets []string
 	for _, name := range trainers {
-		maddr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+		maddr := freeAddr(t)
 		trainer(t, addr, name, "-metrics", maddr, "-log-level", "warn")
 		targets = append(targets, maddr)
 	}
@@ -248,7 +236,7 @@ scrape_configs:
 	if err := os.WriteFile(configPath, []byte(config), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	promAddr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	promAddr := freeAddr(t)
 	// start registers a cleanup that kills Prometheus; it runs before the
 	// TempDir holding its data is removed.
 	start(t, "prometheus", promBin,
