@@ -435,10 +435,6 @@ func (h *Hub) checkDeadlinesLocked(now time.Time) {
 	if r == nil || r.closed {
 		return
 	}
-	limits := [2]time.Duration{h.deadlineLocked(false), h.deadlineLocked(true)}
-	if limits[0] <= 0 && limits[1] <= 0 {
-		return
-	}
 	spare := len(h.idle)
 	for _, t := range r.queue {
 		if t.state == queued {
@@ -447,6 +443,15 @@ func (h *Hub) checkDeadlinesLocked(now time.Time) {
 		if t.state == running {
 			spare-- // a copy already waits for a trainer
 		}
+	}
+	if spare <= 0 {
+		return
+	}
+	// Only now, at a round's tail with a trainer free, are the deadlines
+	// (a sort of recent task times each) worth computing.
+	limits := [2]time.Duration{h.deadlineLocked(false), h.deadlineLocked(true)}
+	if limits[0] <= 0 && limits[1] <= 0 {
+		return
 	}
 	for _, t := range r.order {
 		if spare <= 0 {
