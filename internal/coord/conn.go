@@ -461,11 +461,8 @@ func (h *Hub) gather(c *conn, u *wire.Update, update []float32, payloadErr error
 	r.res.Completed++
 	r.res.Tasks[c.name]++
 	h.stats.TasksCompleted++
-	if t.eval {
-		r.tested += int64(t.wire.Rows)
-	} else {
+	if !t.eval {
 		r.folded++
-		r.samples += int64(t.wire.Rows)
 		if u.Seconds > 0 && u.Seconds < 1e6 {
 			b := r.busy[c.name]
 			r.busy[c.name] = [2]float64{b[0] + float64(u.Samples*max(t.wire.Epochs, 1)), b[1] + u.Seconds}

@@ -227,8 +227,6 @@ type round struct {
 	queue    []*task
 	acc      *allreduce.Accumulator // nil when the round only evaluates
 	folded   int                    // training results counted
-	samples  int64                  // Σ n_k of the training results counted
-	tested   int64                  // test examples of the eval results counted
 	first    int64                  // id of the round's first task; older ids are stale
 	busy     map[string][2]float64  // per trainer: examples processed, compute seconds
 	needed   int
@@ -363,19 +361,22 @@ func (h *Hub) closeRound(r *round) *RoundResult {
 	res := r.res
 	res.Seconds = time.Since(r.start).Seconds()
 	res.Updates = r.folded
-	res.Samples = r.samples
-	res.EvalSamples = r.tested
 	// Losses and counts are summed in task order, so the figures do not
 	// depend on the order results arrived in.
 	var trainLoss, evalLoss float64
 	for _, t := range r.order {
+		rows := int64(t.wire.Rows)
 		switch {
+		case t.state == dropped && !t.eval:
+			res.Dropped = append(res.Dropped, t.wire.Client)
 		case t.state != done:
 		case t.eval:
+			res.EvalSamples += rows
 			res.Correct += int64(t.correct)
-			evalLoss += t.loss * float64(t.wire.Rows)
+			evalLoss += t.loss * float64(rows)
 		default:
-			trainLoss += t.loss * float64(t.wire.Rows)
+			res.Samples += rows
+			trainLoss += t.loss * float64(rows)
 		}
 	}
 	if res.Samples > 0 {
@@ -389,11 +390,6 @@ func (h *Hub) closeRound(r *round) *RoundResult {
 	for name, b := range r.busy {
 		if b[1] > 0 {
 			res.Rates[name] = b[0] / b[1]
-		}
-	}
-	for _, t := range r.order {
-		if t.state == dropped && !t.eval {
-			res.Dropped = append(res.Dropped, t.wire.Client)
 		}
 	}
 	return &res
@@ -649,35 +645,33 @@ func (h *Hub) Trainers() int {
 
 // WaitTrainers blocks until at least n trainers are connected or ctx ends.
 func (h *Hub) WaitTrainers(ctx context.Context, n int) error {
-	for {
-		h.mu.Lock()
-		have, ch := len(h.conns), h.changed
-		h.mu.Unlock()
-		if have >= n {
-			return nil
-		}
-		select {
-		case <-ch:
-		case <-ctx.Done():
-			return fmt.Errorf("waiting for %d trainers (have %d): %w", n, have, ctx.Err())
-		}
-	}
+	return h.waitConns(ctx, func(have int) bool { return have >= n }, func(have int) string {
+		return fmt.Sprintf("waiting for %d trainers (have %d)", n, have)
+	})
 }
 
 // WaitGone blocks until no trainer is connected or ctx ends. After Finish
 // it lets the done frames reach the trainers before the process exits.
 func (h *Hub) WaitGone(ctx context.Context) error {
+	return h.waitConns(ctx, func(have int) bool { return have == 0 }, func(have int) string {
+		return fmt.Sprintf("%d trainers still connected", have)
+	})
+}
+
+// waitConns waits until ok holds for the number of connected trainers,
+// or until ctx ends, when the error says what(have) and wraps ctx's error.
+func (h *Hub) waitConns(ctx context.Context, ok func(have int) bool, what func(have int) string) error {
 	for {
 		h.mu.Lock()
 		have, ch := len(h.conns), h.changed
 		h.mu.Unlock()
-		if have == 0 {
+		if ok(have) {
 			return nil
 		}
 		select {
 		case <-ch:
 		case <-ctx.Done():
-			return fmt.Errorf("%d trainers still connected: %w", have, ctx.Err())
+			return fmt.Errorf("%s: %w", what(have), ctx.Err())
 		}
 	}
 }
