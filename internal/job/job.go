@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"math"
 	"math/rand/v2"
 	"net/http"
@@ -598,38 +599,24 @@ func estimate(secs []float64, left int) time.Duration {
 }
 
 func formatTasks(t map[string]int) string {
-	names := make([]string, 0, len(t))
-	for n := range t {
-		names = append(names, n)
-	}
-	sort.Strings(names)
-	var b strings.Builder
-	for i, n := range names {
-		if i > 0 {
-			b.WriteByte(',')
-		}
-		fmt.Fprintf(&b, "%s:%d", n, t[n])
-	}
-	if b.Len() == 0 {
-		return "-"
-	}
-	return b.String()
+	return byName(t, func(n int) string { return strconv.Itoa(n) })
 }
 
 // formatRates lists each trainer's samples per second in the round, in
 // thousands: trainer-1:16.2k,trainer-2:15.9k.
 func formatRates(rates map[string]float64) string {
-	names := make([]string, 0, len(rates))
-	for n := range rates {
-		names = append(names, n)
-	}
-	sort.Strings(names)
-	parts := make([]string, len(names))
-	for i, n := range names {
-		parts[i] = fmt.Sprintf("%s:%.1fk", n, rates[n]/1000)
-	}
-	if len(parts) == 0 {
+	return byName(rates, func(r float64) string { return fmt.Sprintf("%.1fk", r/1000) })
+}
+
+// byName lists m as name:value pairs, names sorted, joined by commas; "-"
+// when m is empty.
+func byName[V any](m map[string]V, value func(V) string) string {
+	if len(m) == 0 {
 		return "-"
+	}
+	parts := make([]string, 0, len(m))
+	for _, n := range slices.Sorted(maps.Keys(m)) {
+		parts = append(parts, n+":"+value(m[n]))
 	}
 	return strings.Join(parts, ",")
 }
