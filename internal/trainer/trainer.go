@@ -465,9 +465,7 @@ func (t *Trainer) task(ws *websocket.Conn, task *wire.Task) error {
 		}
 	}
 	took := time.Since(start)
-	if t.cfg.Slowdown > 1 {
-		time.Sleep(time.Duration(float64(took) * (t.cfg.Slowdown - 1)))
-	}
+	t.slowDown(took)
 	t.tasks++
 	t.samples += int64(ds.Len() * task.Epochs)
 	t.busy += took
@@ -476,15 +474,21 @@ func (t *Trainer) task(ws *websocket.Conn, task *wire.Task) error {
 	return t.write(ws, wire.TypeUpdate, u, wire.Float32Bytes(t.local))
 }
 
+// slowDown makes a task that computed for took last Slowdown times as
+// long (-slowdown, for tests of stragglers).
+func (t *Trainer) slowDown(took time.Duration) {
+	if t.cfg.Slowdown > 1 {
+		time.Sleep(time.Duration(float64(took) * (t.cfg.Slowdown - 1)))
+	}
+}
+
 // evaluate runs an eval task: the held model version on one test shard.
 func (t *Trainer) evaluate(ws *websocket.Conn, task *wire.Task, ds *data.Dataset) error {
 	t.cfg.Logger.Debug("evaluating", "task", task.ID, "round", task.Round, "shard", task.Client, "rows", task.Rows)
 	start := time.Now()
 	acc, loss := t.ws.Evaluate(t.global, ds)
 	took := time.Since(start)
-	if t.cfg.Slowdown > 1 {
-		time.Sleep(time.Duration(float64(took) * (t.cfg.Slowdown - 1)))
-	}
+	t.slowDown(took)
 	u := wire.Update{Task: task.ID, Round: task.Round, Version: task.Version, Client: task.Client, Samples: ds.Len(),
 		Loss: loss, Correct: int(math.Round(acc * float64(ds.Len()))), Seconds: took.Seconds()}
 	return t.write(ws, wire.TypeUpdate, u, nil)
