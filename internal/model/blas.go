@@ -1,5 +1,7 @@
 package model
 
+import "gonum.org/v1/gonum/blas"
+
 // This file and the two backend files next to it are the package's only
 // contact with BLAS. Everything else calls gemm. Which library serves gemm
 // is chosen at build time:
@@ -9,10 +11,19 @@ package model
 //   - blas_openblas.go (build tag openblas): OpenBLAS through cgo and
 //     gonum.org/v1/netlib, pinned to one thread.
 //
-// Each backend file defines sgemm, dgemm, Backend and sparseInputMax.
+// Each backend file defines sgemm, dgemm, Backend and sparseInputMax;
+// they share trans, below.
 //
 // The first layer's sparse kernel (sparse.go) does not go through BLAS: it
 // is the same code in both builds.
+
+// trans is the BLAS flag for a transposed (t) or plain operand.
+func trans(t bool) blas.Transpose {
+	if t {
+		return blas.Trans
+	}
+	return blas.NoTrans
+}
 
 // Float is the set of element types the numeric core is instantiated for:
 // float32 for training, float64 for gradient checking.

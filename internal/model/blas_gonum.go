@@ -5,7 +5,6 @@ package model
 import (
 	"math"
 
-	"gonum.org/v1/gonum/blas"
 	"gonum.org/v1/gonum/blas/blas32"
 	"gonum.org/v1/gonum/blas/blas64"
 )
@@ -55,13 +54,6 @@ func tile(n, limit int) int {
 	}
 	pieces := (n + limit - 1) / limit
 	return (n + pieces - 1) / pieces
-}
-
-func trans(t bool) blas.Transpose {
-	if t {
-		return blas.Trans
-	}
-	return blas.NoTrans
 }
 
 // sgemm is gemm for float32 through blas32, tiled to stay serial.

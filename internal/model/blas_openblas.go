@@ -3,7 +3,6 @@
 package model
 
 import (
-	"gonum.org/v1/gonum/blas"
 	"gonum.org/v1/netlib/blas/netlib"
 
 	"fedgather/internal/model/internal/openblas"
@@ -47,13 +46,6 @@ const maxBatchExact = false
 
 func init() {
 	openblas.SetNumThreads(1)
-}
-
-func trans(t bool) blas.Transpose {
-	if t {
-		return blas.Trans
-	}
-	return blas.NoTrans
 }
 
 // sgemm is gemm for float32 through OpenBLAS's cblas_sgemm.
