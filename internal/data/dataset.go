@@ -72,10 +72,18 @@ func (d *Dataset) Validate() error {
 			return fmt.Errorf("dataset: row %d: label %d outside [0, %d)", i, y, d.Classes)
 		}
 	}
-	for j, v := range d.X {
+	if err := checkFeatures(d.X, d.Dim); err != nil {
+		return fmt.Errorf("dataset: %w", err)
+	}
+	return nil
+}
+
+// checkFeatures reports the first value of x, rows of dim features, that
+// is NaN or ±Inf.
+func checkFeatures(x []float32, dim int) error {
+	for j, v := range x {
 		if !isFinite32(v) {
-			return fmt.Errorf("dataset: row %d, feature %d: expected a finite value, got %v",
-				j/d.Dim, j%d.Dim, v)
+			return fmt.Errorf("row %d, feature %d: expected a finite value, got %v", j/dim, j%dim, v)
 		}
 	}
 	return nil

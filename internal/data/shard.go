@@ -268,10 +268,8 @@ func appendShardBatch(out *Dataset, rec arrow.RecordBatch, cols shardCols, maxRo
 			return fmt.Errorf("row %d: expected a label in [0, %d), got %d", i, out.Classes, y)
 		}
 	}
-	for j, v := range xs {
-		if !isFinite32(v) {
-			return fmt.Errorf("row %d, feature %d: expected a finite value, got %v", j/dim, j%dim, v)
-		}
+	if err := checkFeatures(xs, dim); err != nil {
+		return err
 	}
 	out.Y = append(out.Y, ys...)
 	out.X = append(out.X, xs...)
