@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"io"
 	"slices"
-	"sort"
 
 	"github.com/apache/arrow-go/v18/arrow"
 	"github.com/apache/arrow-go/v18/arrow/array"
@@ -29,16 +28,7 @@ const (
 // of the columns or list elements nullable, the metadata as schema
 // metadata.
 func arrowSchema(md map[string]string) *arrow.Schema {
-	keys := make([]string, 0, len(md))
-	for k := range md {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	vals := make([]string, len(keys))
-	for i, k := range keys {
-		vals[i] = md[k]
-	}
-	meta := arrow.NewMetadata(keys, vals)
+	meta := arrow.MetadataFrom(md) // keys sorted: the same bytes every time
 	return arrow.NewSchema([]arrow.Field{
 		{Name: ArrowName, Type: arrow.BinaryTypes.String},
 		{Name: ArrowShape, Type: arrow.ListOfNonNullable(arrow.PrimitiveTypes.Int64)},
@@ -111,12 +101,7 @@ func ReadArrow(r ipc.ReadAtSeeker, spec model.Spec) ([]float32, Meta, error) {
 	if err := checkArrowSchema(schema); err != nil {
 		return nil, Meta{}, err
 	}
-	md := schema.Metadata()
-	entries := make(map[string]string, md.Len())
-	for i, k := range md.Keys() {
-		entries[k] = md.Values()[i]
-	}
-	meta, err := parseMeta(entries)
+	meta, err := parseMeta(schema.Metadata().ToMap())
 	if err != nil {
 		return nil, Meta{}, err
 	}
