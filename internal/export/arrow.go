@@ -143,29 +143,16 @@ func ReadArrow(r ipc.ReadAtSeeker, spec model.Spec) ([]float32, Meta, error) {
 			rows[name] = rw
 		}
 	}
-	want := layout(spec)
-	if err := checkNames(have, spec, want); err != nil {
-		return nil, Meta{}, err
-	}
-	for _, t := range want {
-		if sh := rows[t.name].shape; !slices.Equal(sh, t.shape) {
-			return nil, Meta{}, fmt.Errorf("%w: tensor %s has shape %v, but %s expects %v", ErrFormat, t.name, sh, spec, t.shape)
-		}
-	}
-	if err := checkMetaSizes(meta, spec); err != nil {
-		return nil, Meta{}, err
-	}
-	params := make([]float32, spec.NumParams())
-	for _, t := range want {
+	params, err := assemble(spec, have, func(name string) []int { return rows[name].shape }, meta, func(t tensorShape, dst []float32) error {
 		v := rows[t.name].values
 		if len(v) != t.size() {
-			return nil, Meta{}, fmt.Errorf("%w: tensor %s has %d values; shape %v needs %d", ErrFormat, t.name, len(v), t.shape, t.size())
+			return fmt.Errorf("%w: tensor %s has %d values; shape %v needs %d", ErrFormat, t.name, len(v), t.shape, t.size())
 		}
-		dst := params[t.off : t.off+t.size()]
 		copy(dst, v)
-		if err := checkFinite(t, dst); err != nil {
-			return nil, Meta{}, fmt.Errorf("%w: %w", ErrFormat, err)
-		}
+		return nil
+	})
+	if err != nil {
+		return nil, Meta{}, err
 	}
 	return params, meta, nil
 }

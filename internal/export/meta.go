@@ -300,3 +300,34 @@ func joinInts(v []int, sep string) string {
 	}
 	return strings.Join(parts, sep)
 }
+
+// assemble is how every reader turns a file's tensors into a model: it
+// checks that the names (have) are exactly spec's, then each tensor's
+// shape (shapeOf), then the metadata's sizes, and builds the flat
+// parameter vector in spec's layout, fill copying each tensor's values
+// into its slice; every value must be finite.
+func assemble(spec model.Spec, have []string, shapeOf func(name string) []int, meta Meta, fill func(t tensorShape, dst []float32) error) ([]float32, error) {
+	want := layout(spec)
+	if err := checkNames(have, spec, want); err != nil {
+		return nil, err
+	}
+	for _, t := range want {
+		if sh := shapeOf(t.name); !slices.Equal(sh, t.shape) {
+			return nil, fmt.Errorf("%w: tensor %s has shape %v, but %s expects %v", ErrFormat, t.name, sh, spec, t.shape)
+		}
+	}
+	if err := checkMetaSizes(meta, spec); err != nil {
+		return nil, err
+	}
+	params := make([]float32, spec.NumParams())
+	for _, t := range want {
+		dst := params[t.off : t.off+t.size()]
+		if err := fill(t, dst); err != nil {
+			return nil, err
+		}
+		if err := checkFinite(t, dst); err != nil {
+			return nil, fmt.Errorf("%w: %w", ErrFormat, err)
+		}
+	}
+	return params, nil
+}

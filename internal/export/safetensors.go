@@ -9,7 +9,6 @@ import (
 	"fmt"
 	"io"
 	"math"
-	"slices"
 	"sort"
 	"strconv"
 
@@ -396,37 +395,19 @@ func (s *Safetensors) Dims() (inputs, classes int, err error) {
 // finite values, and metadata sizes if present — and returns them as one
 // flat parameter vector in spec's layout.
 func (s *Safetensors) Params(spec model.Spec) ([]float32, error) {
-	want := layout(spec)
 	have := make([]string, len(s.Tensors))
-	byName := make(map[string]Tensor, len(s.Tensors))
 	for i, t := range s.Tensors {
 		have[i] = t.Name
-		byName[t.Name] = t
 	}
-	if err := checkNames(have, spec, want); err != nil {
-		return nil, err
-	}
-	for _, w := range want {
-		if t := byName[w.name]; !slices.Equal(t.Shape, w.shape) {
-			return nil, fmt.Errorf("%w: tensor %s has shape %v, but %s expects %v", ErrFormat, w.name, t.Shape, spec, w.shape)
-		}
-	}
-	if err := checkMetaSizes(s.Meta, spec); err != nil {
-		return nil, err
-	}
-	params := make([]float32, spec.NumParams())
-	for _, w := range want {
-		t := byName[w.name]
-		dst := params[w.off : w.off+w.size()]
+	shapeOf := func(name string) []int { sh, _ := s.shape(name); return sh }
+	return assemble(spec, have, shapeOf, s.Meta, func(w tensorShape, dst []float32) error {
+		t := s.Tensors[s.byName[w.name]]
 		src := s.data[t.Begin:t.End]
 		for i := range dst {
 			dst[i] = math.Float32frombits(binary.LittleEndian.Uint32(src[4*i:]))
 		}
-		if err := checkFinite(w, dst); err != nil {
-			return nil, fmt.Errorf("%w: %w", ErrFormat, err)
-		}
-	}
-	return params, nil
+		return nil
+	})
 }
 
 // shape looks up a tensor's shape by name.
