@@ -463,15 +463,17 @@ func (h *Hub) gather(c *conn, u *wire.Update, update []float32, payloadErr error
 	h.stats.TasksCompleted++
 	if !t.eval {
 		r.folded++
-		if u.Seconds > 0 && u.Seconds < 1e6 {
-			b := r.busy[c.name]
-			r.busy[c.name] = [2]float64{b[0] + float64(u.Samples*max(t.wire.Epochs, 1)), b[1] + u.Seconds}
-		}
+		processed := int64(u.Samples) * int64(max(t.wire.Epochs, 1))
 		ts := h.trainers[c.name]
 		ts.Tasks++
-		ts.Samples += int64(u.Samples) * int64(max(t.wire.Epochs, 1))
+		ts.Samples += processed
 		if u.Seconds > 0 && u.Seconds < 1e6 {
 			ts.Seconds += u.Seconds
+			b := r.busy[c.name]
+			b.Tasks++
+			b.Samples += processed
+			b.Seconds += u.Seconds
+			r.busy[c.name] = b
 		}
 	}
 	if attempted {

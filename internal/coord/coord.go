@@ -225,10 +225,10 @@ type round struct {
 	tasks    map[int64]*task
 	order    []*task
 	queue    []*task
-	acc      *allreduce.Accumulator // nil when the round only evaluates
-	folded   int                    // training results counted
-	first    int64                  // id of the round's first task; older ids are stale
-	busy     map[string][2]float64  // per trainer: examples processed, compute seconds
+	acc      *allreduce.Accumulator  // nil when the round only evaluates
+	folded   int                     // training results counted
+	first    int64                   // id of the round's first task; older ids are stale
+	busy     map[string]TrainerStats // per trainer, this round's training tasks that reported their compute time
 	needed   int
 	res      RoundResult
 	finished chan struct{}
@@ -288,7 +288,7 @@ func (h *Hub) RunRound(ctx context.Context, spec RoundSpec) (*RoundResult, error
 	}
 	r.res.Tasks = make(map[string]int)
 	r.res.Rates = make(map[string]float64)
-	r.busy = make(map[string][2]float64)
+	r.busy = make(map[string]TrainerStats)
 
 	h.mu.Lock()
 	if h.round != nil {
@@ -388,10 +388,11 @@ func (h *Hub) closeRound(r *round) *RoundResult {
 		res.EvalLoss = evalLoss / float64(res.EvalSamples)
 	}
 	for name, b := range r.busy {
-		if b[1] > 0 {
-			res.Rates[name] = b[0] / b[1]
+		if b.Seconds > 0 {
+			res.Rates[name] = b.SamplesPerSecond()
 		}
 	}
+
 	return &res
 }
 
