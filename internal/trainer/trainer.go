@@ -262,15 +262,10 @@ func (t *Trainer) session(ctx context.Context) error {
 				return err
 			}
 		case wire.TypeModel:
-			var m wire.Model
-			if err := f.Parse(&m); err != nil {
-				return err
-			}
+			// readFrame parsed the header and read exactly m.Params values.
+			m := in.model
 			if m.Params != len(t.global) {
 				return fmt.Errorf("model version %d has %d parameters, the job's model %d", m.Version, m.Params, len(t.global))
-			}
-			if len(in.tensor) != len(t.global) {
-				return fmt.Errorf("model version %d: tensor of %d values, the job's model has %d", m.Version, len(in.tensor), len(t.global))
 			}
 			if err := wire.CheckFinite(in.tensor); err != nil {
 				return fmt.Errorf("model version %d: %w", m.Version, err)
@@ -323,10 +318,12 @@ func (t *Trainer) session(ctx context.Context) error {
 	}
 }
 
-// inFrame is a frame from the aggregator; a model frame's weights are
-// decoded into tensor, other payloads stay in Frame.Payload.
+// inFrame is a frame from the aggregator; a model frame's header is parsed
+// into model and its weights decoded into tensor, other payloads stay in
+// Frame.Payload.
 type inFrame struct {
 	wire.Frame
+	model  wire.Model
 	tensor []float32
 }
 
@@ -346,8 +343,8 @@ func (t *Trainer) readFrame(ws *websocket.Conn) (inFrame, int, error) {
 	in := inFrame{Frame: f}
 	n := wire.PrefixLen + len(f.Header)
 	if f.Type == wire.TypeModel {
-		var m wire.Model
-		if err := f.Parse(&m); err != nil {
+		m := &in.model
+		if err := f.Parse(m); err != nil {
 			return inFrame{}, 0, err
 		}
 		if m.Params < 0 || int64(m.Params) > t.cfg.MaxMessage/4 {
