@@ -294,10 +294,14 @@ func dots[T Float](out, a, w []T, ldw int) {
 	case []float32:
 		dots32(o, any(a).([]float32), any(w).([]float32), ldw)
 	case []float64:
-		a, w := any(a).([]float64), any(w).([]float64)
-		for i := range o {
-			o[i] = dotGo(a, w[i*ldw:i*ldw+len(a)])
-		}
+		dotsGo(o, any(a).([]float64), any(w).([]float64), ldw)
+	}
+}
+
+// dotsGo is dots in plain Go, one dotGo per row.
+func dotsGo[T Float](out, a, w []T, ldw int) {
+	for i := range out {
+		out[i] = dotGo(a, w[i*ldw:i*ldw+len(a)])
 	}
 }
 

@@ -113,9 +113,7 @@ func dotsAVX2(out *float32, a *float32, w *float32, ldw, nout, nvec int)
 // dots32 is dots for float32 (already checked).
 func dots32(out, a, w []float32, ldw int) {
 	if !useAVX2 || len(a) < 8 {
-		for i := range out {
-			out[i] = dotGo(a, w[i*ldw:i*ldw+len(a)])
-		}
+		dotsGo(out, a, w, ldw)
 		return
 	}
 	dotsAVX2(&out[0], &a[0], &w[0], ldw, len(out), len(a)/8)

@@ -14,11 +14,7 @@ func compact32(idx []int32, val, src, next []float32, cnt []int32) int {
 }
 
 // dots32 is dots for float32 (already checked), in plain Go.
-func dots32(out, a, w []float32, ldw int) {
-	for i := range out {
-		out[i] = dotGo(a, w[i*ldw:i*ldw+len(a)])
-	}
-}
+func dots32(out, a, w []float32, ldw int) { dotsGo(out, a, w, ldw) }
 
 // scatterSegs32 is scatterSegs for float32 (already checked), in plain Go.
 func scatterSegs32(out []float32, ldOut, n int, ends []int32, vals []float32, alpha float32, idx []int32, src []float32, ldSrc int) {
