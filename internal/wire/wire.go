@@ -283,11 +283,17 @@ func ReadFloat32s(dst []float32, payload []byte) error {
 	if littleEndian {
 		copy(Float32Bytes(dst), payload)
 	} else {
-		for i := range dst {
-			dst[i] = math.Float32frombits(binary.LittleEndian.Uint32(payload[4*i:]))
-		}
+		decodeLE(dst, payload)
 	}
 	return CheckFinite(dst)
+}
+
+// decodeLE sets dst from the little-endian float32 values in b, for hosts
+// whose own layout is not the wire's.
+func decodeLE(dst []float32, b []byte) {
+	for i := range dst {
+		dst[i] = math.Float32frombits(binary.LittleEndian.Uint32(b[4*i:]))
+	}
 }
 
 // ReadHead reads a frame's prefix and JSON header from r — typically a
@@ -349,9 +355,7 @@ func ReadTensor(r io.Reader, dst []float32) (int, error) {
 		return n + int(extra), &SizeError{Got: int64(n) + extra, Want: int64(want)}
 	}
 	if !littleEndian {
-		for i := range dst {
-			dst[i] = math.Float32frombits(binary.LittleEndian.Uint32(b[4*i:]))
-		}
+		decodeLE(dst, b)
 	}
 	return n, nil
 }
