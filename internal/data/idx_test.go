@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"os"
 	"path/filepath"
+	"slices"
 	"testing"
 )
 
@@ -54,21 +55,9 @@ func TestLoadMNIST(t *testing.T) {
 			}
 		})
 	}
-	if got, want := train.Y[:10], []int32{5, 0, 4, 1, 9, 2, 1, 3, 1, 4}; !equalInt32(got, want) {
+	if got, want := train.Y[:10], []int32{5, 0, 4, 1, 9, 2, 1, 3, 1, 4}; !slices.Equal(got, want) {
 		t.Errorf("first train labels %v, expected %v", got, want)
 	}
-}
-
-func equalInt32(a, b []int32) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-	return true
 }
 
 // idxBytes builds an IDX file: magic, big-endian dims, then payload.

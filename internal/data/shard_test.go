@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"math"
+	"slices"
 	"strings"
 	"testing"
 
@@ -26,7 +27,7 @@ func mnistShard(t testing.TB, n int) *Dataset {
 
 // bitEqual reports whether a and b hold bit-identical data.
 func bitEqual(a, b *Dataset) bool {
-	if a.Dim != b.Dim || a.Classes != b.Classes || len(a.X) != len(b.X) || !equalInt32(a.Y, b.Y) {
+	if a.Dim != b.Dim || a.Classes != b.Classes || len(a.X) != len(b.X) || !slices.Equal(a.Y, b.Y) {
 		return false
 	}
 	for i := range a.X {
