@@ -206,8 +206,8 @@ func PartitionDirichlet(labels []int32, classes, k int, alpha float64, seed uint
 	if classes < 1 {
 		return nil, fmt.Errorf("dirichlet partition: expected at least 1 class, got %d", classes)
 	}
-	if !(alpha > 0) || math.IsInf(alpha, 0) {
-		return nil, fmt.Errorf("dirichlet partition: expected alpha > 0 and finite, got %v", alpha)
+	if err := checkAlpha(alpha); err != nil {
+		return nil, fmt.Errorf("dirichlet partition: %w", err)
 	}
 	if err := checkClients(len(labels), k); err != nil {
 		return nil, fmt.Errorf("dirichlet partition: %w", err)
@@ -332,8 +332,8 @@ func ParsePartition(spec string) (Partition, error) {
 		if err != nil {
 			return Partition{}, fmt.Errorf("partition %q: expected a number after \"dirichlet:\", got %q: %w", spec, text, err)
 		}
-		if !(alpha > 0) || math.IsInf(alpha, 0) {
-			return Partition{}, fmt.Errorf("partition %q: expected alpha > 0 and finite, got %v", spec, alpha)
+		if err := checkAlpha(alpha); err != nil {
+			return Partition{}, fmt.Errorf("partition %q: %w", spec, err)
 		}
 		return Partition{Kind: "dirichlet", Alpha: alpha}, nil
 	default:
@@ -365,4 +365,12 @@ func (p Partition) String() string {
 		return "dirichlet:" + strconv.FormatFloat(p.Alpha, 'g', -1, 64)
 	}
 	return p.Kind
+}
+
+// checkAlpha requires a Dirichlet concentration that is positive and finite.
+func checkAlpha(alpha float64) error {
+	if !(alpha > 0) || math.IsInf(alpha, 0) {
+		return fmt.Errorf("expected alpha > 0 and finite, got %v", alpha)
+	}
+	return nil
 }
