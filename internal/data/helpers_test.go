@@ -1,9 +1,15 @@
 package data
 
 import (
+	"bytes"
 	"strings"
 	"sync"
 	"testing"
+
+	"github.com/apache/arrow-go/v18/arrow"
+	"github.com/apache/arrow-go/v18/arrow/array"
+	"github.com/apache/arrow-go/v18/arrow/ipc"
+	"github.com/apache/arrow-go/v18/arrow/memory"
 )
 
 // mnistDir is the committed MNIST copy, relative to this package.
@@ -65,4 +71,48 @@ func checkCover(t *testing.T, parts [][]int, n int) {
 	if total != n {
 		t.Fatalf("parts cover %d indices, expected %d", total, n)
 	}
+}
+
+// ipcBytes writes recs with schema in the Arrow IPC file format (file), or
+// else as a ZSTD-compressed IPC stream, the form shards travel in.
+func ipcBytes(t testing.TB, file bool, schema *arrow.Schema, recs ...arrow.RecordBatch) []byte {
+	t.Helper()
+	var buf bytes.Buffer
+	var w interface {
+		Write(arrow.RecordBatch) error
+		Close() error
+	}
+	if file {
+		fw, err := ipc.NewFileWriter(&buf, ipc.WithSchema(schema))
+		if err != nil {
+			t.Fatal(err)
+		}
+		w = fw
+	} else {
+		w = ipc.NewWriter(&buf, ipc.WithSchema(schema), ipc.WithZstd())
+	}
+	for _, rec := range recs {
+		if err := w.Write(rec); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := w.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return buf.Bytes()
+}
+
+// buildIPC builds one record batch per fill function with schema and
+// writes them as ipcBytes does.
+func buildIPC(t testing.TB, file bool, schema *arrow.Schema, fills ...func(*array.RecordBuilder)) []byte {
+	t.Helper()
+	recs := make([]arrow.RecordBatch, len(fills))
+	for i, fill := range fills {
+		rb := array.NewRecordBuilder(memory.DefaultAllocator, schema)
+		fill(rb)
+		recs[i] = rb.NewRecordBatch()
+		rb.Release()
+		defer recs[i].Release()
+	}
+	return ipcBytes(t, file, schema, recs...)
 }

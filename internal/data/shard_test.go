@@ -11,7 +11,6 @@ import (
 	"github.com/apache/arrow-go/v18/arrow"
 	"github.com/apache/arrow-go/v18/arrow/array"
 	"github.com/apache/arrow-go/v18/arrow/ipc"
-	"github.com/apache/arrow-go/v18/arrow/memory"
 )
 
 // mnistShard returns the first n MNIST training rows as a dataset.
@@ -135,22 +134,7 @@ func TestEncodeShardRejectsInvalid(t *testing.T) {
 // schema; each batch function fills a record builder.
 func shardStream(t testing.TB, schema *arrow.Schema, batches ...func(b *array.RecordBuilder)) []byte {
 	t.Helper()
-	var buf bytes.Buffer
-	w := ipc.NewWriter(&buf, ipc.WithSchema(schema), ipc.WithZstd())
-	for _, fill := range batches {
-		rb := array.NewRecordBuilder(memory.DefaultAllocator, schema)
-		fill(rb)
-		rec := rb.NewRecordBatch()
-		if err := w.Write(rec); err != nil {
-			t.Fatal(err)
-		}
-		rec.Release()
-		rb.Release()
-	}
-	if err := w.Close(); err != nil {
-		t.Fatal(err)
-	}
-	return buf.Bytes()
+	return buildIPC(t, false, schema, batches...)
 }
 
 // schemaOf builds a schema with "classes" metadata (omitted when classes is "").
@@ -439,23 +423,7 @@ func patchZstdHeader(t *testing.T, b []byte, size int64, at int, v byte) []byte 
 // arrowFileBytes writes an Arrow IPC file (not stream) in memory.
 func arrowFileBytes(t *testing.T, schema *arrow.Schema, fill func(*array.RecordBuilder)) []byte {
 	t.Helper()
-	var buf bytes.Buffer
-	w, err := ipc.NewFileWriter(&buf, ipc.WithSchema(schema))
-	if err != nil {
-		t.Fatal(err)
-	}
-	rb := array.NewRecordBuilder(memory.DefaultAllocator, schema)
-	defer rb.Release()
-	fill(rb)
-	rec := rb.NewRecordBatch()
-	defer rec.Release()
-	if err := w.Write(rec); err != nil {
-		t.Fatal(err)
-	}
-	if err := w.Close(); err != nil {
-		t.Fatal(err)
-	}
-	return buf.Bytes()
+	return buildIPC(t, true, schema, fill)
 }
 
 // TestDecodeShardTruncations cuts a valid stream at every length: each prefix

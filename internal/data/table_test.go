@@ -10,7 +10,6 @@ import (
 
 	"github.com/apache/arrow-go/v18/arrow"
 	"github.com/apache/arrow-go/v18/arrow/array"
-	"github.com/apache/arrow-go/v18/arrow/ipc"
 	"github.com/apache/arrow-go/v18/arrow/memory"
 	"github.com/apache/arrow-go/v18/parquet"
 	"github.com/apache/arrow-go/v18/parquet/pqarrow"
@@ -77,36 +76,13 @@ func tableBatches(t *testing.T, list arrow.DataType) []arrow.RecordBatch {
 // writeArrowFile writes batches in the IPC file format.
 func writeArrowFile(t *testing.T, path string, recs []arrow.RecordBatch) {
 	t.Helper()
-	var buf bytes.Buffer
-	w, err := ipc.NewFileWriter(&buf, ipc.WithSchema(recs[0].Schema()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, rec := range recs {
-		if err := w.Write(rec); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := w.Close(); err != nil {
-		t.Fatal(err)
-	}
-	writeFile(t, path, buf.Bytes())
+	writeFile(t, path, ipcBytes(t, true, recs[0].Schema(), recs...))
 }
 
 // writeArrowStream writes batches in the IPC stream format.
 func writeArrowStream(t *testing.T, path string, recs []arrow.RecordBatch) {
 	t.Helper()
-	var buf bytes.Buffer
-	w := ipc.NewWriter(&buf, ipc.WithSchema(recs[0].Schema()), ipc.WithZstd())
-	for _, rec := range recs {
-		if err := w.Write(rec); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := w.Close(); err != nil {
-		t.Fatal(err)
-	}
-	writeFile(t, path, buf.Bytes())
+	writeFile(t, path, ipcBytes(t, false, recs[0].Schema(), recs...))
 }
 
 // writeParquet writes batches as a Parquet file with row groups of at most
