@@ -25,10 +25,8 @@ import (
 type Metrics struct {
 	name string
 
-	mu      sync.Mutex // guards the task figures, so a scrape sees them together
-	tasks   int64
-	samples int64
-	compute time.Duration
+	mu   sync.Mutex // guards done, so a scrape sees its figures together
+	done taskTotals
 
 	connected  atomic.Bool
 	reconnects atomic.Int64
@@ -80,9 +78,7 @@ func (m *Metrics) taskDone(samples int64, compute time.Duration) {
 		return
 	}
 	m.mu.Lock()
-	m.tasks++
-	m.samples += samples
-	m.compute += compute
+	m.done.add(samples, compute)
 	m.mu.Unlock()
 }
 
@@ -160,21 +156,17 @@ func (c workerCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, v)
 	}
 	m.mu.Lock()
-	tasks, samples, compute := m.tasks, m.samples, m.compute.Seconds()
+	done := m.done
 	m.mu.Unlock()
-	rate := 0.0
-	if compute > 0 {
-		rate = float64(samples) / compute
-	}
 	connected := 0.0
 	if m.connected.Load() {
 		connected = 1
 	}
 	gauge(workerInfo, 1, m.name)
-	counter(workerTasks, float64(tasks))
-	counter(workerSamples, float64(samples))
-	counter(workerCompute, compute)
-	gauge(workerRate, rate)
+	counter(workerTasks, float64(done.tasks))
+	counter(workerSamples, float64(done.samples))
+	counter(workerCompute, done.compute.Seconds())
+	gauge(workerRate, done.rate())
 	gauge(workerConnected, connected)
 	counter(workerReconnects, float64(m.reconnects.Load()))
 	counter(workerSent, float64(m.sent.Load()))

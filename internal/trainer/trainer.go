@@ -94,9 +94,7 @@ type Trainer struct {
 	version   int
 	haveModel bool
 
-	tasks   int
-	samples int64
-	busy    time.Duration
+	done taskTotals // tasks trained in this process's life
 }
 
 // New checks cfg and returns a trainer.
@@ -141,10 +139,10 @@ func (t *Trainer) Run(ctx context.Context) error {
 		err := t.session(ctx)
 		switch {
 		case err == nil:
-			log.Info("job done; exiting", "tasks", t.tasks, "samples_per_second", t.rate())
+			log.Info("job done; exiting", "tasks", t.done.tasks, "samples_per_second", t.done.rate())
 			return nil
 		case ctx.Err() != nil:
-			log.Info("stopping", "tasks", t.tasks)
+			log.Info("stopping", "tasks", t.done.tasks)
 			return nil
 		case errors.Is(err, ErrRefused):
 			return err
@@ -164,11 +162,25 @@ func (t *Trainer) Run(ctx context.Context) error {
 	}
 }
 
-func (t *Trainer) rate() float64 {
-	if t.busy <= 0 {
+// taskTotals are the figures of the tasks a trainer trained.
+type taskTotals struct {
+	tasks   int64
+	samples int64         // examples processed (shard rows × epochs)
+	compute time.Duration // computing, -slowdown's sleeps excluded
+}
+
+func (s *taskTotals) add(samples int64, compute time.Duration) {
+	s.tasks++
+	s.samples += samples
+	s.compute += compute
+}
+
+// rate is the training throughput: samples per compute second.
+func (s taskTotals) rate() float64 {
+	if s.compute <= 0 {
 		return 0
 	}
-	return float64(t.samples) / t.busy.Seconds()
+	return float64(s.samples) / s.compute.Seconds()
 }
 
 // errDone ends a session because the job is over.
@@ -237,7 +249,7 @@ func (t *Trainer) session(ctx context.Context) error {
 			}
 			return err
 		case <-report.C:
-			t.cfg.Logger.Info("progress", "tasks", t.tasks, "samples_per_second", int(t.rate()), "shards_cached", len(t.shards), "version", t.version)
+			t.cfg.Logger.Info("progress", "tasks", t.done.tasks, "samples_per_second", int(t.done.rate()), "shards_cached", len(t.shards), "version", t.version)
 			continue
 		case <-ctx.Done():
 			return ctx.Err()
@@ -463,10 +475,9 @@ func (t *Trainer) task(ws *websocket.Conn, task *wire.Task) error {
 	}
 	took := time.Since(start)
 	t.slowDown(took)
-	t.tasks++
-	t.samples += int64(ds.Len() * task.Epochs)
-	t.busy += took
-	t.cfg.Metrics.taskDone(int64(ds.Len()*task.Epochs), took)
+	samples := int64(ds.Len() * task.Epochs)
+	t.done.add(samples, took)
+	t.cfg.Metrics.taskDone(samples, took)
 	u := wire.Update{Task: task.ID, Round: task.Round, Version: task.Version, Client: task.Client, Samples: ds.Len(), Loss: loss, Seconds: took.Seconds()}
 	return t.write(ws, wire.TypeUpdate, u, wire.Float32Bytes(t.local))
 }
