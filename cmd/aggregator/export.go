@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"strconv"
 
+	"fedgather/internal/atomicfile"
 	"fedgather/internal/cli"
 	"fedgather/internal/export"
 	"fedgather/internal/job"
@@ -226,32 +227,9 @@ func serveModel(w http.ResponseWriter, r *http.Request, j *job.Job) {
 	_, _ = w.Write(buf.Bytes())
 }
 
-// writeFile writes path atomically: into a temporary file in the same
-// directory, fsynced, then renamed over path.
+// writeFile writes path atomically (see atomicfile.Write).
 func writeFile(path string, write func(io.Writer) error) error {
-	tmp, err := os.CreateTemp(filepath.Dir(path), filepath.Base(path)+".tmp*")
-	if err != nil {
-		return fmt.Errorf("export %s: %w", path, err)
-	}
-	defer os.Remove(tmp.Name()) // no-op once renamed
-	bw := bufio.NewWriterSize(tmp, 1<<20)
-	err = write(bw)
-	if err == nil {
-		err = bw.Flush()
-	}
-	if err == nil {
-		err = tmp.Chmod(0o644)
-	}
-	if err == nil {
-		err = tmp.Sync()
-	}
-	if cerr := tmp.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp.Name(), path)
-	}
-	if err != nil {
+	if err := atomicfile.Write(path, write); err != nil {
 		return fmt.Errorf("export %s: %w", path, err)
 	}
 	return nil

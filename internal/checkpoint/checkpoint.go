@@ -19,12 +19,15 @@ import (
 	"errors"
 	"fmt"
 	"hash/crc32"
+	"io"
 	"io/fs"
 	"math"
 	"os"
 	"path/filepath"
 	"sort"
 	"strings"
+
+	"fedgather/internal/atomicfile"
 )
 
 // FileName is the checkpoint's name inside the state directory.
@@ -72,33 +75,12 @@ func Save(dir string, s *State) error {
 	b = append(b, s.Optimizer...)
 	b = binary.LittleEndian.AppendUint32(b, crc32.Checksum(b, table))
 
-	tmp, err := os.CreateTemp(dir, FileName+".tmp*")
+	err = atomicfile.Write(filepath.Join(dir, FileName), func(w io.Writer) error {
+		_, err := w.Write(b)
+		return err
+	})
 	if err != nil {
-		return fmt.Errorf("write checkpoint: %w", err)
-	}
-	defer os.Remove(tmp.Name()) // no-op once renamed
-	if _, err := tmp.Write(b); err != nil {
-		tmp.Close()
-		return fmt.Errorf("write checkpoint %s: %w", tmp.Name(), err)
-	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return fmt.Errorf("fsync checkpoint %s: %w", tmp.Name(), err)
-	}
-	if err := tmp.Close(); err != nil {
-		return fmt.Errorf("close checkpoint %s: %w", tmp.Name(), err)
-	}
-	path := filepath.Join(dir, FileName)
-	if err := os.Rename(tmp.Name(), path); err != nil {
-		return fmt.Errorf("rename checkpoint into place: %w", err)
-	}
-	d, err := os.Open(dir)
-	if err != nil {
-		return fmt.Errorf("open state directory to fsync: %w", err)
-	}
-	defer d.Close()
-	if err := d.Sync(); err != nil {
-		return fmt.Errorf("fsync state directory: %w", err)
+		return fmt.Errorf("save checkpoint: %w", err)
 	}
 	return nil
 }
