@@ -274,16 +274,14 @@ func (t *Trainer) session(ctx context.Context) error {
 				return err
 			}
 		case wire.TypeModel:
-			// readFrame parsed the header and read exactly m.Params values.
+			// readFrame parsed the header and read exactly m.Params finite
+			// values.
 			m := in.model
 			if m.Params != len(t.global) {
 				return fmt.Errorf("model version %d has %d parameters, the job's model %d", m.Version, m.Params, len(t.global))
 			}
-			if err := wire.CheckFinite(in.tensor); err != nil {
-				return fmt.Errorf("model version %d: %w", m.Version, err)
-			}
-			// The tensor was read straight from the socket; it becomes
-			// the held model without a copy.
+			// The tensor was read straight from the socket and checked
+			// as it arrived; it becomes the held model without a copy.
 			t.global = in.tensor
 			t.version, t.haveModel = m.Version, true
 		case wire.TypeShard:
@@ -363,7 +361,7 @@ func (t *Trainer) readFrame(ws *websocket.Conn) (inFrame, int, error) {
 			return inFrame{}, 0, fmt.Errorf("model version %d announces %d parameters, more than a %d-byte message holds", m.Version, m.Params, t.cfg.MaxMessage)
 		}
 		in.tensor = make([]float32, m.Params)
-		k, err := wire.ReadTensor(r, in.tensor)
+		k, err := wire.ReadFiniteTensor(r, in.tensor)
 		if err != nil {
 			return inFrame{}, 0, fmt.Errorf("model version %d: %w", m.Version, err)
 		}

@@ -332,18 +332,42 @@ func ReadHead(r io.Reader, buf []byte) (Frame, error) {
 // An empty payload reads nothing and reports (0, nil) so the caller can
 // tell a frame without a tensor.
 func ReadTensor(r io.Reader, dst []float32) (int, error) {
+	return readTensor(r, dst, false)
+}
+
+// ReadFiniteTensor is ReadTensor that also checks the values, as
+// CheckFinite does, and fails at the first NaN or infinity. It checks each
+// piece as the connection delivers it, while the piece is still in cache
+// and while the sender is still writing the next: on loopback that hides
+// most of the check's cost, which a separate pass over the whole tensor
+// afterwards adds in full. The error of a bad value names its index.
+func ReadFiniteTensor(r io.Reader, dst []float32) (int, error) {
+	return readTensor(r, dst, true)
+}
+
+func readTensor(r io.Reader, dst []float32, check bool) (int, error) {
 	want := 4 * len(dst)
-	var b []byte
-	if littleEndian {
-		b = Float32Bytes(dst)
-	} else {
+	b := Float32Bytes(dst)
+	if !littleEndian {
 		b = make([]byte, want)
 	}
-	n, err := io.ReadFull(r, b)
+	n, checked := 0, 0 // bytes read, values checked
+	var err error
+	for n < want && err == nil {
+		var k int
+		k, err = r.Read(b[n:])
+		n += k
+		if check && littleEndian && n/4 > checked {
+			if cerr := checkFiniteAt(dst[checked:n/4], checked); cerr != nil {
+				return n, cerr
+			}
+			checked = n / 4
+		}
+	}
 	if n == 0 && errors.Is(err, io.EOF) {
 		return 0, nil
 	}
-	if err != nil && !errors.Is(err, io.ErrUnexpectedEOF) {
+	if err != nil && !errors.Is(err, io.EOF) {
 		return n, err
 	}
 	if n < want {
@@ -356,6 +380,9 @@ func ReadTensor(r io.Reader, dst []float32) (int, error) {
 	}
 	if !littleEndian {
 		decodeLE(dst, b)
+		if check {
+			return n, CheckFinite(dst)
+		}
 	}
 	return n, nil
 }
@@ -363,13 +390,17 @@ func ReadTensor(r io.Reader, dst []float32) (int, error) {
 // CheckFinite reports the first NaN or infinite value of v. It tests the
 // exponent bits without branches, so it runs at memory speed, and only
 // looks for the index once it knows there is a bad value.
-func CheckFinite(v []float32) error {
+func CheckFinite(v []float32) error { return checkFiniteAt(v, 0) }
+
+// checkFiniteAt is CheckFinite for the values of a tensor from index
+// offset on.
+func checkFiniteAt(v []float32, offset int) error {
 	if allFinite(v) {
 		return nil
 	}
 	for i, x := range v {
 		if math.IsNaN(float64(x)) || math.IsInf(float64(x), 0) {
-			return fmt.Errorf("tensor value %d is %v; all values must be finite", i, x)
+			return fmt.Errorf("tensor value %d is %v; all values must be finite", offset+i, x)
 		}
 	}
 	return nil

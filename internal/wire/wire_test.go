@@ -2,11 +2,15 @@ package wire
 
 import (
 	"bytes"
+	"encoding/binary"
 	"errors"
 	"fmt"
+	"io"
 	"math"
+	"slices"
 	"strings"
 	"testing"
+	"testing/iotest"
 )
 
 func TestEncodeDecodeRoundTrip(t *testing.T) {
@@ -196,4 +200,92 @@ func BenchmarkCheckFinite(b *testing.B) {
 			b.Fatal(err)
 		}
 	}
+}
+
+// ReadFiniteTensor reads what ReadTensor reads, however the connection
+// splits the payload, and reports the first bad value by its index even
+// when it straddles two reads.
+func TestReadFiniteTensor(t *testing.T) {
+	vals := make([]float32, 1000)
+	for i := range vals {
+		vals[i] = float32(i) - 500.25
+	}
+	payload := append([]byte(nil), Float32Bytes(vals)...)
+	readers := map[string]func([]byte) io.Reader{
+		"whole":    func(b []byte) io.Reader { return bytes.NewReader(b) },
+		"one byte": func(b []byte) io.Reader { return iotest.OneByteReader(bytes.NewReader(b)) },
+		"halves":   func(b []byte) io.Reader { return iotest.HalfReader(bytes.NewReader(b)) },
+		"data+EOF": func(b []byte) io.Reader { return iotest.DataErrReader(bytes.NewReader(b)) },
+	}
+	for name, mk := range readers {
+		dst := make([]float32, len(vals))
+		if n, err := ReadFiniteTensor(mk(payload), dst); err != nil || n != len(payload) || !slices.Equal(dst, vals) {
+			t.Fatalf("%s: %d %v", name, n, err)
+		}
+		for _, at := range []int{0, 1, 511, 998, 999} {
+			for _, bad := range []float32{float32(math.NaN()), float32(math.Inf(-1))} {
+				b := slices.Clone(payload)
+				binary.LittleEndian.PutUint32(b[4*at:], math.Float32bits(bad))
+				_, err := ReadFiniteTensor(mk(b), make([]float32, len(vals)))
+				if want := fmt.Sprintf("tensor value %d is %v", at, bad); err == nil || !strings.Contains(err.Error(), want) {
+					t.Fatalf("%s, %v at %d: %v, want %q", name, bad, at, err, want)
+				}
+			}
+		}
+		for _, size := range []int{4, len(payload) - 1, len(payload) + 4} {
+			b := make([]byte, size)
+			_, err1 := ReadTensor(mk(b), make([]float32, len(vals)))
+			_, err2 := ReadFiniteTensor(mk(b), make([]float32, len(vals)))
+			var se *SizeError
+			if !errors.As(err2, &se) || err1.Error() != err2.Error() {
+				t.Fatalf("%s, %d bytes: ReadTensor %v, ReadFiniteTensor %v", name, size, err1, err2)
+			}
+		}
+		if n, err := ReadFiniteTensor(mk(nil), make([]float32, 2)); n != 0 || err != nil {
+			t.Fatalf("%s, empty payload: %d %v", name, n, err)
+		}
+	}
+}
+
+// FuzzReadFiniteTensor checks the streaming check against reading the
+// whole payload and checking it afterwards, for any payload, tensor size
+// and way the connection splits it.
+func FuzzReadFiniteTensor(f *testing.F) {
+	f.Add(Float32Bytes([]float32{1, 2, 3}), uint8(3), uint8(5))
+	f.Add([]byte{0, 0, 0x80, 0x7f, 1}, uint8(1), uint8(1))
+	f.Fuzz(func(t *testing.T, b []byte, n, chunk uint8) {
+		want := make([]float32, n)
+		_, err1 := ReadTensor(bytes.NewReader(b), want)
+		if err1 == nil {
+			err1 = CheckFinite(want)
+		}
+		got := make([]float32, n)
+		r := &chunkReader{b: b, k: int(chunk%16) + 1}
+		_, err2 := ReadFiniteTensor(r, got)
+		// A payload of the wrong size may hold a bad value before the end;
+		// the streaming check reports whichever it meets first.
+		var se *SizeError
+		sizeFirst := errors.As(err1, &se) && err2 != nil && strings.HasPrefix(err2.Error(), "tensor value ")
+		if (err1 == nil) != (err2 == nil) || (err1 != nil && err1.Error() != err2.Error() && !sizeFirst) {
+			t.Fatalf("ReadTensor+CheckFinite: %v; ReadFiniteTensor: %v", err1, err2)
+		}
+		if err1 == nil && !slices.Equal(Float32Bytes(got), Float32Bytes(want)) {
+			t.Fatalf("values differ: %v vs %v", got, want)
+		}
+	})
+}
+
+// chunkReader returns at most k bytes per Read.
+type chunkReader struct {
+	b []byte
+	k int
+}
+
+func (r *chunkReader) Read(p []byte) (int, error) {
+	if len(r.b) == 0 {
+		return 0, io.EOF
+	}
+	n := copy(p[:min(len(p), r.k)], r.b)
+	r.b = r.b[n:]
+	return n, nil
 }
