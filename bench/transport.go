@@ -14,7 +14,6 @@ import (
 	"net/http"
 	"runtime"
 	"time"
-	"unsafe"
 
 	"github.com/gorilla/websocket"
 
@@ -45,14 +44,18 @@ import (
 //	         wire.ReadFloat32s (the receiving side then also runs
 //	         allreduce.CheckFinite): the read path before direct reads.
 //	direct   the same pair, each side reading the payload straight into its
-//	         []float32 (wire.ReadHead, wire.ReadTensor) and checking it once.
-//	big      direct, with the client's websocket buffers at 1 MiB instead
-//	         of 64 KiB, so that an update (a client frame, which gorilla
-//	         masks by copying it through the write buffer) leaves as one
-//	         frame.
-//	tcpcheck raw TCP as below, each side then checking the values it read
-//	         (wire.CheckFinite, allreduce.CheckFinite): the ceiling for any
-//	         protocol that validates the tensors it receives.
+//	         []float32: the client as the trainer does
+//	         (wire.ReadFiniteTensor, checking each piece as it arrives), the
+//	         server as the hub does (wire.ReadTensor, then a range check).
+//	big      direct, with the trainer's websocket buffers (64 KiB to read,
+//	         1 MiB to write) instead of 64 KiB both, so that an update (a
+//	         client frame, which gorilla masks by copying it through the
+//	         write buffer) leaves as one frame.
+//	bare     big without any check: the websocket framing alone.
+//	tcpcheck raw TCP as below, each side checking the values it reads piece
+//	         by piece as they arrive (finite on the client, finite and
+//	         within ±MaxAbs on the server): the ceiling for any protocol
+//	         that validates the tensors it receives.
 //	anchor   raw TCP: the same payload bytes written and read back with
 //	         io.ReadFull into a reused buffer.
 type transportRow struct {
@@ -64,6 +67,7 @@ type transportRow struct {
 	Wire     spread  `json:"wire"`
 	Direct   spread  `json:"direct"`
 	Big      spread  `json:"big"`
+	Bare     spread  `json:"bare"` // big without checks: the framing alone
 	Anchor   spread  `json:"anchor"`
 	Checked  spread  `json:"tcp_checked"`  // raw TCP, each side checking the tensor it read
 	Ratio    spread  `json:"ratio"`        // hub/anchor per repeat
@@ -71,6 +75,7 @@ type transportRow struct {
 	WireRat  spread  `json:"wire_ratio"`   // wire/anchor per repeat
 	DirRat   spread  `json:"direct_ratio"` // direct/anchor per repeat
 	BigRat   spread  `json:"big_ratio"`    // big/anchor per repeat
+	BareRat  spread  `json:"bare_ratio"`
 	CheckRat spread  `json:"tcp_checked_ratio"`
 	Target   float64 `json:"target"`
 	Repeats  int     `json:"repeats"`
@@ -83,7 +88,7 @@ func runTransport(args []string) error {
 	fs := flag.NewFlagSet("transport", flag.ContinueOnError)
 	repeats := fs.Int("repeats", 7, "measurements of each side")
 	trips := fs.Int("trips", 100, "round trips per measurement")
-	only := fs.String("only", "", "measure only this path (hub, real, buffered, direct, big, tcp, tcpcheck), for profiling")
+	only := fs.String("only", "", "measure only this path (hub, real, buffered, direct, big, bare, tcp, tcpcheck), for profiling")
 	prof := profileFlag(fs)
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -112,21 +117,26 @@ func runTransport(args []string) error {
 		return err
 	}
 	defer stopReal()
-	wp, err := startWirePair(model, delta, false, coord.BufferSize)
+	wp, err := startWirePair(model, delta, readBuffered, coord.BufferSize, coord.BufferSize)
 	if err != nil {
 		return err
 	}
 	defer wp.close()
-	dp, err := startWirePair(model, delta, true, coord.BufferSize)
+	dp, err := startWirePair(model, delta, readDirect, coord.BufferSize, coord.BufferSize)
 	if err != nil {
 		return err
 	}
 	defer dp.close()
-	bp, err := startWirePair(model, delta, true, 1<<20)
+	bp, err := startWirePair(model, delta, readDirect, trainer.ReadBufferSize, trainer.WriteBufferSize)
 	if err != nil {
 		return err
 	}
 	defer bp.close()
+	np, err := startWirePair(model, delta, readUnchecked, trainer.ReadBufferSize, trainer.WriteBufferSize)
+	if err != nil {
+		return err
+	}
+	defer np.close()
 	tp, err := startTCPPair(4*n, false)
 	if err != nil {
 		return err
@@ -156,7 +166,7 @@ func runTransport(args []string) error {
 	}
 	hubTrips, realTrips := roundTrips(hub), roundTrips(realHub)
 	// Warm up each path (the hub's first round also sends the shard).
-	for _, f := range []func(int) error{hubTrips, realTrips, wp.trips, dp.trips, bp.trips, tp.trips, cp.trips} {
+	for _, f := range []func(int) error{hubTrips, realTrips, wp.trips, dp.trips, bp.trips, np.trips, tp.trips, cp.trips} {
 		if err := f(3); err != nil {
 			return err
 		}
@@ -170,14 +180,14 @@ func runTransport(args []string) error {
 		}
 		return bytes * float64(*trips) / time.Since(start).Seconds() / 1e6, nil
 	}
-	progress("transport: %d × %d round trips of a 0.8 MB model and update on each of 7 paths", *repeats, *trips)
-	var hubs, reals, wires, directs, bigs, tcps, checked []float64
+	progress("transport: %d × %d round trips of a 0.8 MB model and update on each of 8 paths", *repeats, *trips)
+	var hubs, reals, wires, directs, bigs, bares, tcps, checked []float64
 	for rep := range *repeats {
 		paths := []struct {
 			name string
 			f    func(int) error
 			out  *[]float64
-		}{{"hub", hubTrips, &hubs}, {"real", realTrips, &reals}, {"buffered", wp.trips, &wires}, {"direct", dp.trips, &directs}, {"big", bp.trips, &bigs}, {"tcp", tp.trips, &tcps}, {"tcpcheck", cp.trips, &checked}}
+		}{{"hub", hubTrips, &hubs}, {"real", realTrips, &reals}, {"buffered", wp.trips, &wires}, {"direct", dp.trips, &directs}, {"big", bp.trips, &bigs}, {"bare", np.trips, &bares}, {"tcp", tp.trips, &tcps}, {"tcpcheck", cp.trips, &checked}}
 		// Rotate the order so no path always runs first.
 		for i := range paths {
 			p := paths[(i+rep)%len(paths)]
@@ -193,9 +203,9 @@ func runTransport(args []string) error {
 	}
 	return emit(&transportRow{
 		Row: "transport", Case: "2NN model + update (2 × 0.8 MB)", Bytes: 8 * n,
-		Hub: spreadOf(hubs), Real: spreadOf(reals), Wire: spreadOf(wires), Direct: spreadOf(directs), Big: spreadOf(bigs), Anchor: spreadOf(tcps),
+		Hub: spreadOf(hubs), Real: spreadOf(reals), Wire: spreadOf(wires), Direct: spreadOf(directs), Big: spreadOf(bigs), Bare: spreadOf(bares), Anchor: spreadOf(tcps),
 		Checked: spreadOf(checked), CheckRat: spreadOf(ratios(checked, tcps)),
-		Ratio: spreadOf(ratios(hubs, tcps)), RealRat: spreadOf(ratios(reals, tcps)), WireRat: spreadOf(ratios(wires, tcps)), DirRat: spreadOf(ratios(directs, tcps)), BigRat: spreadOf(ratios(bigs, tcps)),
+		Ratio: spreadOf(ratios(hubs, tcps)), RealRat: spreadOf(ratios(reals, tcps)), WireRat: spreadOf(ratios(wires, tcps)), DirRat: spreadOf(ratios(directs, tcps)), BigRat: spreadOf(ratios(bigs, tcps)), BareRat: spreadOf(ratios(bares, tcps)),
 		Target: 0.9, Repeats: *repeats, Trips: *trips,
 	})
 }
@@ -244,7 +254,7 @@ func startHubPair(ctx context.Context, n int, delta []float32, real bool) (*coor
 		}
 		go func() { done <- tr.Run(tctx) }()
 	} else {
-		d := websocket.Dialer{ReadBufferSize: coord.BufferSize, WriteBufferSize: 1 << 20, HandshakeTimeout: 10 * time.Second}
+		d := websocket.Dialer{ReadBufferSize: trainer.ReadBufferSize, WriteBufferSize: trainer.WriteBufferSize, HandshakeTimeout: 10 * time.Second}
 		ws, _, err := d.DialContext(ctx, "ws://"+ln.Addr().String()+"/v1/train", nil)
 		if err != nil {
 			stopTrainer()
@@ -307,9 +317,7 @@ func protocolTrainer(ws *websocket.Conn, n int, delta []float32) error {
 		case wire.TypeWelcome:
 			err = send(wire.TypePull, wire.Pull{}, nil)
 		case wire.TypeModel:
-			if _, err = wire.ReadTensor(r, global); err == nil {
-				err = wire.CheckFinite(global)
-			}
+			_, err = wire.ReadFiniteTensor(r, global)
 		case wire.TypeTask:
 			var t wire.Task
 			if err = f.Parse(&t); err == nil {
@@ -368,13 +376,21 @@ func (p *pair) serve(trip func() error) {
 	}
 }
 
+// readMode is how the two ends of a websocket pair read a tensor frame.
+type readMode int
+
+const (
+	readBuffered  readMode = iota // whole frame into a buffer, then copied out and checked
+	readDirect                    // straight into the tensor: as the trainer (client) and the hub (server) read
+	readUnchecked                 // straight into the tensor, no check: the framing alone
+)
+
 // startWirePair connects a websocket client to a websocket server on
 // loopback. Per round trip the server sends a model frame and reads the
-// update frame, and the client reads the model frame and answers. Without
-// direct, the server reads as coord does and the client as the trainer
-// does; with direct, both read the payload straight into a []float32.
-// clientBuf is the client's read and write buffer size.
-func startWirePair(model, delta []float32, direct bool, clientBuf int) (*pair, error) {
+// update frame, and the client reads the model frame and answers, both
+// reading as mode says. readBuf and writeBuf are the client's buffer
+// sizes.
+func startWirePair(model, delta []float32, mode readMode, readBuf, writeBuf int) (*pair, error) {
 	n := len(model)
 	p := newPair()
 	prefix, err := wire.Prefix(wire.TypeModel, wire.Model{Version: 1, Params: n})
@@ -410,8 +426,16 @@ func startWirePair(model, delta []float32, direct bool, clientBuf int) (*pair, e
 			if err != nil {
 				return err
 			}
-			if direct {
-				return readDirect(r, update)
+			switch mode {
+			case readDirect, readUnchecked:
+				if _, err := wire.ReadHead(r, nil); err != nil {
+					return err
+				}
+				_, err := wire.ReadTensor(r, update)
+				if err == nil && mode == readDirect {
+					err = allreduce.CheckFinite(update)
+				}
+				return err
 			}
 			buf.Reset()
 			if _, err := buf.ReadFrom(r); err != nil {
@@ -433,7 +457,7 @@ func startWirePair(model, delta []float32, direct bool, clientBuf int) (*pair, e
 	}
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 	go func() { _ = srv.Serve(ln) }()
-	d := websocket.Dialer{ReadBufferSize: clientBuf, WriteBufferSize: clientBuf, HandshakeTimeout: 10 * time.Second}
+	d := websocket.Dialer{ReadBufferSize: readBuf, WriteBufferSize: writeBuf, HandshakeTimeout: 10 * time.Second}
 	ws, _, err := d.Dial("ws://"+ln.Addr().String()+"/", nil)
 	if err != nil {
 		_ = srv.Close()
@@ -448,8 +472,15 @@ func startWirePair(model, delta []float32, direct bool, clientBuf int) (*pair, e
 			if err != nil {
 				return
 			}
-			if direct {
-				if readDirect(r, global) != nil {
+			if mode != readBuffered {
+				if _, err := wire.ReadHead(r, nil); err != nil {
+					return
+				}
+				read := wire.ReadFiniteTensor
+				if mode == readUnchecked {
+					read = wire.ReadTensor
+				}
+				if _, err := read(r, global); err != nil {
 					return
 				}
 			} else {
@@ -483,10 +514,11 @@ func startWirePair(model, delta []float32, direct bool, clientBuf int) (*pair, e
 
 // startTCPPair connects two TCP sockets on loopback. Per round trip the
 // server writes size bytes, the client reads them and writes them back, and
-// the server reads them. With check, each side then checks what it read as
-// float32 values, as our protocol's two ends do (wire.CheckFinite on the
-// model, allreduce.CheckFinite on the update): the most any protocol that
-// validates tensors could reach over the same socket.
+// the server reads them. With check, each side checks what it reads as
+// float32 values piece by piece as they arrive, as the trainer reads a
+// model (wire.ReadFiniteTensor; the server with allreduce.CheckFinite's
+// range check too): the most any protocol that validates tensors could
+// reach over the same socket.
 func startTCPPair(size int, check bool) (*pair, error) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -512,30 +544,25 @@ func startTCPPair(size int, check bool) (*pair, error) {
 		return nil, errors.New("loopback accept failed")
 	}
 	p := newPair()
-	out := make([]byte, size)
-	in := make([]byte, size)
+	out := make([]float32, size/4)
+	in := make([]float32, size/4)
+	serverCheck, clientCheck := allreduce.CheckFinite, wire.CheckFinite
+	if !check {
+		serverCheck, clientCheck = nil, nil
+	}
 	go p.serve(func() error {
-		if _, err := server.Write(out); err != nil {
+		if _, err := server.Write(wire.Float32Bytes(out)); err != nil {
 			return err
 		}
-		if _, err := io.ReadFull(server, in); err != nil {
-			return err
-		}
-		if check {
-			return allreduce.CheckFinite(floats(in))
-		}
-		return nil
+		return readChecked(server, in, serverCheck)
 	})
 	go func() {
-		buf := make([]byte, size)
+		buf := make([]float32, size/4)
 		for {
-			if _, err := io.ReadFull(client, buf); err != nil {
+			if readChecked(client, buf, clientCheck) != nil {
 				return
 			}
-			if check && wire.CheckFinite(floats(buf)) != nil {
-				return
-			}
-			if _, err := client.Write(buf); err != nil {
+			if _, err := client.Write(wire.Float32Bytes(buf)); err != nil {
 				return
 			}
 		}
@@ -548,20 +575,25 @@ func startTCPPair(size int, check bool) (*pair, error) {
 	return p, nil
 }
 
-// floats views b (a multiple of 4 bytes, zeros here) as float32 values.
-func floats(b []byte) []float32 {
-	return unsafe.Slice((*float32)(unsafe.Pointer(unsafe.SliceData(b))), len(b)/4)
-}
-
-// readDirect reads one tensor frame from r with no intermediate buffer:
-// the prefix and header, then the payload straight into dst's bytes, then
-// one range check.
-func readDirect(r io.Reader, dst []float32) error {
-	if _, err := wire.ReadHead(r, nil); err != nil {
-		return err
+// readChecked fills dst from r as io.ReadFull would, and with a check
+// calls it on the values each read completes, as wire.ReadFiniteTensor
+// does (which cannot be used here: it reads to the end of a frame, and a
+// raw TCP stream has no frames).
+func readChecked(r io.Reader, dst []float32, check func([]float32) error) error {
+	b := wire.Float32Bytes(dst)
+	n, checked := 0, 0
+	for n < len(b) {
+		k, err := r.Read(b[n:])
+		n += k
+		if check != nil && n/4 > checked {
+			if err := check(dst[checked : n/4]); err != nil {
+				return err
+			}
+			checked = n / 4
+		}
+		if err != nil && n < len(b) {
+			return err
+		}
 	}
-	if _, err := wire.ReadTensor(r, dst); err != nil {
-		return err
-	}
-	return allreduce.CheckFinite(dst)
+	return nil
 }

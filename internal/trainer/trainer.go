@@ -183,15 +183,22 @@ func (s taskTotals) rate() float64 {
 	return float64(s.samples) / s.compute.Seconds()
 }
 
+// The trainer's websocket buffer sizes. Reads larger than the read buffer
+// bypass it, so a model streams straight into its tensor. A whole 2NN
+// update fits the write buffer, so it leaves as one websocket frame
+// (gorilla masks client frames by copying them through this buffer).
+const (
+	ReadBufferSize  = 64 << 10
+	WriteBufferSize = 1 << 20
+)
+
 // errDone ends a session because the job is over.
 var errDone = errors.New("job done")
 
 func (t *Trainer) session(ctx context.Context) error {
 	dialer := websocket.Dialer{
-		ReadBufferSize: 64 << 10,
-		// A whole 2NN update fits one buffer, so it leaves as one
-		// websocket frame (client frames are masked through this buffer).
-		WriteBufferSize:  1 << 20,
+		ReadBufferSize:   ReadBufferSize,
+		WriteBufferSize:  WriteBufferSize,
 		HandshakeTimeout: 10 * time.Second,
 	}
 	ws, resp, err := dialer.DialContext(ctx, t.url, http.Header{})
