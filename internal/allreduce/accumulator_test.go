@@ -142,7 +142,7 @@ func TestGatherMemoryIsOneModel(t *testing.T) {
 			t.Errorf("%d updates allocated %d bytes while gathering; want no growth with the number of updates", m, grown)
 		}
 		if a.Bytes() != 8*n {
-			t.Errorf("accumulator holds %d bytes, want one model of %d int64 = %d", a.Bytes(), n, 8*n)
+			t.Errorf("accumulator holds %d bytes, want one model of %d 64-bit sums = %d", a.Bytes(), n, 8*n)
 		}
 		t.Logf("%d updates folded; accumulator %d bytes; allocated while gathering: %d bytes", m, a.Bytes(), after.TotalAlloc-before.TotalAlloc)
 	}
@@ -199,10 +199,13 @@ func TestFoldRoundsToNearestEven(t *testing.T) {
 		if math.Abs(float64(x)*f) > 0x1p51 {
 			continue
 		}
-		s := []int64{7}
-		foldGeneric(s, []float32{x}, f)
-		if want := 7 + int64(math.RoundToEven(float64(x)*f)); s[0] != want {
-			t.Fatalf("fold of %v·%v gave %d, want %d", x, f, s[0]-7, want-7)
+		for _, start := range []int64{7, 1<<31 - 3, -1 << 31, 5<<32 - 1, -(1 << 50)} {
+			lo, hi := splitSums([]int64{start})
+			foldGeneric(lo, hi, []float32{x}, f)
+			want := start + int64(math.RoundToEven(float64(x)*f))
+			if got := joinSums(lo, hi)[0]; got != want || !canonical(lo, hi) {
+				t.Fatalf("fold of %v·%v into %d gave %d (halves %d, %d), want %d", x, f, start, got-start, lo[0], hi[0], want-start)
+			}
 		}
 	}
 }
@@ -240,9 +243,10 @@ func TestScaleAtTheEdges(t *testing.T) {
 		if err := a.Add(u, w); err != nil {
 			t.Fatalf("weight %d: %v", w, err)
 		}
+		sum := a.sums()
 		for i, x := range u {
-			if want := int64(math.RoundToEven(float64(x) * float64(w) * a.scale)); a.sum[i] != want {
-				t.Fatalf("weight %d: sum[%d]=%d, want %d", w, i, a.sum[i], want)
+			if want := int64(math.RoundToEven(float64(x) * float64(w) * a.scale)); sum[i] != want {
+				t.Fatalf("weight %d: sum[%d]=%d, want %d", w, i, sum[i], want)
 			}
 		}
 		mean := make([]float32, a.Len())
@@ -279,7 +283,7 @@ func TestRejectedUpdateLeavesSumUnchanged(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	before := slices.Clone(a.sum)
+	lo, hi := slices.Clone(a.lo), slices.Clone(a.hi)
 	for _, pos := range badPositions(r, n) {
 		for _, bad := range badValues {
 			u := slices.Clone(us[2])
@@ -288,7 +292,7 @@ func TestRejectedUpdateLeavesSumUnchanged(t *testing.T) {
 			if err == nil || !strings.Contains(err.Error(), "update value "+strconv.Itoa(pos)+" is") {
 				t.Fatalf("bad value %v at %d: error %v", bad, pos, err)
 			}
-			if !slices.Equal(a.sum, before) || a.Count() != 2 || a.Weight() != ws[0]+ws[1] {
+			if !slices.Equal(a.lo, lo) || !slices.Equal(a.hi, hi) || a.Count() != 2 || a.Weight() != ws[0]+ws[1] {
 				t.Fatalf("bad value %v at %d changed the accumulator", bad, pos)
 			}
 		}
@@ -340,8 +344,8 @@ func TestResetForIsANewAccumulator(t *testing.T) {
 			}
 		}
 	}
-	before := slices.Clone(reused.sum)
-	if err := reused.ResetFor(MaxTotalWeight + 1); err == nil || !slices.Equal(reused.sum, before) || reused.Count() == 0 {
+	lo, hi := slices.Clone(reused.lo), slices.Clone(reused.hi)
+	if err := reused.ResetFor(MaxTotalWeight + 1); err == nil || !slices.Equal(reused.lo, lo) || !slices.Equal(reused.hi, hi) || reused.Count() == 0 {
 		t.Fatalf("ResetFor(MaxTotalWeight+1): error %v; the accumulator must be left unchanged", err)
 	}
 }

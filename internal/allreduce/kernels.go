@@ -15,7 +15,25 @@ import "math"
 // of the result, minus those of 1.5·2^52, are that integer. NewAccumulator
 // picks frac so that |v| ≤ 2^51 for every accepted value and weight. The
 // AVX2 kernel (kernels_amd64.s) performs the same IEEE operations in the
-// same order, so both give bit-identical sums.
+// same order, except that it fuses the multiplication and the addition of
+// 1.5·2^52 into one FMA: that rounds once instead of twice, which gives the
+// same result because the product is exact. Both give bit-identical sums.
+//
+// The sum is held in two planes of signed 32-bit integers, a carry-save
+// split of the int64:
+//
+//	sum[i] = hi[i]·2^32 + lo[i],  lo[i] = int32(sum[i])
+//
+// so (lo[i], hi[i]) is a function of sum[i]: every kernel leaves the same
+// bits in both planes, and folding the same values with −f restores them
+// exactly. A term t is added to lo modulo 2^32, and hi takes the carry,
+// floor((lo[i] + t + 2^31) / 2^32), which is zero unless lo leaves
+// [−2^31, 2^31). The fold's memory traffic is what the split is for: most
+// terms are far smaller than 2^31 (a typical update value times the scale),
+// so most folds read and write only lo, 4 bytes per value where an int64
+// sum takes 8 each way. lo is signed because sums start at zero and wander
+// around it; an unsigned lo would carry at every crossing of zero. |sum| ≤
+// 2^51 (see NewAccumulator), so |hi| ≤ 2^19.
 
 // magic is 1.5·2^52, the float64 whose addition rounds to an integer.
 const magic = 0x1.8p52
@@ -27,14 +45,21 @@ const magicBits = 0x4338000000000000
 // bits order like its magnitude; NaN and ±Inf sort above every finite value.
 const maxAbsBits = 0x46800000
 
-// foldGeneric adds RoundToEven(x[i]·f) to s[i]; len(s) ≥ len(x).
-func foldGeneric(s []int64, x []float32, f float64) {
-	s = s[:len(x)]
+// foldGeneric adds RoundToEven(x[i]·f) to the sum held in lo[i] and hi[i];
+// len(lo), len(hi) ≥ len(x).
+func foldGeneric(lo, hi []int32, x []float32, f float64) {
+	lo, hi = lo[:len(x)], hi[:len(x)]
 	for i, v := range x {
 		// The explicit conversion rounds the product on its own, so the
 		// compiler may not fuse it with the addition into an FMA.
 		p := float64(float64(v) * f)
-		s[i] += int64(math.Float64bits(p+magic)) - magicBits
+		w := int64(lo[i]) + int64(math.Float64bits(p+magic)) - magicBits
+		lo[i] = int32(w)
+		// The carry is rare; skipping the store keeps hi out of the
+		// cache.
+		if c := (w + 1<<31) >> 32; c != 0 {
+			hi[i] += int32(c)
+		}
 	}
 }
 
@@ -44,20 +69,21 @@ func foldGeneric(s []int64, x []float32, f float64) {
 // one block per loop iteration.
 const checkBlock = 32
 
-// foldCheckedGeneric folds x into s as foldGeneric does, one block of
-// checkBlock values at a time, each checked as by inRangeGeneric before it is
-// folded. At the first block holding a NaN, an infinity or a value beyond
-// ±MaxAbs it stops, without folding anything of that block, and returns the
-// index where the block starts; it returns len(x) when it folded every value.
-// Subtracting the fold of x[:k] with −f then restores s exactly.
-func foldCheckedGeneric(s []int64, x []float32, f float64) int {
-	s = s[:len(x)]
-	for lo := 0; lo < len(x); lo += checkBlock {
-		hi := min(lo+checkBlock, len(x))
-		if !inRangeGeneric(x[lo:hi]) {
-			return lo
+// foldCheckedGeneric folds x into lo and hi as foldGeneric does, one block
+// of checkBlock values at a time, each checked as by inRangeGeneric before
+// it is folded. At the first block holding a NaN, an infinity or a value
+// beyond ±MaxAbs it stops, without folding anything of that block, and
+// returns the index where the block starts; it returns len(x) when it folded
+// every value. Subtracting the fold of x[:k] with −f then restores lo and hi
+// exactly.
+func foldCheckedGeneric(lo, hi []int32, x []float32, f float64) int {
+	lo, hi = lo[:len(x)], hi[:len(x)]
+	for start := 0; start < len(x); start += checkBlock {
+		end := min(start+checkBlock, len(x))
+		if !inRangeGeneric(x[start:end]) {
+			return start
 		}
-		foldGeneric(s[lo:hi], x[lo:hi], f)
+		foldGeneric(lo[start:end], hi[start:end], x[start:end], f)
 	}
 	return len(x)
 }
@@ -74,15 +100,15 @@ func inRangeGeneric(x []float32) bool {
 	return bad == 0
 }
 
-// scaleMeanGeneric sets dst[i] = float32(float64(s[i]) · inv); len(s) ≥
-// len(dst). The AVX2 kernel converts the int64 sums with the magic number
-// the other way round — float64 bits(1.5·2^52) + s, minus 1.5·2^52 — which
-// is exact for |s| ≤ 2^51, the bound NewAccumulator's scale rule keeps every
-// sum within; the multiplication and the rounding to float32 are then the
-// same operations.
-func scaleMeanGeneric(dst []float32, s []int64, inv float64) {
-	s = s[:len(dst)]
-	for i, v := range s {
-		dst[i] = float32(float64(v) * inv)
+// scaleMeanGeneric sets dst[i] = float32(float64(sum[i]) · inv), sum[i]
+// being hi[i]·2^32 + lo[i]; len(lo), len(hi) ≥ len(dst). The AVX2 kernel
+// converts the planes to float64 separately and adds float64(hi)·2^32 and
+// float64(lo): both are exact, and so is their sum, an integer of magnitude
+// at most 2^51 (NewAccumulator's bound); the multiplication and the rounding
+// to float32 are then the same operations.
+func scaleMeanGeneric(dst []float32, lo, hi []int32, inv float64) {
+	lo, hi = lo[:len(dst)], hi[:len(dst)]
+	for i := range dst {
+		dst[i] = float32(float64(int64(hi[i])<<32+int64(lo[i])) * inv)
 	}
 }

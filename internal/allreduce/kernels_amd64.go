@@ -2,8 +2,10 @@
 
 package allreduce
 
-// useAVX2 is fixed at start-up from the CPU's features (CPUID, and the
-// operating system's support for saving YMM registers).
+import "math"
+
+// useAVX2 is fixed at start-up from the CPU's features (AVX2 and FMA by
+// CPUID, and the operating system's support for saving YMM registers).
 var useAVX2 = cpuHasAVX2()
 
 // avx2Block is the number of elements the assembly kernels handle per loop
@@ -12,16 +14,16 @@ var useAVX2 = cpuHasAVX2()
 const avx2Block = checkBlock
 
 //go:noescape
-func foldAVX2(sum *int64, x *float32, n int, f float64)
+func foldAVX2(lo, hi *int32, x *float32, n int, f float64, fast uint32)
 
 //go:noescape
-func foldCheckedAVX2(sum *int64, x *float32, n int, f float64) int
+func foldCheckedAVX2(lo, hi *int32, x *float32, n int, f float64, fast uint32) int
 
 //go:noescape
 func inRangeAVX2(x *float32, n int) bool
 
 //go:noescape
-func scaleMeanAVX2(dst *float32, sum *int64, n int, inv float64)
+func scaleMeanAVX2(dst *float32, lo, hi *int32, n int, inv float64)
 
 func cpuHasAVX2() bool
 
@@ -34,29 +36,49 @@ func Kernel() string {
 	return "generic"
 }
 
-func fold(s []int64, x []float32, f float64) {
+// fastBits returns the bits of the fast limit for a fold by f: the
+// largest float32 magnitude m ≤ MaxAbs with |m·f| < 2^31 − 1. A block of
+// values all within ±m has terms that fit in an int32, which the AVX2
+// kernel's fast path needs (see TRY32 in kernels_amd64.s); a block with a
+// larger value takes its exact 64-bit path. The float64 product m·f, even
+// if it is rounded, is within 2^-22 of the exact one, so every term of a
+// value within ±m is below 2^31 − 1/2 and rounds to at most 2^31 − 1.
+func fastBits(f float64) uint32 {
+	f = math.Abs(f)
+	const limit = 1<<31 - 1
+	if MaxAbs*f < limit {
+		return maxAbsBits
+	}
+	m := float32(limit / f)
+	for float64(m)*f >= limit {
+		m = math.Nextafter32(m, 0)
+	}
+	return math.Float32bits(m)
+}
+
+func fold(lo, hi []int32, x []float32, f float64) {
 	n := len(x) &^ (avx2Block - 1)
 	if useAVX2 && n > 0 {
-		s = s[:len(x)]
-		foldAVX2(&s[0], &x[0], n, f)
-		s, x = s[n:], x[n:]
+		lo, hi = lo[:len(x)], hi[:len(x)]
+		foldAVX2(&lo[0], &hi[0], &x[0], n, f, fastBits(f))
+		lo, hi, x = lo[n:], hi[n:], x[n:]
 	}
-	foldGeneric(s, x, f)
+	foldGeneric(lo, hi, x, f)
 }
 
 // foldChecked is foldCheckedGeneric's checked fold: the AVX2 kernel takes the
 // whole blocks, the generic one the remainder, a last block shorter than
 // checkBlock that starts where it would in foldCheckedGeneric.
-func foldChecked(s []int64, x []float32, f float64) int {
+func foldChecked(lo, hi []int32, x []float32, f float64) int {
 	n := len(x) &^ (avx2Block - 1)
 	if useAVX2 && n > 0 {
-		s = s[:len(x)]
-		if k := foldCheckedAVX2(&s[0], &x[0], n, f); k < n {
+		lo, hi = lo[:len(x)], hi[:len(x)]
+		if k := foldCheckedAVX2(&lo[0], &hi[0], &x[0], n, f, fastBits(f)); k < n {
 			return k
 		}
-		return n + foldCheckedGeneric(s[n:], x[n:], f)
+		return n + foldCheckedGeneric(lo[n:], hi[n:], x[n:], f)
 	}
-	return foldCheckedGeneric(s, x, f)
+	return foldCheckedGeneric(lo, hi, x, f)
 }
 
 func inRange(x []float32) bool {
@@ -70,12 +92,12 @@ func inRange(x []float32) bool {
 	return inRangeGeneric(x)
 }
 
-func scaleMean(dst []float32, s []int64, inv float64) {
+func scaleMean(dst []float32, lo, hi []int32, inv float64) {
 	n := len(dst) &^ (avx2Block - 1)
 	if useAVX2 && n > 0 {
-		s = s[:len(dst)]
-		scaleMeanAVX2(&dst[0], &s[0], n, inv)
-		dst, s = dst[n:], s[n:]
+		lo, hi = lo[:len(dst)], hi[:len(dst)]
+		scaleMeanAVX2(&dst[0], &lo[0], &hi[0], n, inv)
+		dst, lo, hi = dst[n:], lo[n:], hi[n:]
 	}
-	scaleMeanGeneric(dst, s, inv)
+	scaleMeanGeneric(dst, lo, hi, inv)
 }

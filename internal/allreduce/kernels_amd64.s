@@ -5,7 +5,8 @@
 // func cpuHasAVX2() bool
 // AVX2 needs the instruction set (CPUID leaf 7 EBX bit 5), AVX and OSXSAVE
 // (leaf 1 ECX bits 28 and 27), and the OS saving XMM and YMM state (XCR0
-// bits 1 and 2).
+// bits 1 and 2). The fold also uses FMA (leaf 1 ECX bit 12), which every
+// CPU with AVX2 has so far; it is checked all the same.
 TEXT ·cpuHasAVX2(SB), NOSPLIT, $0-1
 	MOVL $0, AX
 	CPUID
@@ -14,8 +15,8 @@ TEXT ·cpuHasAVX2(SB), NOSPLIT, $0-1
 	MOVL $1, AX
 	MOVL $0, CX
 	CPUID
-	ANDL $0x18000000, CX
-	CMPL CX, $0x18000000
+	ANDL $0x18001000, CX
+	CMPL CX, $0x18001000
 	JNE  no
 	MOVL $0, CX
 	XGETBV
@@ -34,7 +35,14 @@ no:
 	MOVB $0, ret+0(FP)
 	RET
 
-// MAGIC puts the bits of 1.5·2^52 in every lane of Y14 (uses AX).
+// BCASTD puts the 32-bit constant c in every 32-bit lane of y, x being
+// y's lower half (uses AX).
+#define BCASTD(c, x, y) \
+	MOVL         $c, AX; \
+	MOVQ         AX, x; \
+	VPBROADCASTD x, y
+
+// MAGIC puts the bits of 1.5·2^52 in every 64-bit lane of Y14 (uses AX).
 #define MAGIC \
 	MOVQ         $0x4338000000000000, AX; \
 	MOVQ         AX, X14; \
@@ -43,102 +51,165 @@ no:
 // RANGE puts the magnitude mask 0x7fffffff in every 32-bit lane of Y13 and
 // the bits of float32(MaxAbs) in every lane of Y12 (uses AX).
 #define RANGE \
-	MOVL         $0x7fffffff, AX; \
-	MOVQ         AX, X13; \
-	VPBROADCASTD X13, Y13; \
-	MOVL         $0x46800000, AX; \
-	MOVQ         AX, X12; \
-	VPBROADCASTD X12, Y12
+	BCASTD(0x7fffffff, X13, Y13); \
+	BCASTD(0x46800000, X12, Y12)
 
-// OUT32 sets the lanes of Y0 that correspond to an out-of-range value among
-// the 32 at SI, given RANGE's constants: the magnitude bits, compared as
-// signed 32-bit integers with those of MaxAbs, exceed them exactly for
-// values beyond ±MaxAbs, NaN and ±Inf. Y0 is zero when all 32 are in range.
-// It uses Y0–Y3 and leaves SI unchanged.
-#define OUT32 \
+// OUT32 sets Y0 to zero when none of the 32 values at SI has magnitude bits
+// beyond those in every lane of lim, nonzero otherwise, given the magnitude
+// mask in Y13. The bits, compared as signed 32-bit integers, order like the
+// magnitudes, and those of NaN and ±Inf exceed every finite value's: with
+// the bits of MaxAbs in lim, Y0 is zero exactly when all 32 values are
+// finite and within ±MaxAbs. The largest magnitude of each lane is compared
+// once. It uses Y0–Y3 and leaves SI unchanged.
+#define OUT32(lim) \
 	VPAND    (SI), Y13, Y0; \
 	VPAND    32(SI), Y13, Y1; \
 	VPAND    64(SI), Y13, Y2; \
 	VPAND    96(SI), Y13, Y3; \
-	VPCMPGTD Y12, Y0, Y0; \
-	VPCMPGTD Y12, Y1, Y1; \
-	VPCMPGTD Y12, Y2, Y2; \
-	VPCMPGTD Y12, Y3, Y3; \
-	VPOR     Y0, Y1, Y0; \
-	VPOR     Y2, Y3, Y2; \
-	VPOR     Y0, Y2, Y0
+	VPMAXSD  Y0, Y1, Y0; \
+	VPMAXSD  Y2, Y3, Y2; \
+	VPMAXSD  Y0, Y2, Y0; \
+	VPCMPGTD lim, Y0, Y0
 
-// FOLD32 folds the 32 values at SI into the 32 sums at DI, given f in Y15
-// and the bits of 1.5·2^52 in Y14, by the same operations as foldGeneric:
-// convert to float64 (four lanes per register), multiply by f, add
-// 1.5·2^52, subtract the bits of 1.5·2^52 as an integer, add to the sum and
-// store it. It uses Y0–Y7 and leaves SI and DI unchanged.
-#define FOLD32 \
-	VCVTPS2PD (SI), Y0; \
-	VCVTPS2PD 16(SI), Y1; \
-	VCVTPS2PD 32(SI), Y2; \
-	VCVTPS2PD 48(SI), Y3; \
-	VCVTPS2PD 64(SI), Y4; \
-	VCVTPS2PD 80(SI), Y5; \
-	VCVTPS2PD 96(SI), Y6; \
-	VCVTPS2PD 112(SI), Y7; \
-	VMULPD    Y15, Y0, Y0; \
-	VMULPD    Y15, Y1, Y1; \
-	VMULPD    Y15, Y2, Y2; \
-	VMULPD    Y15, Y3, Y3; \
-	VMULPD    Y15, Y4, Y4; \
-	VMULPD    Y15, Y5, Y5; \
-	VMULPD    Y15, Y6, Y6; \
-	VMULPD    Y15, Y7, Y7; \
-	VADDPD    Y14, Y0, Y0; \
-	VADDPD    Y14, Y1, Y1; \
-	VADDPD    Y14, Y2, Y2; \
-	VADDPD    Y14, Y3, Y3; \
-	VADDPD    Y14, Y4, Y4; \
-	VADDPD    Y14, Y5, Y5; \
-	VADDPD    Y14, Y6, Y6; \
-	VADDPD    Y14, Y7, Y7; \
-	VPSUBQ    Y14, Y0, Y0; \
-	VPSUBQ    Y14, Y1, Y1; \
-	VPSUBQ    Y14, Y2, Y2; \
-	VPSUBQ    Y14, Y3, Y3; \
-	VPSUBQ    Y14, Y4, Y4; \
-	VPSUBQ    Y14, Y5, Y5; \
-	VPSUBQ    Y14, Y6, Y6; \
-	VPSUBQ    Y14, Y7, Y7; \
-	VPADDQ    (DI), Y0, Y0; \
-	VPADDQ    32(DI), Y1, Y1; \
-	VPADDQ    64(DI), Y2, Y2; \
-	VPADDQ    96(DI), Y3, Y3; \
-	VPADDQ    128(DI), Y4, Y4; \
-	VPADDQ    160(DI), Y5, Y5; \
-	VPADDQ    192(DI), Y6, Y6; \
-	VPADDQ    224(DI), Y7, Y7; \
-	VMOVDQU   Y0, (DI); \
-	VMOVDQU   Y1, 32(DI); \
-	VMOVDQU   Y2, 64(DI); \
-	VMOVDQU   Y3, 96(DI); \
-	VMOVDQU   Y4, 128(DI); \
-	VMOVDQU   Y5, 160(DI); \
-	VMOVDQU   Y6, 192(DI); \
-	VMOVDQU   Y7, 224(DI)
+// TRY32 is the fold's fast path for the 32 values at SI, none of magnitude
+// beyond the fast limit (fastBits), and the low halves at DI, given f in
+// Y15 and the bits of 1.5·2^52 in Y14. Each term t fits in an int32: it is
+// the low 32 bits of x·f + 1.5·2^52 (computed as in SLOW8; the bits of
+// 1.5·2^52 end in 32 zeros), which VSHUFPS gathers from two registers into
+// one, in the order 0, 1, 4, 5, 2, 3, 6, 7 that VPERMQ puts right. The new
+// low halves r = lo + t (mod 2^32) go to Y8–Y11, eight values each, and are
+// not stored. They are exact, and hi unchanged, unless some addition
+// overflows int32, that is, unless (lo > r) differs from (t < 0) as signed
+// integers: TRY32 ends with ZF set when no lane overflows, clear otherwise.
+// It uses Y0–Y11 and leaves SI and DI unchanged.
+#define TRY32 \
+	VCVTPS2PD   (SI), Y0; \
+	VCVTPS2PD   16(SI), Y1; \
+	VCVTPS2PD   32(SI), Y2; \
+	VCVTPS2PD   48(SI), Y3; \
+	VCVTPS2PD   64(SI), Y4; \
+	VCVTPS2PD   80(SI), Y5; \
+	VCVTPS2PD   96(SI), Y6; \
+	VCVTPS2PD   112(SI), Y7; \
+	VFMADD213PD Y14, Y15, Y0; \
+	VFMADD213PD Y14, Y15, Y1; \
+	VFMADD213PD Y14, Y15, Y2; \
+	VFMADD213PD Y14, Y15, Y3; \
+	VFMADD213PD Y14, Y15, Y4; \
+	VFMADD213PD Y14, Y15, Y5; \
+	VFMADD213PD Y14, Y15, Y6; \
+	VFMADD213PD Y14, Y15, Y7; \
+	VSHUFPS     $0x88, Y1, Y0, Y0; \
+	VSHUFPS     $0x88, Y3, Y2, Y2; \
+	VSHUFPS     $0x88, Y5, Y4, Y4; \
+	VSHUFPS     $0x88, Y7, Y6, Y6; \
+	VPERMQ      $0xd8, Y0, Y0; \
+	VPERMQ      $0xd8, Y2, Y2; \
+	VPERMQ      $0xd8, Y4, Y4; \
+	VPERMQ      $0xd8, Y6, Y6; \
+	VMOVDQU     (DI), Y1; \
+	VMOVDQU     32(DI), Y3; \
+	VMOVDQU     64(DI), Y5; \
+	VMOVDQU     96(DI), Y7; \
+	VPADDD      Y1, Y0, Y8; \
+	VPADDD      Y3, Y2, Y9; \
+	VPADDD      Y5, Y4, Y10; \
+	VPADDD      Y7, Y6, Y11; \
+	VPCMPGTD    Y8, Y1, Y1; \
+	VPCMPGTD    Y9, Y3, Y3; \
+	VPCMPGTD    Y10, Y5, Y5; \
+	VPCMPGTD    Y11, Y7, Y7; \
+	VPXOR       Y0, Y1, Y1; \
+	VPXOR       Y2, Y3, Y3; \
+	VPXOR       Y4, Y5, Y5; \
+	VPXOR       Y6, Y7, Y7; \
+	VPOR        Y1, Y3, Y1; \
+	VPOR        Y5, Y7, Y5; \
+	VPOR        Y1, Y5, Y1; \
+	VTESTPS     Y1, Y1
 
-// func foldAVX2(sum *int64, x *float32, n int, f float64)
-// For i < n (a multiple of 32): sum[i] += RoundToEven(float64(x[i])·f),
-// 32 values per iteration (FOLD32).
-TEXT ·foldAVX2(SB), NOSPLIT, $0-32
-	MOVQ         sum+0(FP), DI
-	MOVQ         x+8(FP), SI
-	MOVQ         n+16(FP), CX
-	VBROADCASTSD f+24(FP), Y15
+// STORE32 stores TRY32's low halves.
+#define STORE32 \
+	VMOVDQU Y8, (DI); \
+	VMOVDQU Y9, 32(DI); \
+	VMOVDQU Y10, 64(DI); \
+	VMOVDQU Y11, 96(DI)
+
+// SLOW32 is the fold's exact path for the 32 values at SI, whatever their
+// terms: it sets the constant SLOW8 needs in Y11 (uses AX) and folds four
+// groups of eight.
+#define SLOW32 \
+	BCASTD(0x80000000, X11, Y11); \
+	SLOW8(0); \
+	SLOW8(32); \
+	SLOW8(64); \
+	SLOW8(96)
+
+// SLOW8 folds the 8 values at off(SI) into the sums whose halves are at
+// off(DI) and off(DX), in full 64-bit arithmetic, given f in Y15, the bits
+// of 1.5·2^52 in Y14 and 0x80000000 in every 32-bit lane of Y11. The terms
+// t are computed as in foldGeneric: convert to float64, multiply by f, add
+// 1.5·2^52 and subtract its bits as an integer; the multiplication and the
+// addition are one FMA, which rounds once, and gives the same result
+// because the product is exact (see kernels.go).
+// Interleaving lo XOR 2^31 (as unsigned, lo + 2^31) with hi gives sum +
+// 2^31 as an int64, to which t is added; the low 32 bits of the result, XOR
+// 2^31, are the new lo, the high 32 bits the new hi. The interleave works
+// within 128-bit lanes, so the terms are put in its order (values 0, 1, 4,
+// 5 and 2, 3, 6, 7) and the de-interleave puts the halves back in memory
+// order. It uses Y0–Y7.
+#define SLOW8(off) \
+	VCVTPS2PD   off(SI), Y0; \
+	VCVTPS2PD   off+16(SI), Y1; \
+	VFMADD213PD Y14, Y15, Y0; \
+	VFMADD213PD Y14, Y15, Y1; \
+	VPSUBQ      Y14, Y0, Y0; \
+	VPSUBQ      Y14, Y1, Y1; \
+	VPERM2I128  $0x20, Y1, Y0, Y2; \
+	VPERM2I128  $0x31, Y1, Y0, Y3; \
+	VPXOR       off(DI), Y11, Y4; \
+	VMOVDQU     off(DX), Y5; \
+	VPUNPCKLDQ  Y5, Y4, Y6; \
+	VPUNPCKHDQ  Y5, Y4, Y7; \
+	VPADDQ      Y2, Y6, Y6; \
+	VPADDQ      Y3, Y7, Y7; \
+	VSHUFPS     $0x88, Y7, Y6, Y4; \
+	VSHUFPS     $0xdd, Y7, Y6, Y5; \
+	VPXOR       Y11, Y4, Y4; \
+	VMOVDQU     Y4, off(DI); \
+	VMOVDQU     Y5, off(DX)
+
+// func foldAVX2(lo, hi *int32, x *float32, n int, f float64, fast uint32)
+// For i < n (a multiple of 32): adds RoundToEven(float64(x[i])·f) to the
+// sum hi[i]·2^32 + lo[i], 32 values per iteration: TRY32 when every value
+// of the block is within the fast limit whose bits are fast (fastBits) and
+// no low half overflows, else SLOW32.
+TEXT ·foldAVX2(SB), NOSPLIT, $0-44
+	MOVQ         lo+0(FP), DI
+	MOVQ         hi+8(FP), DX
+	MOVQ         x+16(FP), SI
+	MOVQ         n+24(FP), CX
+	VBROADCASTSD f+32(FP), Y15
+	MOVL         fast+40(FP), AX
+	MOVQ         AX, X12
+	VPBROADCASTD X12, Y12
+	BCASTD(0x7fffffff, X13, Y13)
 	MAGIC
 	SHRQ         $5, CX
 	JZ           folddone
 
 foldloop:
-	FOLD32
+	OUT32(Y12)
+	VPTEST Y0, Y0
+	JNZ    foldslow
+	TRY32
+	JNZ    foldslow
+	STORE32
+
+foldnext:
 	ADDQ $128, SI
-	ADDQ $256, DI
+	ADDQ $128, DI
+	ADDQ $128, DX
 	DECQ CX
 	JNZ  foldloop
 
@@ -146,7 +217,11 @@ folddone:
 	VZEROUPPER
 	RET
 
-// func foldCheckedAVX2(sum *int64, x *float32, n int, f float64) int
+foldslow:
+	SLOW32
+	JMP foldnext
+
+// func foldCheckedAVX2(lo, hi *int32, x *float32, n int, f float64, fast uint32) int
 // The checked fold of foldCheckedGeneric, for n a multiple of 32: each block
 // of 32 values is range-checked as in inRangeAVX2 and, if every value is
 // finite with |x[i]| ≤ MaxAbs, folded as in foldAVX2. At the first block
@@ -156,47 +231,55 @@ folddone:
 // it again, but the second read hits L1: the update crosses the memory bus
 // once. (Converting from the registers the check loaded instead costs an
 // extract per 128 bits, and measured slower.)
-TEXT ·foldCheckedAVX2(SB), NOSPLIT, $0-40
-	MOVQ         sum+0(FP), DI
-	MOVQ         x+8(FP), SI
-	MOVQ         n+16(FP), CX
-	VBROADCASTSD f+24(FP), Y15
+TEXT ·foldCheckedAVX2(SB), NOSPLIT, $0-56
+	MOVQ         lo+0(FP), DI
+	MOVQ         hi+8(FP), DX
+	MOVQ         x+16(FP), SI
+	MOVQ         n+24(FP), CX
+	VBROADCASTSD f+32(FP), Y15
+	MOVL         fast+40(FP), AX
+	MOVQ         AX, X12
+	VPBROADCASTD X12, Y12
+	BCASTD(0x7fffffff, X13, Y13)
 	MAGIC
-	RANGE
 	MOVQ         SI, R8
 	SHRQ         $5, CX
 	JZ           checkeddone
 
 checkedloop:
-	// Once per 4 KiB page of the update (the block starting within its
-	// first 128 bytes), and once per page of the sum (within its first
-	// 256), prefetch the line 32,768 values ahead, in the page the loop
-	// reaches 32 pages (of update; 64 of sum) later. With 4 KiB pages the
-	// hardware prefetchers stop at each page boundary and each new page
-	// costs a TLB walk; one prefetch per page, far ahead, starts both early.
-	// A prefetch past the end of the update or the sum is harmless: it never
-	// faults. Measured on a 64 MiB update: about 10–20% faster (and within
-	// noise at 0.8 MB); prefetching every line instead, at any distance, was
-	// slower than no prefetching at all.
+	// Once per 4 KiB page of the update and of lo (the block starting
+	// within the page's first 128 bytes), prefetch the line 32,768 values
+	// ahead, in the page the loop reaches 32 pages later. With 4 KiB pages
+	// the hardware prefetchers stop at each page boundary and each new
+	// page costs a TLB walk; one prefetch per page, far ahead, starts both
+	// early. A prefetch past the end of the update or the sum is harmless:
+	// it never faults. Measured on a 64 MiB update (with an int64 sum):
+	// about 10–20% faster (and within noise at 0.8 MB); prefetching every
+	// line instead, at any distance, was slower than no prefetching at all.
+	// hi is read only by the slow path and not prefetched.
 	TESTQ      $0xf80, SI
-	JNZ        sumpage
+	JNZ        lopage
 	PREFETCHT0 131072(SI)
 
-sumpage:
-	TESTQ      $0xf00, DI
+lopage:
+	TESTQ      $0xf80, DI
 	JNZ        check
-	PREFETCHT0 262144(DI)
+	PREFETCHT0 131072(DI)
 
 check:
-	// One test decides the block.
-	OUT32
+	// One test decides the common block: every value within the fast
+	// limit (so finite, and within ±MaxAbs).
+	OUT32(Y12)
 	VPTEST Y0, Y0
-	JNZ    checkeddone
+	JNZ    checkedbig
+	TRY32
+	JNZ    checkedslow
+	STORE32
 
-	// A clean block: fold it and move on.
-	FOLD32
+checkednext:
 	ADDQ $128, SI
-	ADDQ $256, DI
+	ADDQ $128, DI
+	ADDQ $128, DX
 	DECQ CX
 	JNZ  checkedloop
 
@@ -205,9 +288,21 @@ checkeddone:
 	// (SI−x)/4.
 	SUBQ R8, SI
 	SHRQ $2, SI
-	MOVQ SI, ret+32(FP)
+	MOVQ SI, ret+48(FP)
 	VZEROUPPER
 	RET
+
+checkedbig:
+	// Some value is beyond the fast limit: a bad value, or only a large
+	// one, which the exact path folds.
+	BCASTD(0x46800000, X4, Y4)
+	OUT32(Y4)
+	VPTEST Y0, Y0
+	JNZ    checkeddone
+
+checkedslow:
+	SLOW32
+	JMP checkednext
 
 // func inRangeAVX2(x *float32, n int) bool
 // Reports whether, for i < n (a multiple of 32), every x[i] is finite with
@@ -222,7 +317,7 @@ TEXT ·inRangeAVX2(SB), NOSPLIT, $0-17
 	JZ           rangedone
 
 rangeloop:
-	OUT32
+	OUT32(Y12)
 	VPOR Y0, Y8, Y8
 	ADDQ $128, SI
 	DECQ CX
@@ -234,64 +329,51 @@ rangedone:
 	VZEROUPPER
 	RET
 
-// func scaleMeanAVX2(dst *float32, sum *int64, n int, inv float64)
-// For i < n (a multiple of 32): dst[i] = float32(float64(sum[i])·inv), the
-// int64 converted exactly (|sum[i]| ≤ 2^51) as bits(1.5·2^52) + sum[i]
-// reinterpreted as a float64, minus 1.5·2^52.
-TEXT ·scaleMeanAVX2(SB), NOSPLIT, $0-32
+// MEAN8 sets the 8 float32 at off(DI) to the means of the sums whose
+// halves are at off(SI) (lo) and off(DX) (hi), given 2^32 in every 64-bit
+// lane of Y14 and inv in Y15: float64(hi)·2^32 + float64(lo), exact, times
+// inv, rounded to float32. It uses Y0–Y3.
+#define MEAN8(off) \
+	VCVTDQ2PD  off(DX), Y0; \
+	VCVTDQ2PD  off+16(DX), Y1; \
+	VCVTDQ2PD  off(SI), Y2; \
+	VCVTDQ2PD  off+16(SI), Y3; \
+	VMULPD     Y14, Y0, Y0; \
+	VMULPD     Y14, Y1, Y1; \
+	VADDPD     Y2, Y0, Y0; \
+	VADDPD     Y3, Y1, Y1; \
+	VMULPD     Y15, Y0, Y0; \
+	VMULPD     Y15, Y1, Y1; \
+	VCVTPD2PSY Y0, X0; \
+	VCVTPD2PSY Y1, X1; \
+	VMOVUPS    X0, off(DI); \
+	VMOVUPS    X1, off+16(DI)
+
+// func scaleMeanAVX2(dst *float32, lo, hi *int32, n int, inv float64)
+// For i < n (a multiple of 32): dst[i] = float32(float64(sum[i])·inv), sum[i]
+// being hi[i]·2^32 + lo[i], 32 values per iteration (MEAN8).
+TEXT ·scaleMeanAVX2(SB), NOSPLIT, $0-40
 	MOVQ         dst+0(FP), DI
-	MOVQ         sum+8(FP), SI
-	MOVQ         n+16(FP), CX
-	VBROADCASTSD inv+24(FP), Y15
-	MAGIC
+	MOVQ         lo+8(FP), SI
+	MOVQ         hi+16(FP), DX
+	MOVQ         n+24(FP), CX
+	VBROADCASTSD inv+32(FP), Y15
+	MOVQ         $0x41f0000000000000, AX
+	MOVQ         AX, X14
+	VPBROADCASTQ X14, Y14
 	SHRQ         $5, CX
 	JZ           meandone
 
 meanloop:
-	VPADDQ     (SI), Y14, Y0
-	VPADDQ     32(SI), Y14, Y1
-	VPADDQ     64(SI), Y14, Y2
-	VPADDQ     96(SI), Y14, Y3
-	VPADDQ     128(SI), Y14, Y4
-	VPADDQ     160(SI), Y14, Y5
-	VPADDQ     192(SI), Y14, Y6
-	VPADDQ     224(SI), Y14, Y7
-	VSUBPD     Y14, Y0, Y0
-	VSUBPD     Y14, Y1, Y1
-	VSUBPD     Y14, Y2, Y2
-	VSUBPD     Y14, Y3, Y3
-	VSUBPD     Y14, Y4, Y4
-	VSUBPD     Y14, Y5, Y5
-	VSUBPD     Y14, Y6, Y6
-	VSUBPD     Y14, Y7, Y7
-	VMULPD     Y15, Y0, Y0
-	VMULPD     Y15, Y1, Y1
-	VMULPD     Y15, Y2, Y2
-	VMULPD     Y15, Y3, Y3
-	VMULPD     Y15, Y4, Y4
-	VMULPD     Y15, Y5, Y5
-	VMULPD     Y15, Y6, Y6
-	VMULPD     Y15, Y7, Y7
-	VCVTPD2PSY Y0, X0
-	VCVTPD2PSY Y1, X1
-	VCVTPD2PSY Y2, X2
-	VCVTPD2PSY Y3, X3
-	VCVTPD2PSY Y4, X4
-	VCVTPD2PSY Y5, X5
-	VCVTPD2PSY Y6, X6
-	VCVTPD2PSY Y7, X7
-	VMOVUPS    X0, (DI)
-	VMOVUPS    X1, 16(DI)
-	VMOVUPS    X2, 32(DI)
-	VMOVUPS    X3, 48(DI)
-	VMOVUPS    X4, 64(DI)
-	VMOVUPS    X5, 80(DI)
-	VMOVUPS    X6, 96(DI)
-	VMOVUPS    X7, 112(DI)
-	ADDQ       $256, SI
-	ADDQ       $128, DI
-	DECQ       CX
-	JNZ        meanloop
+	MEAN8(0)
+	MEAN8(32)
+	MEAN8(64)
+	MEAN8(96)
+	ADDQ $128, SI
+	ADDQ $128, DX
+	ADDQ $128, DI
+	DECQ CX
+	JNZ  meanloop
 
 meandone:
 	VZEROUPPER

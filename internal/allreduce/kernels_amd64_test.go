@@ -48,16 +48,22 @@ func TestAVX2KernelsMatchGeneric(t *testing.T) {
 		if r.IntN(2) == 0 {
 			f = -f
 		}
-		want := make([]int64, n)
-		for i := range want {
-			want[i] = r.Int64N(1<<52) - 1<<51
+		// Sums anywhere in ±2^50, or near a carry between the halves.
+		start := make([]int64, n)
+		for i := range start {
+			start[i] = r.Int64N(1<<51) - 1<<50
+			if r.IntN(2) == 0 {
+				start[i] = nearCarry(r)
+			}
 		}
-		got := slices.Clone(want)
-		foldGeneric(want, x, f)
-		foldAVX2(&got[0], &x[0], n, f)
-		for i := range want {
-			if got[i] != want[i] {
-				t.Fatalf("trial %d: x[%d]=%v (bits %#x) f=%v: avx2 %d, generic %d", trial, i, x[i], math.Float32bits(x[i]), f, got[i], want[i])
+		lo0, hi0 := splitSums(start)
+		wlo, whi := slices.Clone(lo0), slices.Clone(hi0)
+		lo, hi := slices.Clone(lo0), slices.Clone(hi0)
+		foldGeneric(wlo, whi, x, f)
+		foldAVX2(&lo[0], &hi[0], &x[0], n, f, fastBits(f))
+		for i := range lo {
+			if lo[i] != wlo[i] || hi[i] != whi[i] {
+				t.Fatalf("trial %d: x[%d]=%v (bits %#x) f=%v: avx2 halves %d, %d, generic %d, %d", trial, i, x[i], math.Float32bits(x[i]), f, lo[i], hi[i], wlo[i], whi[i])
 			}
 		}
 		if got, want := inRangeAVX2(&x[0], n), inRangeGeneric(x); got != want {
@@ -70,11 +76,12 @@ func TestAVX2KernelsMatchGeneric(t *testing.T) {
 				x[r.IntN(n)] = badValues[r.IntN(len(badValues))]
 			}
 		}
-		got = slices.Clone(want)
-		kw := foldCheckedGeneric(want, x, f)
-		kg := foldCheckedAVX2(&got[0], &x[0], n, f)
-		if kg != kw || !slices.Equal(got, want) {
-			t.Fatalf("trial %d: checked fold stopped at %d (avx2), %d (generic), sums equal: %v", trial, kg, kw, slices.Equal(got, want))
+		lo, hi = slices.Clone(wlo), slices.Clone(whi)
+		kw := foldCheckedGeneric(wlo, whi, x, f)
+		kg := foldCheckedAVX2(&lo[0], &hi[0], &x[0], n, f, fastBits(f))
+		equal := slices.Equal(lo, wlo) && slices.Equal(hi, whi)
+		if kg != kw || !equal {
+			t.Fatalf("trial %d: checked fold stopped at %d (avx2), %d (generic), sums equal: %v", trial, kg, kw, equal)
 		}
 	}
 }
@@ -99,8 +106,8 @@ func TestAVX2RangeCheckFindsEveryBadValue(t *testing.T) {
 	if !inRangeAVX2(&x[0], n) {
 		t.Fatal("±MaxAbs reported out of range")
 	}
-	sum := make([]int64, n)
-	if k := foldCheckedAVX2(&sum[0], &x[0], n, 1); k != n {
+	lo, hi := make([]int32, n), make([]int32, n)
+	if k := foldCheckedAVX2(&lo[0], &hi[0], &x[0], n, 1, fastBits(1)); k != n {
 		t.Fatalf("±MaxAbs stopped the checked fold at %d", k)
 	}
 	for i := range x {
@@ -110,13 +117,18 @@ func TestAVX2RangeCheckFindsEveryBadValue(t *testing.T) {
 			if inRangeAVX2(&x[0], n) || inRangeGeneric(x) {
 				t.Fatalf("%v at %d not reported (avx2 %v, generic %v)", b, i, inRangeAVX2(&x[0], n), inRangeGeneric(x))
 			}
-			clear(sum)
-			if k := foldCheckedAVX2(&sum[0], &x[0], n, 1); k != i&^(avx2Block-1) {
-				t.Fatalf("%v at %d: checked fold stopped at %d, want %d", b, i, k, i&^(avx2Block-1))
-			}
-			for j, v := range sum[i&^(avx2Block-1):] {
-				if v != 0 {
-					t.Fatalf("%v at %d: the checked fold wrote sum[%d] at or after the bad block", b, i, i&^(avx2Block-1)+j)
+			// Terms of 2^45 (f = 2^31) carry into hi: the slow path
+			// must not write the bad block either.
+			for _, f := range []float64{1, 0x1p31} {
+				clear(lo)
+				clear(hi)
+				if k := foldCheckedAVX2(&lo[0], &hi[0], &x[0], n, f, fastBits(f)); k != i&^(avx2Block-1) {
+					t.Fatalf("%v at %d: checked fold stopped at %d, want %d", b, i, k, i&^(avx2Block-1))
+				}
+				for j := i &^ (avx2Block - 1); j < n; j++ {
+					if lo[j] != 0 || hi[j] != 0 {
+						t.Fatalf("%v at %d, f=%v: the checked fold wrote sum[%d] at or after the bad block", b, i, f, j)
+					}
 				}
 			}
 			x[i] = old
@@ -137,22 +149,47 @@ func TestAVX2MeanMatchesGeneric(t *testing.T) {
 		for i := range s {
 			switch r.IntN(4) {
 			case 0:
-				s[i] = []int64{0, 1, -1, 1 << 51, -(1 << 51), 1<<51 - 1, -(1<<51 - 1), 1 << 50, 3}[r.IntN(9)]
+				s[i] = []int64{0, 1, -1, 1 << 51, -(1 << 51), 1<<51 - 1, -(1<<51 - 1), 1 << 50, 3, 1<<31 - 1, -1 << 31, 1 << 31, -1<<31 - 1, 1 << 32, -1 << 32}[r.IntN(15)]
 			case 1:
 				s[i] = r.Int64N(1<<20) - 1<<19
+			case 2:
+				s[i] = nearCarry(r)
 			default:
 				s[i] = r.Int64N(1<<52+1) - 1<<51
 			}
 		}
 		inv := 1 / (math.Ldexp(1, 8+r.IntN(30)) * float64(1+r.IntN(1<<20)))
+		lo, hi := splitSums(s)
 		want := make([]float32, n)
 		got := make([]float32, n)
-		scaleMeanGeneric(want, s, inv)
-		scaleMeanAVX2(&got[0], &s[0], n, inv)
+		scaleMeanGeneric(want, lo, hi, inv)
+		scaleMeanAVX2(&got[0], &lo[0], &hi[0], n, inv)
 		for i := range want {
 			if math.Float32bits(got[i]) != math.Float32bits(want[i]) {
 				t.Fatalf("trial %d: sum[%d]=%d inv=%v: avx2 %v, generic %v", trial, i, s[i], inv, got[i], want[i])
 			}
+			if d := float32(float64(s[i]) * inv); math.Float32bits(want[i]) != math.Float32bits(d) {
+				t.Fatalf("trial %d: sum[%d]=%d inv=%v: generic %v, want %v", trial, i, s[i], inv, want[i], d)
+			}
+		}
+	}
+}
+
+// TestFastLimit checks fastBits: the limit is the largest magnitude within
+// MaxAbs whose terms stay below 2^31 − 1.
+func TestFastLimit(t *testing.T) {
+	r := rand.New(rand.NewPCG(21, 22))
+	fs := []float64{0, 1, -1, 0x1p17, 0x1p17 + 1, 0x1p18, 0x1p31 - 0.5, 0x1p31, 0x1p37, -0x1p37, 153600}
+	for range 1000 {
+		fs = append(fs, float64(1+r.IntN(1<<29))*math.Ldexp(1, r.IntN(40)-10))
+	}
+	for _, f := range fs {
+		m := math.Float32frombits(fastBits(f))
+		if !(m >= 0 && m <= MaxAbs) || math.Abs(float64(m)*f) >= 1<<31-1 {
+			t.Fatalf("f=%v: fast limit %v out of [0, MaxAbs] or its term %v not below 2^31 − 1", f, m, float64(m)*f)
+		}
+		if next := math.Nextafter32(m, MaxAbs+1); m < MaxAbs && math.Abs(float64(next)*f) < 1<<31-1 {
+			t.Fatalf("f=%v: fast limit %v is not the largest (%v is within)", f, m, next)
 		}
 	}
 }

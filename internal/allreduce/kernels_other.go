@@ -6,10 +6,12 @@ package allreduce
 // for benchmarks and reports; both give bit-identical sums.
 func Kernel() string { return "generic" }
 
-func fold(s []int64, x []float32, f float64) { foldGeneric(s, x, f) }
+func fold(lo, hi []int32, x []float32, f float64) { foldGeneric(lo, hi, x, f) }
 
-func foldChecked(s []int64, x []float32, f float64) int { return foldCheckedGeneric(s, x, f) }
+func foldChecked(lo, hi []int32, x []float32, f float64) int {
+	return foldCheckedGeneric(lo, hi, x, f)
+}
 
 func inRange(x []float32) bool { return inRangeGeneric(x) }
 
-func scaleMean(dst []float32, s []int64, inv float64) { scaleMeanGeneric(dst, s, inv) }
+func scaleMean(dst []float32, lo, hi []int32, inv float64) { scaleMeanGeneric(dst, lo, hi, inv) }
