@@ -91,7 +91,7 @@ func runEndToEnd(args []string) error {
 	fs := flag.NewFlagSet("endtoend", flag.ContinueOnError)
 	agg := fs.String("aggregator", "", "aggregator binary (go build ./cmd/aggregator)")
 	rounds := fs.Int("rounds", 20, "rounds per run (the first is a warm-up)")
-	repeats := fs.Int("repeats", 3, "runs with each trainer count")
+	repeats := fs.Int("repeats", 5, "runs with each trainer count")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
