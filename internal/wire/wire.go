@@ -425,7 +425,10 @@ func allFinite(v []float32) bool {
 		one(v[0]) // align the words
 		v = v[1:]
 	}
-	w := unsafe.Slice((*uint64)(unsafe.Pointer(unsafe.SliceData(v))), len(v)/2)
+	var w []uint64
+	if len(v) >= 2 { // a *uint64 to fewer than 8 bytes would be invalid
+		w = unsafe.Slice((*uint64)(unsafe.Pointer(unsafe.SliceData(v))), len(v)/2)
+	}
 	for ; len(w) >= 4; w = w[4:] {
 		b0 |= w[0]&exp + step
 		b1 |= w[1]&exp + step
