@@ -30,7 +30,7 @@ import (
 //
 //	hub      ours: a real coord.Hub runs one-task rounds (RunRound) for one
 //	         protocol-only trainer, which reads each frame straight into
-//	         its tensor (wire.ReadHead, wire.ReadTensor, wire.CheckFinite)
+//	         its tensor (wire.ReadHead, wire.ReadFiniteTensor)
 //	         and answers every task at once with a fixed update through a
 //	         1 MiB write buffer: the round trip with the hub's bookkeeping
 //	         but no training.

@@ -12,10 +12,14 @@ import (
 
 // Write replaces path with what write produces: into a temporary file in
 // the same directory (so the rename cannot cross file systems), buffered,
-// made readable by everyone (0644), fsynced, renamed over path, and then
-// the directory fsynced so that the rename itself survives a power loss.
-// On error path is left as it was and the temporary file is removed. The
-// error names the step that failed; callers add what the file is.
+// made readable by everyone (0644: checkpoints and exports hold model
+// weights, no secrets), fsynced, renamed over path, and then the directory
+// fsynced so that the rename itself survives a power loss. On an error
+// before the rename, path is left as it was and the temporary file is
+// removed; an error from the directory fsync comes after the rename, when
+// path already holds the new content but the rename may not yet be
+// durable. The error names the step that failed; callers add what the file
+// is.
 func Write(path string, write func(io.Writer) error) error {
 	dir := filepath.Dir(path)
 	tmp, err := os.CreateTemp(dir, filepath.Base(path)+".tmp*")

@@ -35,10 +35,25 @@ func (s *syncBuffer) String() string {
 	return s.b.String()
 }
 
-// A model with a NaN ends the session with an error naming the version and
-// the value's index, found while the tensor streams in; the trainer does
-// not take it as its model.
-func TestTrainerRefusesANonFiniteModel(t *testing.T) {
+// A model with a NaN, or with no payload at all, ends the session with an
+// error naming the version and the fault; the trainer does not take it as
+// its model.
+func TestTrainerRefusesABadModel(t *testing.T) {
+	m := make([]float32, 4*3+3)
+	m[7] = float32(math.NaN())
+	for _, tc := range []struct {
+		name    string
+		payload []byte
+		want    string
+	}{
+		{"NaN", wire.Float32Bytes(m), "model version 1: tensor value 7 is NaN"},
+		{"no payload", nil, "model version 1: tensor payload of 0 bytes, want 60"},
+	} {
+		t.Run(tc.name, func(t *testing.T) { refusesModel(t, tc.payload, tc.want) })
+	}
+}
+
+func refusesModel(t *testing.T, payload []byte, want string) {
 	sizes := []int{4, 3}
 	params := 4*3 + 3
 	sent := make(chan struct{}, 8)
@@ -62,9 +77,7 @@ func TestTrainerRefusesANonFiniteModel(t *testing.T) {
 			}
 		}
 		send(wire.TypeWelcome, wire.Welcome{ID: "t1", Model: wire.ModelSpec{Name: "logreg", Sizes: sizes}, Params: params, MaxMessage: 1 << 20}, nil)
-		m := make([]float32, params)
-		m[7] = float32(math.NaN())
-		send(wire.TypeModel, wire.Model{Version: 1, Params: params}, wire.Float32Bytes(m))
+		send(wire.TypeModel, wire.Model{Version: 1, Params: params}, payload)
 		sent <- struct{}{}
 		_, _, _ = ws.ReadMessage() // until the trainer hangs up
 	})}
@@ -89,7 +102,6 @@ func TestTrainerRefusesANonFiniteModel(t *testing.T) {
 	case <-ctx.Done():
 		t.Fatal("the trainer never received the model")
 	}
-	const want = "model version 1: tensor value 7 is NaN"
 	for !strings.Contains(log.String(), want) {
 		if ctx.Err() != nil {
 			t.Fatalf("log has no %q:\n%s", want, log.String())

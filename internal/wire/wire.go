@@ -340,7 +340,11 @@ func ReadTensor(r io.Reader, dst []float32) (int, error) {
 // piece as the connection delivers it, while the piece is still in cache
 // and while the sender is still writing the next: on loopback that hides
 // most of the check's cost, which a separate pass over the whole tensor
-// afterwards adds in full. The error of a bad value names its index.
+// afterwards adds in full. The error of a bad value names its index; it is
+// returned at once, with the rest of the payload unread and the count of
+// the bytes read so far (unlike a SizeError, after which the frame has been
+// read whole). A payload too short or too long may also be reported as its
+// first bad value rather than as a SizeError.
 func ReadFiniteTensor(r io.Reader, dst []float32) (int, error) {
 	return readTensor(r, dst, true)
 }
