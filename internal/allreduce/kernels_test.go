@@ -401,3 +401,52 @@ func TestCheckedFoldAgreesWithGenericCheck(t *testing.T) {
 		}
 	}
 }
+
+// TestLargeAccumulatorLayout covers an accumulator big enough for loSkew:
+// lo starts inside the shared buffer, Bytes counts the skew, and Add, Mean
+// and Reset still meet the int64 definition on both planes.
+func TestLargeAccumulatorLayout(t *testing.T) {
+	const n = 1<<20 + 37
+	a, err := NewAccumulator(n, 6000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := a.Bytes(), 8*n+64<<10; got != want {
+		t.Fatalf("Bytes() = %d, want %d", got, want)
+	}
+	if len(a.lo) != n || len(a.hi) != n || cap(a.lo) != n {
+		t.Fatalf("planes: lo %d (cap %d), hi %d; want %d each", len(a.lo), cap(a.lo), len(a.hi), n)
+	}
+	r := rand.New(rand.NewPCG(5, 6))
+	x := make([]float32, n)
+	for i := range x {
+		x[i] = float32(r.NormFloat64())
+	}
+	for round := range 2 {
+		want := make([]int64, n)
+		for _, w := range []int64{600, 5400} {
+			if err := a.Add(x, w); err != nil {
+				t.Fatal(err)
+			}
+			foldInt64(want, x, float64(w)*a.scale)
+		}
+		if got := a.sums(); !slices.Equal(got, want) || !canonical(a.lo, a.hi) {
+			i := firstDiff(got, want)
+			t.Fatalf("round %d: sum[%d]=%d, want %d", round, i, got[i], want[i])
+		}
+		mean := make([]float32, n)
+		if err := a.Mean(mean); err != nil {
+			t.Fatal(err)
+		}
+		inv := 1 / (a.scale * float64(a.Weight()))
+		for i, s := range want {
+			if w := float32(float64(s) * inv); mean[i] != w {
+				t.Fatalf("round %d: mean[%d]=%v, want %v", round, i, mean[i], w)
+			}
+		}
+		a.Reset()
+		if slices.ContainsFunc(a.lo, func(v int32) bool { return v != 0 }) || slices.ContainsFunc(a.hi, func(v int32) bool { return v != 0 }) {
+			t.Fatalf("round %d: Reset left nonzero sums", round)
+		}
+	}
+}
