@@ -1,14 +1,12 @@
 package trainer
 
 import (
-	"bytes"
 	"context"
 	"log/slog"
 	"math"
 	"net"
 	"net/http"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -17,22 +15,24 @@ import (
 	"fedgather/internal/wire"
 )
 
-// syncBuffer is a bytes.Buffer safe for a logger and a test to share.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
+// errLog is a slog.Handler that passes on the "err" attribute of every
+// record, so a test can wait for the trainer to log a session's error.
+type errLog chan string
 
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
+func (h errLog) Enabled(context.Context, slog.Level) bool { return true }
+func (h errLog) WithAttrs([]slog.Attr) slog.Handler       { return h }
+func (h errLog) WithGroup(string) slog.Handler            { return h }
+func (h errLog) Handle(_ context.Context, r slog.Record) error {
+	r.Attrs(func(a slog.Attr) bool {
+		if a.Key == "err" {
+			select {
+			case h <- a.Value.String():
+			default:
+			}
+		}
+		return true
+	})
+	return nil
 }
 
 // A model with a NaN, or with no payload at all, ends the session with an
@@ -88,8 +88,8 @@ func refusesModel(t *testing.T, payload []byte, want string) {
 	go func() { _ = srv.Serve(ln) }()
 	defer srv.Close()
 
-	var log syncBuffer
-	tr, err := New(Config{Aggregator: ln.Addr().String(), Name: "nan-test", Report: time.Hour, MinBackoff: time.Hour, Logger: slog.New(slog.NewTextHandler(&log, nil))})
+	errs := make(errLog, 16)
+	tr, err := New(Config{Aggregator: ln.Addr().String(), Name: "bad-model-test", Report: time.Hour, MinBackoff: time.Hour, Logger: slog.New(errs)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -102,11 +102,13 @@ func refusesModel(t *testing.T, payload []byte, want string) {
 	case <-ctx.Done():
 		t.Fatal("the trainer never received the model")
 	}
-	for !strings.Contains(log.String(), want) {
-		if ctx.Err() != nil {
-			t.Fatalf("log has no %q:\n%s", want, log.String())
+	select {
+	case got := <-errs:
+		if !strings.Contains(got, want) {
+			t.Fatalf("the session ended with %q, want %q", got, want)
 		}
-		time.Sleep(10 * time.Millisecond)
+	case <-ctx.Done():
+		t.Fatalf("the trainer logged no error; want %q", want)
 	}
 	if tr.haveModel {
 		t.Error("the trainer kept the bad model")
