@@ -238,21 +238,9 @@ func TestAddedSumsAreTheInt64Definition(t *testing.T) {
 				t.Fatal(err)
 			}
 			foldInt64(want, x, float64(w)*a.scale)
-			if got := a.sums(); !slices.Equal(got, want) || !canonical(a.lo, a.hi) {
-				i := firstDiff(got, want)
-				t.Fatalf("max weight %d: sum[%d]=%d, want %d", maxWeight, i, got[i], want[i])
-			}
+			checkSums(t, a, want, "max weight "+strconv.FormatInt(maxWeight, 10))
 		}
-		mean := make([]float32, n)
-		if err := a.Mean(mean); err != nil {
-			t.Fatal(err)
-		}
-		inv := 1 / (a.scale * float64(a.Weight()))
-		for i, s := range want {
-			if w := float32(float64(s) * inv); math.Float32bits(mean[i]) != math.Float32bits(w) {
-				t.Fatalf("max weight %d: mean[%d]=%v, want %v", maxWeight, i, mean[i], w)
-			}
-		}
+		checkMean(t, a, want, "max weight "+strconv.FormatInt(maxWeight, 10))
 	}
 }
 
@@ -430,23 +418,38 @@ func TestLargeAccumulatorLayout(t *testing.T) {
 			}
 			foldInt64(want, x, float64(w)*a.scale)
 		}
-		if got := a.sums(); !slices.Equal(got, want) || !canonical(a.lo, a.hi) {
-			i := firstDiff(got, want)
-			t.Fatalf("round %d: sum[%d]=%d, want %d", round, i, got[i], want[i])
-		}
-		mean := make([]float32, n)
-		if err := a.Mean(mean); err != nil {
-			t.Fatal(err)
-		}
-		inv := 1 / (a.scale * float64(a.Weight()))
-		for i, s := range want {
-			if w := float32(float64(s) * inv); mean[i] != w {
-				t.Fatalf("round %d: mean[%d]=%v, want %v", round, i, mean[i], w)
-			}
-		}
+		checkSums(t, a, want, "round "+strconv.Itoa(round))
+		checkMean(t, a, want, "round "+strconv.Itoa(round))
 		a.Reset()
 		if slices.ContainsFunc(a.lo, func(v int32) bool { return v != 0 }) || slices.ContainsFunc(a.hi, func(v int32) bool { return v != 0 }) {
 			t.Fatalf("round %d: Reset left nonzero sums", round)
+		}
+	}
+}
+
+// checkSums fails unless a's sums are want, held in canonical halves.
+func checkSums(t *testing.T, a *Accumulator, want []int64, what string) {
+	t.Helper()
+	if got := a.sums(); !slices.Equal(got, want) || !canonical(a.lo, a.hi) {
+		if i := firstDiff(got, want); i >= 0 {
+			t.Fatalf("%s: sum[%d]=%d, want %d", what, i, got[i], want[i])
+		}
+		t.Fatalf("%s: the sums are right but their halves are not canonical", what)
+	}
+}
+
+// checkMean fails unless a's Mean is, bit for bit, float32(sum·inv) of the
+// sums want.
+func checkMean(t *testing.T, a *Accumulator, want []int64, what string) {
+	t.Helper()
+	mean := make([]float32, a.Len())
+	if err := a.Mean(mean); err != nil {
+		t.Fatal(err)
+	}
+	inv := 1 / (a.scale * float64(a.Weight()))
+	for i, s := range want {
+		if w := float32(float64(s) * inv); math.Float32bits(mean[i]) != math.Float32bits(w) {
+			t.Fatalf("%s: mean[%d]=%v, want %v", what, i, mean[i], w)
 		}
 	}
 }
