@@ -2,6 +2,21 @@
 
 #include "textflag.h"
 
+// FOLDARGS loads the fold kernels' arguments — lo in DI, hi in DX, x in SI,
+// n in CX, f in every lane of Y15, the fast limit's bits in every lane of
+// Y12 — and the constants TRY32 and SLOW32 need (uses AX).
+#define FOLDARGS \
+	MOVQ         lo+0(FP), DI; \
+	MOVQ         hi+8(FP), DX; \
+	MOVQ         x+16(FP), SI; \
+	MOVQ         n+24(FP), CX; \
+	VBROADCASTSD f+32(FP), Y15; \
+	MOVL         fast+40(FP), AX; \
+	MOVQ         AX, X12; \
+	VPBROADCASTD X12, Y12; \
+	BCASTD(0x7fffffff, X13, Y13); \
+	MAGIC
+
 // func cpuHasAVX2() bool
 // AVX2 needs the instruction set (CPUID leaf 7 EBX bit 5), AVX and OSXSAVE
 // (leaf 1 ECX bits 28 and 27), and the OS saving XMM and YMM state (XCR0
@@ -179,22 +194,19 @@ no:
 	VMOVDQU     Y4, off(DI); \
 	VMOVDQU     Y5, off(DX)
 
+// NEXT32 moves the fold kernels' pointers on by 32 values.
+#define NEXT32 \
+	ADDQ $128, SI; \
+	ADDQ $128, DI; \
+	ADDQ $128, DX
+
 // func foldAVX2(lo, hi *int32, x *float32, n int, f float64, fast uint32)
 // For i < n (a multiple of 32): adds RoundToEven(float64(x[i])·f) to the
 // sum hi[i]·2^32 + lo[i], 32 values per iteration: TRY32 when every value
 // of the block is within the fast limit whose bits are fast (fastBits) and
 // no low half overflows, else SLOW32.
 TEXT ·foldAVX2(SB), NOSPLIT, $0-44
-	MOVQ         lo+0(FP), DI
-	MOVQ         hi+8(FP), DX
-	MOVQ         x+16(FP), SI
-	MOVQ         n+24(FP), CX
-	VBROADCASTSD f+32(FP), Y15
-	MOVL         fast+40(FP), AX
-	MOVQ         AX, X12
-	VPBROADCASTD X12, Y12
-	BCASTD(0x7fffffff, X13, Y13)
-	MAGIC
+	FOLDARGS
 	SHRQ         $5, CX
 	JZ           folddone
 
@@ -207,9 +219,7 @@ foldloop:
 	STORE32
 
 foldnext:
-	ADDQ $128, SI
-	ADDQ $128, DI
-	ADDQ $128, DX
+	NEXT32
 	DECQ CX
 	JNZ  foldloop
 
@@ -232,16 +242,7 @@ foldslow:
 // once. (Converting from the registers the check loaded instead costs an
 // extract per 128 bits, and measured slower.)
 TEXT ·foldCheckedAVX2(SB), NOSPLIT, $0-56
-	MOVQ         lo+0(FP), DI
-	MOVQ         hi+8(FP), DX
-	MOVQ         x+16(FP), SI
-	MOVQ         n+24(FP), CX
-	VBROADCASTSD f+32(FP), Y15
-	MOVL         fast+40(FP), AX
-	MOVQ         AX, X12
-	VPBROADCASTD X12, Y12
-	BCASTD(0x7fffffff, X13, Y13)
-	MAGIC
+	FOLDARGS
 	MOVQ         SI, R8
 	SHRQ         $5, CX
 	JZ           checkeddone
@@ -277,9 +278,7 @@ check:
 	STORE32
 
 checkednext:
-	ADDQ $128, SI
-	ADDQ $128, DI
-	ADDQ $128, DX
+	NEXT32
 	DECQ CX
 	JNZ  checkedloop
 
