@@ -369,10 +369,6 @@ func (t *Trainer) readFrame(ws *websocket.Conn) (inFrame, int, error) {
 		}
 		in.tensor = make([]float32, m.Params)
 		k, err := wire.ReadFiniteTensor(r, in.tensor)
-		if err == nil && k != 4*m.Params {
-			// ReadFiniteTensor reports an empty payload as (0, nil).
-			err = &wire.SizeError{Got: int64(k), Want: int64(4 * m.Params)}
-		}
 		if err != nil {
 			return inFrame{}, 0, fmt.Errorf("model version %d: %w", m.Version, err)
 		}

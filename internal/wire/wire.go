@@ -332,11 +332,17 @@ func ReadHead(r io.Reader, buf []byte) (Frame, error) {
 // An empty payload reads nothing and reports (0, nil) so the caller can
 // tell a frame without a tensor.
 func ReadTensor(r io.Reader, dst []float32) (int, error) {
-	return readTensor(r, dst, false)
+	n, err := readTensor(r, dst, false)
+	if se := (*SizeError)(nil); errors.As(err, &se) && se.Got == 0 {
+		return 0, nil // a frame without a tensor
+	}
+	return n, err
 }
 
-// ReadFiniteTensor is ReadTensor that also checks the values, as
-// CheckFinite does, and fails at the first NaN or infinity. It checks each
+// ReadFiniteTensor is ReadTensor for a frame that must carry the tensor:
+// an empty payload is a SizeError like any other wrong size. It also checks
+// the values, as CheckFinite does, and fails at the first NaN or infinity.
+// It checks each
 // piece as the connection delivers it, while the piece is still in cache
 // and while the sender is still writing the next: on loopback that hides
 // most of the check's cost, which a separate pass over the whole tensor
@@ -367,9 +373,6 @@ func readTensor(r io.Reader, dst []float32, check bool) (int, error) {
 			}
 			checked = n / 4
 		}
-	}
-	if n == 0 && errors.Is(err, io.EOF) {
-		return 0, nil
 	}
 	if err != nil && !errors.Is(err, io.EOF) {
 		return n, err
