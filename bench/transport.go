@@ -150,9 +150,10 @@ func runTransport(args []string) error {
 
 	roundTrips := func(h *coord.Hub) func(int) error {
 		version := 0
+		mean := make([]float32, n) // reused round after round, as the job does
 		return func(k int) error {
 			for range k {
-				res, err := h.RunRound(ctx, coord.RoundSpec{Round: version, Version: version, Model: model, Clients: []int{0}, Mode: "fedavg", Epochs: 1, Batch: 1, LR: 0.01, Seed: 1})
+				res, err := h.RunRound(ctx, coord.RoundSpec{Round: version, Version: version, Model: model, Mean: mean, Clients: []int{0}, Mode: "fedavg", Epochs: 1, Batch: 1, LR: 0.01, Seed: 1})
 				if err != nil {
 					return err
 				}

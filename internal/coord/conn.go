@@ -27,7 +27,8 @@ const writeWait = 30 * time.Second
 type outFrame struct {
 	prefix  []byte
 	payload []byte
-	close   bool // close the connection after writing
+	close   bool      // close the connection after writing
+	model   *modelBuf // payload's buffer, released once written or dropped
 }
 
 // conn is one trainer connection. Fields below mu-guarded are owned by the
@@ -55,10 +56,12 @@ func (c *conn) send(f outFrame) bool {
 	if c.dead {
 		return false
 	}
+	f.model.hold()
 	select {
 	case c.out <- f:
 		return true
 	default:
+		f.model.release()
 		c.dead = true
 		_ = c.ws.Close()
 		return false
@@ -324,17 +327,8 @@ func (c *conn) writer() {
 				_ = c.ws.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(websocket.CloseNormalClosure, ""), time.Now().Add(time.Second))
 				return
 			}
-			_ = c.ws.SetWriteDeadline(time.Now().Add(writeWait))
-			w, err := c.ws.NextWriter(websocket.BinaryMessage)
-			if err == nil {
-				_, err = w.Write(f.prefix)
-			}
-			if err == nil && len(f.payload) > 0 {
-				_, err = w.Write(f.payload)
-			}
-			if err == nil {
-				err = w.Close()
-			}
+			err := c.write(f)
+			f.model.release()
 			if err != nil {
 				_ = c.ws.Close()
 				drain(c.out)
@@ -357,8 +351,29 @@ func (c *conn) writer() {
 	}
 }
 
+// write sends one queued frame as one binary message.
+func (c *conn) write(f outFrame) error {
+	_ = c.ws.SetWriteDeadline(time.Now().Add(writeWait))
+	w, err := c.ws.NextWriter(websocket.BinaryMessage)
+	if err != nil {
+		return err
+	}
+	if _, err := w.Write(f.prefix); err != nil {
+		return err
+	}
+	if len(f.payload) > 0 {
+		if _, err := w.Write(f.payload); err != nil {
+			return err
+		}
+	}
+	return w.Close()
+}
+
+// drain discards the frames queued after the writer stopped, until the
+// queue is closed, releasing their buffers.
 func drain(ch chan outFrame) {
-	for range ch {
+	for f := range ch {
+		f.model.release()
 	}
 }
 

@@ -24,6 +24,7 @@ import (
 	"slices"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"fedgather/internal/allreduce"
@@ -114,6 +115,60 @@ type Hub struct {
 	// needs a few model-sized buffers whatever the number of trainers.
 	updates chan []float32
 	acc     *allreduce.Accumulator // reused round after round
+	models  chan *modelBuf         // free buffers for the rounds' outgoing models
+}
+
+// modelBuf holds one round's weights while model frames carry them. The
+// round holds one reference and every queued model frame one more, since a
+// writer may still be sending the model to a straggler after its round
+// closed; the last release returns the buffer to the hub, and the next
+// round copies its weights into it instead of allocating a model-sized
+// slice (and leaving the garbage collector a model a round).
+type modelBuf struct {
+	hub  *Hub
+	v    []float32
+	refs atomic.Int32
+}
+
+// freeModels is how many idle model buffers the hub keeps for later
+// rounds: each round takes one, and a model still being written to a
+// straggler keeps its own a while longer.
+const freeModels = 2
+
+// newModelBuf returns a buffer holding a copy of v, with one reference.
+func (h *Hub) newModelBuf(v []float32) *modelBuf {
+	var b *modelBuf
+	select {
+	case b = <-h.models:
+	default:
+		b = &modelBuf{hub: h, v: make([]float32, len(v))}
+	}
+	copy(b.v, v)
+	b.refs.Store(1)
+	return b
+}
+
+// hold adds a reference to b; nil is no buffer.
+func (b *modelBuf) hold() {
+	if b != nil {
+		b.refs.Add(1)
+	}
+}
+
+// release drops a reference to b, returning it to the hub with the last.
+func (b *modelBuf) release() {
+	if b == nil {
+		return
+	}
+	switch n := b.refs.Add(-1); {
+	case n == 0:
+		select {
+		case b.hub.models <- b:
+		default: // enough are free; the collector takes this one
+		}
+	case n < 0:
+		panic("coord: model buffer released more often than held")
+	}
 }
 
 // deadlineTick is how often a running round looks for tasks past their
@@ -141,6 +196,7 @@ func New(cfg Config) (*Hub, error) {
 		changed:  make(chan struct{}),
 		trainers: make(map[string]*TrainerStats),
 	}
+	h.models = make(chan *modelBuf, freeModels)
 	h.updates = make(chan []float32, updateReads)
 	for range updateReads {
 		h.updates <- nil
@@ -167,6 +223,10 @@ type RoundSpec struct {
 	// trains from it, so that a round has one gather, not two. Eval tasks
 	// queue after the training tasks: being shorter, they fill the tail.
 	Evaluate bool
+	// Mean, when it has one value per parameter, receives the round's mean
+	// update (RoundResult.Mean is then Mean); else the hub allocates one.
+	// A caller running round after round passes the same buffer each time.
+	Mean []float32
 }
 
 // RoundResult is what a round gathered.
@@ -273,14 +333,15 @@ func (h *Hub) RunRound(ctx context.Context, spec RoundSpec) (*RoundResult, error
 		}
 		total += int64(shards[k].Rows)
 	}
-	model := slices.Clone(spec.Model)
-	mp, err := wire.Prefix(wire.TypeModel, wire.Model{Version: spec.Version, Params: len(model)})
+	mp, err := wire.Prefix(wire.TypeModel, wire.Model{Version: spec.Version, Params: len(spec.Model)})
 	if err != nil {
 		return nil, err
 	}
+	model := h.newModelBuf(spec.Model)
+	defer model.release() // the round's reference; queued frames hold theirs
 	r := &round{
 		spec:     spec,
-		model:    outFrame{prefix: mp, payload: wire.Float32Bytes(model)},
+		model:    outFrame{prefix: mp, payload: wire.Float32Bytes(model.v), model: model},
 		tasks:    make(map[int64]*task, len(spec.Clients)),
 		needed:   needed,
 		finished: make(chan struct{}),
@@ -380,7 +441,10 @@ func (h *Hub) closeRound(r *round) *RoundResult {
 		}
 	}
 	if res.Samples > 0 {
-		res.Mean = make([]float32, h.cfg.Params)
+		res.Mean = r.spec.Mean
+		if len(res.Mean) != h.cfg.Params {
+			res.Mean = make([]float32, h.cfg.Params)
+		}
 		_ = r.acc.Mean(res.Mean) // cannot fail: sizes match and weight > 0
 		res.TrainLoss = trainLoss / float64(res.Samples)
 	}

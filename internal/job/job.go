@@ -114,6 +114,7 @@ type Job struct {
 	// reader and writer.
 	params  []float32
 	version int
+	mean    []float32 // each round's mean update, applied to params at once
 
 	// evaluated is the newest version whose test-set figures are known
 	// (params, once its evaluation is in), with those figures: what the
@@ -456,6 +457,7 @@ func (j *Job) Run(ctx context.Context) (Summary, error) {
 	}
 	var roundSecs []float64
 	var held *trained // awaiting evaluation in this gather
+	j.mean = make([]float32, len(j.params))
 	for r := j.next; ; r++ {
 		if held == nil && (r >= cfg.Rounds || (cfg.Target > 0 && j.accuracy >= cfg.Target)) {
 			break
@@ -471,7 +473,7 @@ func (j *Job) Run(ctx context.Context) (Summary, error) {
 		// without the lock; RunRound takes its own copy of the weights.
 		// Past the last round the gather only evaluates: no clients.
 		spec := coord.RoundSpec{
-			Round: r, Version: j.version, Model: j.params, Evaluate: held != nil, Quorum: m,
+			Round: r, Version: j.version, Model: j.params, Mean: j.mean, Evaluate: held != nil, Quorum: m,
 			Mode: cfg.Mode, Epochs: cfg.Epochs, Batch: cfg.Batch, LR: float32(cfg.LR), Seed: cfg.Seed,
 		}
 		if train {

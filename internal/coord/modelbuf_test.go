@@ -1,0 +1,182 @@
+package coord_test
+
+import (
+	"context"
+	"encoding/binary"
+	"fmt"
+	"io"
+	"log/slog"
+	"math"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/gorilla/websocket"
+
+	"fedgather/internal/coord"
+	"fedgather/internal/wire"
+)
+
+// modelReader is a protocol-level trainer for TestRecycledModelBuffers: it
+// answers every task with a zero update and checks that every model frame
+// it reads holds version+1 in each parameter. With hold, it stops after
+// the first 64 KiB of its first model until hold is closed, so that the
+// hub's writer is still sending that model, blocked on a full socket,
+// after the round closed and while the following rounds run.
+func modelReader(ctx context.Context, url, name string, params int, hold <-chan struct{}, models chan<- int) error {
+	d := websocket.Dialer{HandshakeTimeout: 10 * time.Second}
+	ws, _, err := d.DialContext(ctx, "ws"+strings.TrimPrefix(url, "http"), nil)
+	if err != nil {
+		return err
+	}
+	defer ws.Close()
+	context.AfterFunc(ctx, func() { _ = ws.Close() })
+	send := func(t wire.Type, h any, p []byte) error {
+		w, err := ws.NextWriter(websocket.BinaryMessage)
+		if err != nil {
+			return err
+		}
+		if err := wire.Write(w, t, h, p); err != nil {
+			return err
+		}
+		return w.Close()
+	}
+	if err := send(wire.TypeHello, wire.Hello{Name: name}, nil); err != nil {
+		return err
+	}
+	zero := make([]byte, 4*params)
+	piece := make([]byte, 64<<10)
+	for {
+		_, r, err := ws.NextReader()
+		if err != nil {
+			return err
+		}
+		f, err := wire.ReadHead(r, nil)
+		if err != nil {
+			return err
+		}
+		switch f.Type {
+		case wire.TypeWelcome:
+			err = send(wire.TypePull, wire.Pull{}, nil)
+		case wire.TypeModel:
+			var m wire.Model
+			if err := f.Parse(&m); err != nil {
+				return err
+			}
+			want := math.Float32bits(float32(m.Version + 1))
+			for at := 0; at < 4*params; {
+				if hold != nil && at > 0 {
+					<-hold
+					hold = nil
+				}
+				n, err := io.ReadFull(r, piece[:min(len(piece), 4*params-at)])
+				if err != nil {
+					return err
+				}
+				for i := 0; i < n; i += 4 {
+					if got := binary.LittleEndian.Uint32(piece[i:]); got != want {
+						return fmt.Errorf("%s: model version %d holds %v at parameter %d, want %v",
+							name, m.Version, math.Float32frombits(got), (at+i)/4, float32(m.Version+1))
+					}
+				}
+				at += n
+			}
+			models <- m.Version
+		case wire.TypeTask:
+			var t wire.Task
+			if err = f.Parse(&t); err == nil {
+				err = send(wire.TypeUpdate, wire.Update{Task: t.ID, Round: t.Round, Version: t.Version, Client: t.Client, Samples: t.Rows, Loss: 1}, zero)
+			}
+			if err == nil {
+				err = send(wire.TypePull, wire.Pull{}, nil)
+			}
+		case wire.TypeDone:
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		if _, err := io.Copy(io.Discard, r); err != nil {
+			return err
+		}
+	}
+}
+
+// TestRecycledModelBuffers: the hub reuses the buffers of its rounds'
+// outgoing models, yet a model still being written to a slow trainer after
+// its round closed is never overwritten by a later round's weights, and
+// the caller's weights may change as soon as RunRound returns.
+func TestRecycledModelBuffers(t *testing.T) {
+	const params = 4 << 20 // 16 MiB: more than loopback's socket buffers hold
+	hub, err := coord.New(coord.Config{
+		Model:  wire.ModelSpec{Name: "mlp", Sizes: []int{20, 3}},
+		Params: params,
+		Shards: makeShards(t, 2, 10, 0),
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(hub)
+	defer srv.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	fast, slow := make(chan int, 100), make(chan int, 100)
+	errs := make(chan error, 2)
+	go func() { errs <- modelReader(ctx, srv.URL, "fast", params, nil, fast) }()
+	if err := hub.WaitTrainers(ctx, 1); err != nil {
+		t.Fatal(err)
+	}
+	hold := make(chan struct{})
+	go func() { errs <- modelReader(ctx, srv.URL, "slow", params, hold, slow) }()
+	if err := hub.WaitTrainers(ctx, 2); err != nil {
+		t.Fatal(err)
+	}
+
+	const rounds = 8
+	w := make([]float32, params)
+	mean := make([]float32, params)
+	for r := range rounds {
+		for i := range w {
+			w[i] = float32(r + 1)
+		}
+		// One of two results is enough: the fast trainer closes each round
+		// while the slow one is still reading the model.
+		res, err := hub.RunRound(ctx, coord.RoundSpec{Round: r, Version: r, Model: w, Mean: mean, Clients: []int{0, 1}, Quorum: 1,
+			Mode: "fedavg", Epochs: 1, Batch: 1, LR: 0.1, Seed: 1})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if res.Updates != 1 || &res.Mean[0] != &mean[0] {
+			t.Fatalf("round %d: %d updates, mean in the caller's buffer %v", r, res.Updates, &res.Mean[0] == &mean[0])
+		}
+		clear(w) // the hub holds its own copy
+	}
+	close(hold)
+	hub.Finish("test over")
+	for range 2 {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	close(fast)
+	close(slow)
+	var got []int
+	for v := range slow {
+		got = append(got, v)
+	}
+	// The slow trainer's model was still being written while the later
+	// rounds ran (modelReader checked that it arrived whole).
+	if len(got) != 1 || got[0] != 0 {
+		t.Fatalf("the slow trainer read models %v, want version 0 only", got)
+	}
+	n := 0
+	for range fast {
+		n++
+	}
+	if n < rounds-1 {
+		t.Fatalf("the fast trainer read %d models in %d rounds", n, rounds)
+	}
+	t.Logf("slow trainer read versions %v; fast trainer %d models", got, n)
+}
