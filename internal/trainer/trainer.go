@@ -88,7 +88,8 @@ type Trainer struct {
 	shards    map[string]*data.Dataset
 	spec      model.Spec
 	ws        *model.Workspace
-	global    []float32 // weights of version
+	global    []float32      // weights of version
+	spare     chan []float32 // a replaced model's buffer, for the next model to be read into
 	local     []float32
 	grad      []float32
 	version   int
@@ -124,7 +125,7 @@ func New(cfg Config) (*Trainer, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	return &Trainer{cfg: cfg, url: u, shards: make(map[string]*data.Dataset)}, nil
+	return &Trainer{cfg: cfg, url: u, shards: make(map[string]*data.Dataset), spare: make(chan []float32, 1)}, nil
 }
 
 // Run connects and works until the aggregator says the job is done (nil),
@@ -288,7 +289,12 @@ func (t *Trainer) session(ctx context.Context) error {
 				return fmt.Errorf("model version %d has %d parameters, the job's model %d", m.Version, m.Params, len(t.global))
 			}
 			// The tensor was read straight from the socket and checked
-			// as it arrived; it becomes the held model without a copy.
+			// as it arrived; it becomes the held model without a copy,
+			// and the one it replaces takes the next model.
+			select {
+			case t.spare <- t.global:
+			default:
+			}
 			t.global = in.tensor
 			t.version, t.haveModel = m.Version, true
 		case wire.TypeShard:
@@ -367,7 +373,13 @@ func (t *Trainer) readFrame(ws *websocket.Conn) (inFrame, int, error) {
 		if m.Params < 0 || int64(m.Params) > t.cfg.MaxMessage/4 {
 			return inFrame{}, 0, fmt.Errorf("model version %d announces %d parameters, more than a %d-byte message holds", m.Version, m.Params, t.cfg.MaxMessage)
 		}
-		in.tensor = make([]float32, m.Params)
+		select {
+		case in.tensor = <-t.spare:
+		default:
+		}
+		if len(in.tensor) != m.Params {
+			in.tensor = make([]float32, m.Params)
+		}
 		k, err := wire.ReadFiniteTensor(r, in.tensor)
 		if err != nil {
 			return inFrame{}, 0, fmt.Errorf("model version %d: %w", m.Version, err)
