@@ -102,7 +102,6 @@ type Report struct {
 type Job struct {
 	cfg    Config
 	spec   model.Spec
-	train  *data.Dataset
 	test   *data.Dataset
 	shards []coord.Shard
 	hub    *coord.Hub
@@ -186,7 +185,7 @@ func New(cfg Config) (*Job, error) {
 		return nil, err
 	}
 	j := &Job{
-		cfg: cfg, spec: spec, train: train, test: test, shards: shards, hub: hub, opt: opt,
+		cfg: cfg, spec: spec, test: test, shards: shards, hub: hub, opt: opt,
 		ws:     model.NewWorkspace(spec, 1000),
 		params: make([]float32, spec.NumParams()),
 		jobKey: cfg.key(spec),
