@@ -26,6 +26,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"runtime"
+	"runtime/debug"
 	"sync"
 	"syscall"
 	"time"
@@ -141,6 +142,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "aggregator: %v\n", err)
 		return 2
 	}
+	// Loading the dataset and encoding its shards leave the decoded
+	// training set behind as garbage (about 190 MB for MNIST): hand it back
+	// to the system now rather than whenever the runtime gets round to it.
+	debug.FreeOSMemory()
 	mux := j.Handler()
 	if err := setupMetrics(mux, j, o.metrics); err != nil {
 		fmt.Fprintf(stderr, "aggregator: %v\n", err)
