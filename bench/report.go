@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"fedgather/bench/internal/benchfmt"
+	"fedgather/internal/coord"
 )
 
 // results is everything the parts wrote into the results directory.
@@ -618,17 +619,18 @@ func sectionScale(r *results, w func(string, ...any)) {
 	}
 	if few != nil && many != nil && many.Trainers > few.Trainers {
 		per := float64((many.RSS-many.BaseRSS)-(few.RSS-few.BaseRSS)) / float64(many.Trainers-few.Trainers)
-		w("Connections themselves cost memory too: with %d updates per round, going from %d to %d trainers adds %s MB of RSS, about %s MB per trainer once its connection has carried frames (gorilla/websocket's read and write buffers of `coord.BufferSize`, 64 KiB each, and the connection's goroutines).\n\n",
+		w("Connections themselves cost memory too: with %d updates per round, going from %d to %d trainers adds %s MB of RSS, about %s MB per trainer once its connection has carried frames (gorilla/websocket's read buffer of `coord.BufferSize`, 64 KiB, the connection's two goroutines, and a write buffer borrowed from a shared pool while a frame is written).\n\n",
 			many.PerRound, few.Trainers, many.Trainers, mb((many.RSS-many.BaseRSS)-(few.RSS-few.BaseRSS)), f(per/1e6))
 	}
 
 	if top.ratio < 2 {
 		w("The gather streams: memory does not grow with the number of updates.\n\n")
 	} else {
-		w("**The target is missed**, and not by the accumulator, which is one model-sized int64 buffer per round whatever the number of updates (`TestGatherMemoryIsOneModel` shows exactly that the fold allocates nothing). ")
+		w("**The target is missed**, and not by the accumulator, which is one model-sized buffer per round whatever the number of updates (`TestGatherMemoryIsOneModel` shows exactly that the fold allocates nothing). ")
 		lg := float64(top.hi.LiveHeap-top.lo.LiveHeap) / float64(top.model)
-		w("What grows with the number of updates is the memory for updates being read off the network: the hub's reader takes a model-sized buffer (from a `sync.Pool`) for each update it reads, and when %d trainers answer together many readers hold one at the same time — %.0f model sizes of RSS here (%.0f of live heap; how many depends on how the answers bunch up, and varies from run to run). ", top.trainers, top.ratio, lg)
-		w("Bounding how many updates are read at the same time — a fixed set of a few buffers handed out by the hub, with the other connections' readers waiting for one while their data waits in the socket — would cap the growth at that many models whatever the number of trainers.\n\n")
+		w("Updates are read off the network into a fixed set of %d model-sized buffers (`coord.UpdateReads`), the other connections' data waiting in their sockets, so in-flight updates hold at most that many models; the live heap grew by %.1f model sizes. ", coord.UpdateReads, lg)
+		w("The rest of the RSS growth is the garbage collector's headroom: the aggregator runs with `GOGC=25`, which lets the heap grow a quarter past the live heap (here about %s MB) before a collection, and pages once touched stay resident until the runtime returns them. With %d updates per round the rounds allocate enough (frame headers, task records, queued frames) to use that headroom between collections; with %d they hardly allocate at all. ", mb(top.hi.LiveHeap/4), top.hi.PerRound, top.lo.PerRound)
+		w("So this RSS figure measures the collector's pacing more than what the aggregator holds: it is under two models only if the headroom is, which at this live heap takes `GOGC` near 1.\n\n")
 	}
 	w("Aggregator CPU per update is about %s ms at %d updates per round with %d trainers (reading the update off its socket, the hub's bookkeeping, and the model, shard and task frames sent back)", f(1e3*top.hi.CPUPerRound.Median/float64(top.hi.PerRound)), top.hi.PerRound, top.trainers)
 	if m := mainAggregate(r); len(m) > 0 && m[0].Ours.Median > 0 {

@@ -111,7 +111,7 @@ type Hub struct {
 	stats     Stats
 	trainers  map[string]*TrainerStats
 	// updates holds the buffers for updates being read off the network:
-	// at most updateReads at a time, allocated on first use, so gathering
+	// at most UpdateReads at a time, allocated on first use, so gathering
 	// needs a few model-sized buffers whatever the number of trainers.
 	updates chan []float32
 	acc     *allreduce.Accumulator // reused round after round
@@ -177,9 +177,9 @@ func (b *modelBuf) release() {
 // deadline rather than up to a whole tick later.
 const deadlineTick = 10 * time.Millisecond
 
-// updateReads bounds how many updates are read off the network at once;
+// UpdateReads bounds how many updates are read off the network at once;
 // other trainers' updates wait in their sockets meanwhile.
-const updateReads = 4
+const UpdateReads = 4
 
 // New returns a hub for the job described by cfg.
 func New(cfg Config) (*Hub, error) {
@@ -197,8 +197,8 @@ func New(cfg Config) (*Hub, error) {
 		trainers: make(map[string]*TrainerStats),
 	}
 	h.models = make(chan *modelBuf, freeModels)
-	h.updates = make(chan []float32, updateReads)
-	for range updateReads {
+	h.updates = make(chan []float32, UpdateReads)
+	for range UpdateReads {
 		h.updates <- nil
 	}
 	return h, nil
