@@ -628,9 +628,8 @@ func sectionScale(r *results, w func(string, ...any)) {
 	} else {
 		w("**The target is missed**, and not by the accumulator, which is one model-sized buffer per round whatever the number of updates (`TestGatherMemoryIsOneModel` shows exactly that the fold allocates nothing). ")
 		lg := float64(top.hi.LiveHeap-top.lo.LiveHeap) / float64(top.model)
-		w("Updates are read off the network into a fixed set of %d model-sized buffers (`coord.UpdateReads`), the other connections' data waiting in their sockets, so in-flight updates hold at most that many models; the live heap grew by %.1f model sizes. ", coord.UpdateReads, lg)
-		w("The rest of the RSS growth is the garbage collector's headroom: the aggregator runs with `GOGC=25`, which lets the heap grow a quarter past the live heap (here about %s MB) before a collection, and pages once touched stay resident until the runtime returns them. With %d updates per round the rounds allocate enough (frame headers, task records, queued frames) to use that headroom between collections; with %d they hardly allocate at all. ", mb(top.hi.LiveHeap/4), top.hi.PerRound, top.lo.PerRound)
-		w("So this RSS figure measures the collector's pacing more than what the aggregator holds: it is under two models only if the headroom is, which at this live heap takes `GOGC` near 1.\n\n")
+		w("Updates are read off the network into a fixed set of %d model-sized buffers (`coord.UpdateReads`, allocated on first use), the other connections' data waiting in their sockets, so in-flight updates hold at most that many models — which is itself more than the target's two. The live heap grew by %.1f model sizes. ", coord.UpdateReads, lg)
+		w("RSS grew by %.0f model sizes: the rest is memory outside the live heap, such as the collector's headroom (the aggregator runs with `GOGC=25`, which lets the heap grow a quarter past the live heap, here about %s MB, between collections) and goroutine stacks; this report does not measure how it splits.\n\n", top.ratio, mb(top.hi.LiveHeap/4))
 	}
 	w("Aggregator CPU per update is about %s ms at %d updates per round with %d trainers (reading the update off its socket, the hub's bookkeeping, and the model, shard and task frames sent back)", f(1e3*top.hi.CPUPerRound.Median/float64(top.hi.PerRound)), top.hi.PerRound, top.trainers)
 	if m := mainAggregate(r); len(m) > 0 && m[0].Ours.Median > 0 {

@@ -223,9 +223,10 @@ type RoundSpec struct {
 	// trains from it, so that a round has one gather, not two. Eval tasks
 	// queue after the training tasks: being shorter, they fill the tail.
 	Evaluate bool
-	// Mean, when it has one value per parameter, receives the round's mean
-	// update (RoundResult.Mean is then Mean); else the hub allocates one.
-	// A caller running round after round passes the same buffer each time.
+	// Mean, when not nil, receives the round's mean update and must hold
+	// one value per parameter (RoundResult.Mean is then Mean); when nil the
+	// hub allocates one. A caller running round after round passes the
+	// same buffer each time.
 	Mean []float32
 }
 
@@ -314,6 +315,9 @@ func TaskSeed(seed uint64, round, client int) uint64 {
 func (h *Hub) RunRound(ctx context.Context, spec RoundSpec) (*RoundResult, error) {
 	if len(spec.Model) != h.cfg.Params {
 		return nil, fmt.Errorf("round %d model has %d parameters, the job %d", spec.Round, len(spec.Model), h.cfg.Params)
+	}
+	if spec.Mean != nil && len(spec.Mean) != h.cfg.Params {
+		return nil, fmt.Errorf("round %d mean buffer has %d values, the job's model %d", spec.Round, len(spec.Mean), h.cfg.Params)
 	}
 	if len(spec.Clients) == 0 && !spec.Evaluate {
 		return nil, fmt.Errorf("round %d selects no client and evaluates nothing", spec.Round)
@@ -442,7 +446,7 @@ func (h *Hub) closeRound(r *round) *RoundResult {
 	}
 	if res.Samples > 0 {
 		res.Mean = r.spec.Mean
-		if len(res.Mean) != h.cfg.Params {
+		if res.Mean == nil {
 			res.Mean = make([]float32, h.cfg.Params)
 		}
 		_ = r.acc.Mean(res.Mean) // cannot fail: sizes match and weight > 0

@@ -24,7 +24,7 @@ import (
 // the first 64 KiB of its first model until hold is closed, so that the
 // hub's writer is still sending that model, blocked on a full socket,
 // after the round closed and while the following rounds run.
-func modelReader(ctx context.Context, url, name string, params int, hold <-chan struct{}, models chan<- int) error {
+func modelReader(ctx context.Context, url, name string, params int, pulled chan<- struct{}, hold <-chan struct{}, models chan<- int) error {
 	d := websocket.Dialer{HandshakeTimeout: 10 * time.Second}
 	ws, _, err := d.DialContext(ctx, "ws"+strings.TrimPrefix(url, "http"), nil)
 	if err != nil {
@@ -58,7 +58,9 @@ func modelReader(ctx context.Context, url, name string, params int, hold <-chan 
 		}
 		switch f.Type {
 		case wire.TypeWelcome:
-			err = send(wire.TypePull, wire.Pull{}, nil)
+			if err = send(wire.TypePull, wire.Pull{}, nil); err == nil {
+				close(pulled)
+			}
 		case wire.TypeModel:
 			var m wire.Model
 			if err := f.Parse(&m); err != nil {
@@ -67,7 +69,11 @@ func modelReader(ctx context.Context, url, name string, params int, hold <-chan 
 			want := math.Float32bits(float32(m.Version + 1))
 			for at := 0; at < 4*params; {
 				if hold != nil && at > 0 {
-					<-hold
+					select {
+					case <-hold:
+					case <-ctx.Done():
+						return ctx.Err()
+					}
 					hold = nil
 				}
 				n, err := io.ReadFull(r, piece[:min(len(piece), 4*params-at)])
@@ -114,6 +120,8 @@ func TestRecycledModelBuffers(t *testing.T) {
 		Params: params,
 		Shards: makeShards(t, 2, 10, 0),
 		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+		// The held trainer sends nothing, not even pongs, until released.
+		PingPeriod: time.Minute, PongWait: 2 * time.Minute,
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -124,15 +132,22 @@ func TestRecycledModelBuffers(t *testing.T) {
 	defer cancel()
 	fast, slow := make(chan int, 100), make(chan int, 100)
 	errs := make(chan error, 2)
-	go func() { errs <- modelReader(ctx, srv.URL, "fast", params, nil, fast) }()
-	if err := hub.WaitTrainers(ctx, 1); err != nil {
-		t.Fatal(err)
-	}
+	// Both trainers are idle before round 0, so that each takes one of
+	// its two tasks: the fast one first.
+	fastIdle, slowIdle := make(chan struct{}), make(chan struct{})
+	go func() { errs <- modelReader(ctx, srv.URL, "fast", params, fastIdle, nil, fast) }()
+	<-fastIdle
 	hold := make(chan struct{})
-	go func() { errs <- modelReader(ctx, srv.URL, "slow", params, hold, slow) }()
-	if err := hub.WaitTrainers(ctx, 2); err != nil {
-		t.Fatal(err)
+	released := false
+	release := func() {
+		if !released {
+			released = true
+			close(hold)
+		}
 	}
+	defer release()
+	go func() { errs <- modelReader(ctx, srv.URL, "slow", params, slowIdle, hold, slow) }()
+	<-slowIdle
 
 	const rounds = 8
 	w := make([]float32, params)
@@ -148,12 +163,12 @@ func TestRecycledModelBuffers(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if res.Updates != 1 || &res.Mean[0] != &mean[0] {
-			t.Fatalf("round %d: %d updates, mean in the caller's buffer %v", r, res.Updates, &res.Mean[0] == &mean[0])
+		if res.Updates != 1 || len(res.Mean) == 0 || &res.Mean[0] != &mean[0] {
+			t.Fatalf("round %d: %d updates, a mean of %d values (want it in the caller's buffer)", r, res.Updates, len(res.Mean))
 		}
 		clear(w) // the hub holds its own copy
 	}
-	close(hold)
+	release()
 	hub.Finish("test over")
 	for range 2 {
 		if err := <-errs; err != nil {

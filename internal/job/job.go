@@ -92,9 +92,9 @@ type Report struct {
 	Version       int
 	Accuracy      float64
 	TestLoss      float64
-	AggSeconds    float64 // server step and bookkeeping after the gather
-	UpdateNorm    float64 // L2 norm of the applied mean update
-	Result        *coord.RoundResult
+	AggSeconds    float64            // server step and bookkeeping after the gather
+	UpdateNorm    float64            // L2 norm of the applied mean update
+	Result        *coord.RoundResult // the round's gather; Mean is nil, already applied to the model
 	ETA           time.Duration
 }
 
@@ -526,6 +526,7 @@ func (j *Job) step(r int, res *coord.RoundResult) *trained {
 	}
 	t.norm = math.Sqrt(norm)
 	j.opt.Step(j.params, res.Mean)
+	res.Mean = nil // j.mean, which the next round overwrites; observers get no stale mean
 	j.version++
 	t.agg = time.Since(begin).Seconds()
 	return t
