@@ -188,6 +188,7 @@ func New(cfg Config) (*Job, error) {
 		cfg: cfg, spec: spec, test: test, shards: shards, hub: hub, opt: opt,
 		ws:     model.NewWorkspace(spec, 1000),
 		params: make([]float32, spec.NumParams()),
+		mean:   make([]float32, spec.NumParams()),
 		jobKey: cfg.key(spec),
 	}
 	switch {
@@ -456,7 +457,6 @@ func (j *Job) Run(ctx context.Context) (Summary, error) {
 	}
 	var roundSecs []float64
 	var held *trained // awaiting evaluation in this gather
-	j.mean = make([]float32, len(j.params))
 	for r := j.next; ; r++ {
 		if held == nil && (r >= cfg.Rounds || (cfg.Target > 0 && j.accuracy >= cfg.Target)) {
 			break
