@@ -342,11 +342,10 @@ func ReadTensor(r io.Reader, dst []float32) (int, error) {
 // ReadFiniteTensor is ReadTensor for a frame that must carry the tensor:
 // an empty payload is a SizeError like any other wrong size. It also checks
 // the values, as CheckFinite does, and fails at the first NaN or infinity.
-// It checks each
-// piece as the connection delivers it, while the piece is still in cache
-// and while the sender is still writing the next: on loopback that hides
-// most of the check's cost, which a separate pass over the whole tensor
-// afterwards adds in full. The error of a bad value names its index; it is
+// It checks each piece as the connection delivers it, while the piece is
+// still in cache and while the sender is still writing the next: on
+// loopback that hides most of the check's cost, which a separate pass over
+// the whole tensor afterwards adds in full. The error of a bad value names its index; it is
 // returned at once, with the rest of the payload unread and the count of
 // the bytes read so far (unlike a SizeError, after which the frame has been
 // read whole). A payload too short or too long may also be reported as its
