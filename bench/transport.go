@@ -24,6 +24,10 @@ import (
 	"fedgather/internal/wire"
 )
 
+// pairBuffer is the client's websocket buffer size in the buffered and
+// direct pairs: 64 KiB both ways, the size the issue measured gorilla with.
+const pairBuffer = 64 << 10
+
 // transportRow is one line of "bench transport": one 2NN model scattered
 // to a trainer and one update of the same size gathered back, over
 // loopback, in MB/s (10^6 bytes of payload per second, both directions).
@@ -38,8 +42,9 @@ import (
 //	         client holds one example: adds what the trainer does per task
 //	         besides training proper (copying the model, preparing the
 //	         layers, computing Δw).
-//	buffered the same frames over a bare gorilla/websocket pair with
-//	         coord.BufferSize buffers, each side reading a frame into a
+//	buffered the same frames over a bare gorilla/websocket pair, the
+//	         server with the hub's buffers (coord.BufferSize) and the
+//	         client with 64 KiB (pairBuffer), each side reading a frame into a
 //	         buffer first and then copying the tensor out with
 //	         wire.ReadFloat32s (the receiving side then also runs
 //	         allreduce.CheckFinite): the read path before direct reads.
@@ -48,9 +53,9 @@ import (
 //	         (wire.ReadFiniteTensor, checking each piece as it arrives), the
 //	         server as the hub does (wire.ReadTensor, then a range check).
 //	big      direct, with the trainer's websocket buffers (64 KiB to read,
-//	         1 MiB to write) instead of 64 KiB both, so that an update (a
-//	         client frame, which gorilla masks by copying it through the
-//	         write buffer) leaves as one frame.
+//	         1 MiB to write) on the client instead of pairBuffer, so that
+//	         an update (a client frame, which gorilla masks by copying it
+//	         through the write buffer) leaves as one frame.
 //	bare     big without any check: the websocket framing alone.
 //	tcpcheck raw TCP as below, each side checking the values it reads piece
 //	         by piece as they arrive (finite on the client, finite and
@@ -117,12 +122,12 @@ func runTransport(args []string) error {
 		return err
 	}
 	defer stopReal()
-	wp, err := startWirePair(model, delta, readBuffered, coord.BufferSize, coord.BufferSize)
+	wp, err := startWirePair(model, delta, readBuffered, pairBuffer, pairBuffer)
 	if err != nil {
 		return err
 	}
 	defer wp.close()
-	dp, err := startWirePair(model, delta, readDirect, coord.BufferSize, coord.BufferSize)
+	dp, err := startWirePair(model, delta, readDirect, pairBuffer, pairBuffer)
 	if err != nil {
 		return err
 	}
