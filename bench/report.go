@@ -579,14 +579,14 @@ func sectionScale(r *results, w func(string, ...any)) {
 	rounds := r.scale[0].Rounds
 	w("`go run ./bench scale`: the real aggregator binary (`-clients 1000 -fraction m/1000 -min-trainers N`, 2NN) with N simulated trainers from `bench/simtrainer` — N real websocket connections in one process speaking the real protocol and answering every task at once with a small fixed update. ")
 	w("Each run starts with ⌈N/m⌉+1 warm-up rounds (connections, first shard transfers, and at least one task for every trainer, so that every connection has carried frames whatever m), then %d measured rounds, then one more round during which the aggregator's `/metrics` is read. The aggregator runs with `GOGC=25`, so that its heap tracks what the rounds need rather than what loading MNIST left behind. ", rounds)
-	w("CPU is the aggregator's user+system time per measured round from `/proc/PID/stat`. RSS and peak RSS (VmRSS, VmHWM) are from `/proc/PID/status` after the last measured round; *base* is VmRSS once the aggregator listens, with MNIST loaded and the 1,000 shards encoded, so *RSS − base* is what the trainers and rounds added (the peak mostly records start-up). *Live heap* is the most any garbage collection during the measured rounds kept (or the last one's, if none ran; `GODEBUG=gctrace=1`), and *heap in use* the Go runtime's `go_memstats_heap_inuse_bytes` (allocated, touched or not, garbage included). ")
+	w("CPU is the aggregator's user+system time per measured round from `/proc/PID/stat`. RSS and peak RSS (VmRSS, VmHWM) are from `/proc/PID/status` after the last measured round; *base* is VmRSS once the aggregator listens, with MNIST loaded and the 1,000 shards encoded, so *RSS − base* is what the trainers and rounds added (the peak mostly records start-up). *Live heap* is the most any garbage collection during the measured rounds kept (or the last one's, if none ran; `GODEBUG=gctrace=1`), *heap in use* the Go runtime's `go_memstats_heap_inuse_bytes` (allocated, touched or not, garbage included), *free heap kept* its free heap not yet returned to the system (`heap_idle − heap_released`), and *stacks* its goroutine stacks (`stack_inuse`), these three read from `/metrics` during the extra round. ")
 	w("*Warnings* counts aggregator log lines at level WARN or ERROR. The simulator's *done / closed / failed* count connections ended by a `done` frame, closed by the aggregator without one, or ended by an error.\n\n")
-	w("| trainers | updates/round | s/round | aggregator CPU s/round | CPU ms/update | base RSS MB | RSS MB | RSS − base MB | peak RSS MB | live heap MB | heap in use MB | warnings | rounds done | connections done / closed / failed |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
+	w("| trainers | updates/round | s/round | aggregator CPU s/round | CPU ms/update | base RSS MB | RSS MB | RSS − base MB | peak RSS MB | live heap MB | heap in use MB | free heap kept MB | stacks MB | warnings | rounds done | connections done / closed / failed |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
 	for _, s := range r.scale {
 		var st struct{ Done, Closed, Failures int64 }
 		_ = json.Unmarshal(s.Sim, &st)
-		w("| %d | %d | %s | %s | %s | %s | %s | %s | %s | %s | %s | %d | %d/%d | %d / %d / %d |\n", s.Trainers, s.PerRound, sp(s.RoundSecs), sp(s.CPUPerRound), f(1e3*s.CPUPerRound.Median/float64(s.PerRound)),
-			mb(s.BaseRSS), mb(s.RSS), mb(s.RSS-s.BaseRSS), mb(s.HWM), mb(s.LiveHeap), mb(s.HeapInuse), s.Warnings, s.Completed, s.Total, st.Done, st.Closed, st.Failures)
+		w("| %d | %d | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %d | %d/%d | %d / %d / %d |\n", s.Trainers, s.PerRound, sp(s.RoundSecs), sp(s.CPUPerRound), f(1e3*s.CPUPerRound.Median/float64(s.PerRound)),
+			mb(s.BaseRSS), mb(s.RSS), mb(s.RSS-s.BaseRSS), mb(s.HWM), mb(s.LiveHeap), mb(s.HeapInuse), mb(s.HeapKept), mb(s.Stacks), s.Warnings, s.Completed, s.Total, st.Done, st.Closed, st.Failures)
 	}
 	w("\n")
 	for _, s := range r.scale {
@@ -599,10 +599,11 @@ func sectionScale(r *results, w func(string, ...any)) {
 		return
 	}
 	w("Growth of the aggregator's memory from the fewest to the most updates per round, with the same number of trainers connected (target: under 2 model sizes):\n\n")
-	w("| trainers | updates/round | RSS growth (RSS − base) MB | in models | live-heap growth MB | in models |\n|---|---|---|---|---|---|\n")
+	w("| trainers | updates/round | RSS growth (RSS − base) MB | in models | live-heap growth MB | in models | heap in use MB | free heap kept MB | stacks MB |\n|---|---|---|---|---|---|---|---|---|\n")
 	for _, g := range gs {
 		lg := g.hi.LiveHeap - g.lo.LiveHeap
-		w("| %d | %d → %d | %s | %.1f | %s | %.1f |\n", g.trainers, g.lo.PerRound, g.hi.PerRound, mb(g.growth), g.ratio, mb(lg), float64(lg)/float64(g.model))
+		w("| %d | %d → %d | %s | %.1f | %s | %.1f | %s | %s | %s |\n", g.trainers, g.lo.PerRound, g.hi.PerRound, mb(g.growth), g.ratio, mb(lg), float64(lg)/float64(g.model),
+			mb(g.hi.HeapInuse-g.lo.HeapInuse), mb(g.hi.HeapKept-g.lo.HeapKept), mb(g.hi.Stacks-g.lo.Stacks))
 	}
 	top := gs[len(gs)-1]
 	w("\nBoth measures move by several MB from run to run (the Go runtime returns freed memory to the system in its own time, and collections come when they come), which is more than two model sizes, so only growth well beyond that is significant; `TestGatherMemoryIsOneModel` in `internal/allreduce` shows, exactly, that the fold itself allocates nothing per update.\n\n")
@@ -619,8 +620,8 @@ func sectionScale(r *results, w func(string, ...any)) {
 	}
 	if few != nil && many != nil && many.Trainers > few.Trainers {
 		per := float64((many.RSS-many.BaseRSS)-(few.RSS-few.BaseRSS)) / float64(many.Trainers-few.Trainers)
-		w("Connections themselves cost memory too: with %d updates per round, going from %d to %d trainers adds %s MB of RSS, about %s MB per trainer once its connection has carried frames (gorilla/websocket's read buffer of `coord.BufferSize`, 64 KiB, the connection's two goroutines, and a write buffer borrowed from a shared pool while a frame is written).\n\n",
-			many.PerRound, few.Trainers, many.Trainers, mb((many.RSS-many.BaseRSS)-(few.RSS-few.BaseRSS)), f(per/1e6))
+		w("Connections themselves cost memory too: with %d updates per round, going from %d to %d trainers adds %s MB of RSS, about %s MB per trainer once its connection has carried frames (gorilla/websocket's read buffer of `coord.BufferSize`, %d KiB, the connection's two goroutines, and a write buffer borrowed from a shared pool while a frame is written).\n\n",
+			many.PerRound, few.Trainers, many.Trainers, mb((many.RSS-many.BaseRSS)-(few.RSS-few.BaseRSS)), f(per/1e6), coord.BufferSize>>10)
 	}
 
 	if top.ratio < 2 {
@@ -629,7 +630,9 @@ func sectionScale(r *results, w func(string, ...any)) {
 		w("**The target is missed**, and not by the accumulator, which is one model-sized buffer per round whatever the number of updates (`TestGatherMemoryIsOneModel` shows exactly that the fold allocates nothing). ")
 		lg := float64(top.hi.LiveHeap-top.lo.LiveHeap) / float64(top.model)
 		w("Updates are read off the network into a fixed set of %d model-sized buffers (`coord.UpdateReads`, allocated on first use), the other connections' data waiting in their sockets, so in-flight updates hold at most that many models — which is itself more than the target's two. The live heap grew by %.1f model sizes. ", coord.UpdateReads, lg)
-		w("RSS grew by %.0f model sizes: the rest is memory outside the live heap, such as the collector's headroom (the aggregator runs with `GOGC=25`, which lets the heap grow a quarter past the live heap, here about %s MB, between collections) and goroutine stacks; this report does not measure how it splits.\n\n", top.ratio, mb(top.hi.LiveHeap/4))
+		w("RSS grew by %.0f model sizes (%s MB). Read from the runtime, heap in use grew by %s MB, free heap not yet returned to the system by %s MB and goroutine stacks by %s MB (these come from the extra round, a moment after RSS, so they need not add up exactly). ",
+			top.ratio, mb(top.growth), mb(top.hi.HeapInuse-top.lo.HeapInuse), mb(top.hi.HeapKept-top.lo.HeapKept), mb(top.hi.Stacks-top.lo.Stacks))
+		w("Heap in use counts garbage not yet collected, and the collector lets the heap grow past the live heap before it collects — by a quarter of it here (the aggregator runs with `GOGC=25`), about %s MB — then keeps the freed pages for a while. Every round makes some garbage (JSON headers, task records, frames written), the more the more updates it carries, so with many updates per round the heap reaches that ceiling within the measured rounds and RSS shows it; with few it has not yet.\n\n", mb(top.hi.LiveHeap/4))
 	}
 	w("Aggregator CPU per update is about %s ms at %d updates per round with %d trainers (reading the update off its socket, the hub's bookkeeping, and the model, shard and task frames sent back)", f(1e3*top.hi.CPUPerRound.Median/float64(top.hi.PerRound)), top.hi.PerRound, top.trainers)
 	if m := mainAggregate(r); len(m) > 0 && m[0].Ours.Median > 0 {

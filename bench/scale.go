@@ -42,6 +42,8 @@ type scaleRow struct {
 	RSS         int64           `json:"rss_bytes"`        // VmRSS after the last round
 	HWM         int64           `json:"hwm_bytes"`        // VmHWM (peak RSS) after the last round
 	HeapInuse   int64           `json:"heap_inuse_bytes"` // go_memstats_heap_inuse_bytes after the last round (0: not read)
+	HeapKept    int64           `json:"heap_kept_bytes"`  // heap_idle − heap_released: free heap not yet returned to the system
+	Stacks      int64           `json:"stack_bytes"`      // go_memstats_stack_inuse_bytes
 	LiveHeap    int64           `json:"live_heap_bytes"`  // largest live heap after a collection during the measured rounds, else the latest (GODEBUG=gctrace=1, GOGC=25)
 	ModelBytes  int64           `json:"model_bytes"`
 	Warnings    int             `json:"log_warnings"` // aggregator log lines at level WARN or ERROR
@@ -238,7 +240,10 @@ func scaleRun(aggBin, simBin string, n, m, rounds int, timeout time.Duration, lo
 				live.Lock()
 				row.LiveHeap = max(live.max, live.last)
 				live.Unlock()
-				row.HeapInuse = heapInuse(ctx, addr)
+				ms := memStats(ctx, addr)
+				row.HeapInuse = ms["heap_inuse"]
+				row.HeapKept = ms["heap_idle"] - ms["heap_released"]
+				row.Stacks = ms["stack_inuse"]
 			}
 			continue
 		}
@@ -287,31 +292,35 @@ func scaleRun(aggBin, simBin string, n, m, rounds int, timeout time.Duration, lo
 	return row, nil
 }
 
-// heapInuse reads go_memstats_heap_inuse_bytes from the aggregator's
-// /metrics, or returns 0.
-func heapInuse(ctx context.Context, addr string) int64 {
+// memStats reads the Go runtime's memory figures (go_memstats_NAME_bytes)
+// from the aggregator's /metrics, keyed by NAME; it is empty if they
+// cannot be read.
+func memStats(ctx context.Context, addr string) map[string]int64 {
+	out := map[string]int64{}
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+"/metrics", nil)
 	if err != nil {
-		return 0
+		return out
 	}
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
-		return 0
+		return out
 	}
 	defer resp.Body.Close()
 	sc := bufio.NewScanner(resp.Body)
 	sc.Buffer(make([]byte, 64<<10), 1<<20)
 	for sc.Scan() {
-		if v, ok := strings.CutPrefix(sc.Text(), "go_memstats_heap_inuse_bytes "); ok {
-			f, err := strconv.ParseFloat(strings.TrimSpace(v), 64)
-			if err == nil {
-				return int64(f)
-			}
+		name, v, ok := strings.Cut(sc.Text(), " ")
+		if !ok || !strings.HasPrefix(name, "go_memstats_") || !strings.HasSuffix(name, "_bytes") {
+			continue
+		}
+		f, err := strconv.ParseFloat(strings.TrimSpace(v), 64)
+		if err == nil {
+			out[strings.TrimSuffix(strings.TrimPrefix(name, "go_memstats_"), "_bytes")] = int64(f)
 		}
 	}
-	return 0
+	return out
 }
 
 func truncate(s string, n int) string {
