@@ -222,6 +222,10 @@ func (c *conn) reader(buf []byte) error {
 	c.ws.SetPongHandler(func(string) error {
 		return c.ws.SetReadDeadline(time.Now().Add(h.cfg.PongWait))
 	})
+	// Headers are parsed with one decoder, and updates into one Update,
+	// for the connection's life: a frame allocates nothing to be read.
+	var hd wire.HeaderDecoder
+	var u wire.Update
 	for {
 		_ = c.ws.SetReadDeadline(time.Now().Add(h.cfg.PongWait))
 		f, r, err := readHead(c.ws, buf)
@@ -235,15 +239,15 @@ func (c *conn) reader(buf []byte) error {
 		switch f.Type {
 		case wire.TypePull:
 			var p wire.Pull
-			if err := f.Parse(&p); err != nil {
+			if err := hd.Parse(f, &p); err != nil {
 				c.fatal("protocol", err.Error())
 				return err
 			}
 			h.countReceived(size)
 			h.pull(c)
 		case wire.TypeUpdate:
-			var u wire.Update
-			if err := f.Parse(&u); err != nil {
+			u = wire.Update{}
+			if err := hd.Parse(f, &u); err != nil {
 				c.fatal("protocol", err.Error())
 				return err
 			}
@@ -268,7 +272,7 @@ func (c *conn) reader(buf []byte) error {
 			h.updates <- buf
 		case wire.TypeError:
 			var e wire.Error
-			if err := f.Parse(&e); err != nil {
+			if err := hd.Parse(f, &e); err != nil {
 				c.fatal("protocol", err.Error())
 				return err
 			}

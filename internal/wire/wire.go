@@ -196,11 +196,60 @@ func checkPrefix(pre []byte) (Type, uint32, error) {
 func (f Frame) Parse(v any) error {
 	d := json.NewDecoder(bytes.NewReader(f.Header))
 	d.DisallowUnknownFields()
-	if err := d.Decode(v); err != nil {
+	err := d.Decode(v)
+	if err == nil {
+		// Decoder.More is not enough: it reports no more values before a
+		// stray '}' or ']'.
+		err = trailing(f.Header, d.InputOffset())
+	}
+	if err != nil {
 		return fmt.Errorf("%s header: %w", f.Type, err)
 	}
-	if d.More() {
-		return fmt.Errorf("%s header: trailing data after the JSON object", f.Type)
+	return nil
+}
+
+// A HeaderDecoder parses frame headers exactly as Frame.Parse does, but
+// keeps its JSON decoder and buffer from one frame to the next instead of
+// allocating them for each: a connection's reader holds one. It is not
+// safe for concurrent use. Its zero value is ready to use.
+type HeaderDecoder struct {
+	r     bytes.Reader
+	dec   *json.Decoder
+	start int64 // where this header starts in the decoder's input
+}
+
+// Parse decodes f's JSON header into v strictly, as Frame.Parse does.
+func (d *HeaderDecoder) Parse(f Frame, v any) error {
+	if d.dec == nil {
+		d.dec = json.NewDecoder(&d.r)
+		d.dec.DisallowUnknownFields()
+		d.start = 0
+	}
+	d.r.Reset(f.Header)
+	err := d.dec.Decode(v)
+	if err == nil {
+		err = trailing(f.Header, d.dec.InputOffset()-d.start)
+	}
+	if err != nil {
+		// A json.Decoder keeps a syntax error, and bytes it has not
+		// consumed; the next header starts with a new one.
+		d.dec = nil
+		return fmt.Errorf("%s header: %w", f.Type, err)
+	}
+	// What is left in the decoder is white space, which the next header's
+	// value may follow.
+	d.start += int64(len(f.Header))
+	return nil
+}
+
+// trailing checks that only JSON white space follows the value that ends
+// at offset end of header.
+func trailing(header []byte, end int64) error {
+	if end < 0 || end > int64(len(header)) {
+		return errors.New("internal error: JSON value outside its header")
+	}
+	if len(bytes.TrimLeft(header[end:], " \t\r\n")) > 0 {
+		return errors.New("trailing data after the JSON object")
 	}
 	return nil
 }

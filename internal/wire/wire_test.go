@@ -297,3 +297,96 @@ func (r *chunkReader) Read(p []byte) (int, error) {
 	r.b = r.b[n:]
 	return n, nil
 }
+
+// headerCases are headers for comparing HeaderDecoder with Frame.Parse:
+// good ones, and ones that leave a json.Decoder with an error or with
+// bytes it has not consumed.
+var headerCases = []string{
+	`{"task":1,"round":2,"version":3,"client":4,"samples":600,"loss":0.5,"seconds":0.01}`,
+	`{"task":7}`,
+	`  {"task":8}  `,
+	`{"task":9} {"task":10}`,
+	`{"task":11}`,
+	`{"task":`,
+	`{"task":12}`,
+	`{"task":13,"nope":1}`,
+	`{"task":"x"}`,
+	`{"task":14}x`,
+	``,
+	`[]`,
+	`{"correct":2}`,
+	`{"task":15}}`,
+	`{"task":16}`,
+	`{"task":17} ]`,
+	`{"task":18}`,
+}
+
+// TestHeaderDecoderMatchesParse runs one HeaderDecoder through every
+// header in turn and checks each result, value and error, against
+// Frame.Parse's.
+func TestHeaderDecoderMatchesParse(t *testing.T) {
+	for _, h := range []string{`{"task":15}}`, `{"task":17} ]`, `{"task":9} {"task":10}`} {
+		var u Update
+		if err := (Frame{Type: TypeUpdate, Header: []byte(h)}).Parse(&u); err == nil || !strings.Contains(err.Error(), "trailing data") {
+			t.Errorf("header %q: Parse gave %v, want trailing data", h, err)
+		}
+	}
+	var d HeaderDecoder
+	for _, h := range headerCases {
+		f := Frame{Type: TypeUpdate, Header: []byte(h)}
+		var want, got Update
+		errWant := f.Parse(&want)
+		errGot := d.Parse(f, &got)
+		if fmt.Sprint(errWant) != fmt.Sprint(errGot) || want != got {
+			t.Errorf("header %q: Parse gave %+v, %v; HeaderDecoder gave %+v, %v", h, want, errWant, got, errGot)
+		}
+	}
+}
+
+// FuzzHeaderDecoder checks that a HeaderDecoder that has just parsed one
+// header parses the next exactly as Frame.Parse does.
+func FuzzHeaderDecoder(f *testing.F) {
+	for i := range headerCases {
+		f.Add([]byte(headerCases[i]), []byte(headerCases[(i+1)%len(headerCases)]))
+	}
+	f.Fuzz(func(t *testing.T, a, b []byte) {
+		var d HeaderDecoder
+		for _, h := range [][]byte{a, b} {
+			fr := Frame{Type: TypeUpdate, Header: h}
+			var want, got Update
+			errWant := fr.Parse(&want)
+			errGot := d.Parse(fr, &got)
+			if fmt.Sprint(errWant) != fmt.Sprint(errGot) || want != got {
+				t.Fatalf("header %q after %q: Parse gave %+v, %v; HeaderDecoder gave %+v, %v", h, a, want, errWant, got, errGot)
+			}
+		}
+	})
+}
+
+// BenchmarkParseHeader parses an update's header with Frame.Parse and with
+// a reused HeaderDecoder.
+func BenchmarkParseHeader(b *testing.B) {
+	p, _ := Prefix(TypeUpdate, Update{Task: 123456, Round: 17, Version: 17, Client: 512, Samples: 600, Loss: 0.2345, Seconds: 0.0123})
+	f := Frame{Type: TypeUpdate, Header: p[PrefixLen:]}
+	b.Run("Parse", func(b *testing.B) {
+		b.ReportAllocs()
+		var u Update
+		for b.Loop() {
+			u = Update{}
+			if err := f.Parse(&u); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("HeaderDecoder", func(b *testing.B) {
+		b.ReportAllocs()
+		var d HeaderDecoder
+		var u Update
+		for b.Loop() {
+			u = Update{}
+			if err := d.Parse(f, &u); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+}
