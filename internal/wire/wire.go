@@ -192,33 +192,25 @@ func checkPrefix(pre []byte) (Type, uint32, error) {
 }
 
 // Parse decodes the frame's JSON header into v strictly: unknown fields and
-// trailing data are errors.
+// trailing data are errors. A reader of many frames keeps a HeaderDecoder
+// instead, which does the same without allocating for each.
 func (f Frame) Parse(v any) error {
-	d := json.NewDecoder(bytes.NewReader(f.Header))
-	d.DisallowUnknownFields()
-	err := d.Decode(v)
-	if err == nil {
-		// Decoder.More is not enough: it reports no more values before a
-		// stray '}' or ']'.
-		err = trailing(f.Header, d.InputOffset())
-	}
-	if err != nil {
-		return fmt.Errorf("%s header: %w", f.Type, err)
-	}
-	return nil
+	var d HeaderDecoder
+	return d.Parse(f, v)
 }
 
-// A HeaderDecoder parses frame headers exactly as Frame.Parse does, but
-// keeps its JSON decoder and buffer from one frame to the next instead of
-// allocating them for each: a connection's reader holds one. It is not
-// safe for concurrent use. Its zero value is ready to use.
+// A HeaderDecoder parses frame headers strictly, keeping its JSON decoder
+// and buffer from one frame to the next instead of allocating them for
+// each: a connection's reader holds one. It is not safe for concurrent
+// use. Its zero value is ready to use.
 type HeaderDecoder struct {
 	r     bytes.Reader
 	dec   *json.Decoder
 	start int64 // where this header starts in the decoder's input
 }
 
-// Parse decodes f's JSON header into v strictly, as Frame.Parse does.
+// Parse decodes f's JSON header into v: unknown fields and trailing data
+// are errors.
 func (d *HeaderDecoder) Parse(f Frame, v any) error {
 	if d.dec == nil {
 		d.dec = json.NewDecoder(&d.r)
@@ -228,6 +220,8 @@ func (d *HeaderDecoder) Parse(f Frame, v any) error {
 	d.r.Reset(f.Header)
 	err := d.dec.Decode(v)
 	if err == nil {
+		// Decoder.More is not enough: it reports no more values before a
+		// stray '}' or ']'.
 		err = trailing(f.Header, d.dec.InputOffset()-d.start)
 	}
 	if err != nil {

@@ -298,7 +298,8 @@ func (r *chunkReader) Read(p []byte) (int, error) {
 	return n, nil
 }
 
-// headerCases are headers for comparing HeaderDecoder with Frame.Parse:
+// headerCases are headers for comparing a reused HeaderDecoder with
+// Frame.Parse, which uses a new one for each header:
 // good ones, and ones that leave a json.Decoder with an error or with
 // bytes it has not consumed.
 var headerCases = []string{
