@@ -223,7 +223,8 @@ func (c *conn) reader(buf []byte) error {
 		return c.ws.SetReadDeadline(time.Now().Add(h.cfg.PongWait))
 	})
 	// Headers are parsed with one decoder, and updates into one Update,
-	// for the connection's life: a frame allocates nothing to be read.
+	// for the connection's life, so that parsing a header allocates
+	// nothing.
 	var hd wire.HeaderDecoder
 	var u wire.Update
 	for {
