@@ -629,7 +629,12 @@ func sectionScale(r *results, w func(string, ...any)) {
 	} else {
 		w("**The target is missed**, and not by the accumulator, which is one model-sized buffer per round whatever the number of updates (`TestGatherMemoryIsOneModel` shows exactly that the fold allocates nothing). ")
 		lg := float64(top.hi.LiveHeap-top.lo.LiveHeap) / float64(top.model)
-		w("Updates are read off the network into a fixed set of %d model-sized buffers (`coord.UpdateReads`, allocated on first use), the other connections' data waiting in their sockets, so in-flight updates hold at most that many models — which is itself more than the target's two. The live heap grew by %.1f model sizes. ", coord.UpdateReads, lg)
+		w("Updates are read off the network into a fixed set of %d model-sized buffers (`coord.UpdateReads`, allocated on first use), the other connections' data waiting in their sockets, so in-flight updates hold at most that many models — which is itself more than the target's two. ", coord.UpdateReads)
+		if lg > 0.05 {
+			w("The live heap grew by %.1f model sizes. ", lg)
+		} else {
+			w("The live heap did not grow (%.1f model sizes). ", lg)
+		}
 		w("RSS grew by %.0f model sizes (%s MB). Read from the runtime, heap in use grew by %s MB, free heap not yet returned to the system by %s MB and goroutine stacks by %s MB (these come from the extra round, a moment after RSS, so they need not add up exactly). ",
 			top.ratio, mb(top.growth), mb(top.hi.HeapInuse-top.lo.HeapInuse), mb(top.hi.HeapKept-top.lo.HeapKept), mb(top.hi.Stacks-top.lo.Stacks))
 		w("Heap in use counts garbage not yet collected, and the collector lets the heap grow past the live heap before it collects — by a quarter of it here (the aggregator runs with `GOGC=25`), about %s MB — then keeps the freed pages for a while. Every round makes some garbage (JSON headers, task records, frames written), the more the more updates it carries, so with many updates per round the heap reaches that ceiling within the measured rounds and RSS shows it; with few it has not yet.\n\n", mb(top.hi.LiveHeap/4))
