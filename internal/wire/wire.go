@@ -230,11 +230,22 @@ func (d *HeaderDecoder) Parse(f Frame, v any) error {
 		d.dec = nil
 		return fmt.Errorf("%s header: %w", f.Type, err)
 	}
-	// What is left in the decoder is white space, which the next header's
-	// value may follow.
-	d.start += int64(len(f.Header))
+	if len(f.Header) > keepHeaderBuffer {
+		// Keep no large buffer for the connection's life.
+		d.dec = nil
+		return nil
+	}
+	// The decoder stops reading once the value is complete, so it may
+	// have left some of the header's trailing white space unread, and
+	// what it did read beyond the value is white space too: the next
+	// header's value may follow it.
+	d.start += int64(len(f.Header) - d.r.Len())
 	return nil
 }
+
+// keepHeaderBuffer is the largest header after which a HeaderDecoder keeps
+// its decoder (and the decoder's buffer, which grows to hold a header).
+const keepHeaderBuffer = 4 << 10
 
 // trailing checks that only JSON white space follows the value that ends
 // at offset end of header.

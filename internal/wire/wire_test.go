@@ -320,6 +320,15 @@ var headerCases = []string{
 	`{"task":16}`,
 	`{"task":17} ]`,
 	`{"task":18}`,
+	// The decoder stops reading at the end of the value: white space
+	// after it may stay unread, past its first 512-byte buffer.
+	`{}` + strings.Repeat(" ", 600),
+	`{"task":19}`,
+	`{"task":20,"loss":` + strings.Repeat("0", 488) + `1}` + "\n",
+	`{}`,
+	// A header larger than keepHeaderBuffer, then a small one.
+	`{"task":21,"loss":` + strings.Repeat("0", 5000) + `2}  `,
+	`{"task":22}`,
 }
 
 // TestHeaderDecoderMatchesParse runs one HeaderDecoder through every
