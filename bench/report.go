@@ -192,6 +192,15 @@ func verdict(ok bool) string {
 
 func mb(b int64) string { return f(float64(b) / 1e6) }
 
+// grewText describes a growth of b bytes in MB: "grew by X MB", or "did
+// not grow (X MB)" when it is not positive.
+func grewText(b int64) string {
+	if b > 0 {
+		return "grew by " + mb(b) + " MB"
+	}
+	return "did not grow (" + mb(b) + " MB)"
+}
+
 // load formats a number of busy cores.
 func load(v float64) string { return fmt.Sprintf("%.2f", max(v, 0)) }
 
@@ -479,6 +488,9 @@ func sectionTransport(r *results, w func(string, ...any)) {
 		if t.Checked.Median > 0 {
 			w("checking every value as it arrives, piece by piece while each is in cache and while the sender writes the next, leaves raw TCP at %s. ", ratioText(t.CheckRat))
 		}
+		if t.Checked.Median > 0 && t.Big.Median > t.Checked.Median {
+			w("(In this run raw TCP with checks came out slower than the websocket pair with the same checks, below, though it does a subset of the pair's work: take that row as disturbed by other load.) ")
+		}
 		if t.Bare.Median > 0 {
 			w("The websocket framing alone, with no check at all, reaches %s; with our checks the same pair reaches %s", ratioText(t.BareRat), ratioText(t.BigRat))
 			if t.Bare.Median < t.Target*t.Anchor.Median && t.Big.Median >= 0.9*t.Bare.Median {
@@ -599,7 +611,7 @@ func sectionScale(r *results, w func(string, ...any)) {
 		return
 	}
 	w("Growth of the aggregator's memory from the fewest to the most updates per round, with the same number of trainers connected (target: under 2 model sizes):\n\n")
-	w("| trainers | updates/round | RSS growth (RSS − base) MB | in models | live-heap growth MB | in models | heap in use MB | free heap kept MB | stacks MB |\n|---|---|---|---|---|---|---|---|---|\n")
+	w("| trainers | updates/round | RSS growth (RSS − base) MB | in models | live-heap growth MB | in models | heap-in-use growth MB | free-heap-kept growth MB | stacks growth MB |\n|---|---|---|---|---|---|---|---|---|\n")
 	for _, g := range gs {
 		lg := g.hi.LiveHeap - g.lo.LiveHeap
 		w("| %d | %d → %d | %s | %.1f | %s | %.1f | %s | %s | %s |\n", g.trainers, g.lo.PerRound, g.hi.PerRound, mb(g.growth), g.ratio, mb(lg), float64(lg)/float64(g.model),
@@ -619,9 +631,15 @@ func sectionScale(r *results, w func(string, ...any)) {
 		}
 	}
 	if few != nil && many != nil && many.Trainers > few.Trainers {
-		per := float64((many.RSS-many.BaseRSS)-(few.RSS-few.BaseRSS)) / float64(many.Trainers-few.Trainers)
-		w("Connections themselves cost memory too: with %d updates per round, going from %d to %d trainers adds %s MB of RSS, about %s MB per trainer once its connection has carried frames (gorilla/websocket's read buffer of `coord.BufferSize`, %d KiB, the connection's two goroutines, and a write buffer borrowed from a shared pool while a frame is written).\n\n",
-			many.PerRound, few.Trainers, many.Trainers, mb((many.RSS-many.BaseRSS)-(few.RSS-few.BaseRSS)), f(per/1e6), coord.BufferSize>>10)
+		n := float64(many.Trainers - few.Trainers)
+		per := float64((many.RSS-many.BaseRSS)-(few.RSS-few.BaseRSS)) / n
+		w("Connections themselves cost memory too: with %d updates per round, going from %d to %d trainers adds %s MB of RSS, about %s kB per trainer once its connection has carried frames",
+			many.PerRound, few.Trainers, many.Trainers, mb((many.RSS-many.BaseRSS)-(few.RSS-few.BaseRSS)), f(per/1e3))
+		if many.HeapInuse > 0 && few.HeapInuse > 0 {
+			w(", of which goroutine stacks %s kB and heap in use %s kB (the connection's %d KiB read buffer, its queue of frames, its header decoder, its goroutines and timers; a write buffer is borrowed from a shared pool only while a frame is written)",
+				f(float64(many.Stacks-few.Stacks)/n/1e3), f(float64(many.HeapInuse-few.HeapInuse)/n/1e3), coord.BufferSize>>10)
+		}
+		w(".\n\n")
 	}
 
 	if top.ratio < 2 {
@@ -635,9 +653,18 @@ func sectionScale(r *results, w func(string, ...any)) {
 		} else {
 			w("The live heap did not grow (%.1f model sizes). ", lg)
 		}
-		w("RSS grew by %.0f model sizes (%s MB). Read from the runtime, heap in use grew by %s MB, free heap not yet returned to the system by %s MB and goroutine stacks by %s MB (these come from the extra round, a moment after RSS, so they need not add up exactly). ",
-			top.ratio, mb(top.growth), mb(top.hi.HeapInuse-top.lo.HeapInuse), mb(top.hi.HeapKept-top.lo.HeapKept), mb(top.hi.Stacks-top.lo.Stacks))
-		w("Heap in use counts garbage not yet collected, and the collector lets the heap grow past the live heap before it collects — by a quarter of it here (the aggregator runs with `GOGC=25`), about %s MB — then keeps the freed pages for a while. Every round makes some garbage (JSON headers, task records, frames written), the more the more updates it carries, so with many updates per round the heap reaches that ceiling within the measured rounds and RSS shows it; with few it has not yet.\n\n", mb(top.hi.LiveHeap/4))
+		inuse, kept, stacks := top.hi.HeapInuse-top.lo.HeapInuse, top.hi.HeapKept-top.lo.HeapKept, top.hi.Stacks-top.lo.Stacks
+		w("RSS grew by %.1f model sizes (%s MB). Read from the runtime (during the extra round, a moment after RSS, so the parts need not add up exactly): heap in use %s, free heap not yet returned to the system %s, goroutine stacks %s. ",
+			top.ratio, mb(top.growth), grewText(inuse), grewText(kept), grewText(stacks))
+		if inuse >= max(kept, stacks) && inuse > 0 {
+			w("Heap in use counts garbage not yet collected: the collector lets the heap grow past the live heap before it collects, by a quarter of it here (the aggregator runs with `GOGC=25`). With %d updates per round the heap in use was %s MB over a live heap of %s MB; with %d, %s MB over %s MB. Every round makes some garbage (JSON headers, task records, frames written), the more the more updates it carries, so the more updates per round, the further the heap has grown towards its next collection when RSS is read",
+				top.lo.PerRound, mb(top.lo.HeapInuse), mb(top.lo.LiveHeap), top.hi.PerRound, mb(top.hi.HeapInuse), mb(top.hi.LiveHeap))
+			if kept > 0 {
+				w(", and the runtime keeps freed pages a while before returning them")
+			}
+			w(".")
+		}
+		w("\n\n")
 	}
 	w("Aggregator CPU per update is about %s ms at %d updates per round with %d trainers (reading the update off its socket, the hub's bookkeeping, and the model, shard and task frames sent back)", f(1e3*top.hi.CPUPerRound.Median/float64(top.hi.PerRound)), top.hi.PerRound, top.trainers)
 	if m := mainAggregate(r); len(m) > 0 && m[0].Ours.Median > 0 {
