@@ -217,6 +217,11 @@ func (d *HeaderDecoder) Parse(f Frame, v any) error {
 		d.dec.DisallowUnknownFields()
 		d.start = 0
 	}
+	if h := bytes.TrimLeft(f.Header, " \t\r\n"); len(h) == 0 || h[0] != '{' {
+		// json would take null, or a value of the wrong type before its
+		// error, as no fields set.
+		return fmt.Errorf("%s header: not a JSON object", f.Type)
+	}
 	d.r.Reset(f.Header)
 	err := d.dec.Decode(v)
 	if err == nil {

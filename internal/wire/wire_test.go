@@ -316,6 +316,8 @@ var headerCases = []string{
 	``,
 	`[]`,
 	`{"correct":2}`,
+	`null`,
+	`{"task":23}`,
 	`{"task":15}}`,
 	`{"task":16}`,
 	`{"task":17} ]`,
@@ -339,6 +341,12 @@ func TestHeaderDecoderMatchesParse(t *testing.T) {
 		var u Update
 		if err := (Frame{Type: TypeUpdate, Header: []byte(h)}).Parse(&u); err == nil || !strings.Contains(err.Error(), "trailing data") {
 			t.Errorf("header %q: Parse gave %v, want trailing data", h, err)
+		}
+	}
+	for _, h := range []string{``, ` `, `null`, ` null `, `[]`, `7`, `"x"`} {
+		var u Update
+		if err := (Frame{Type: TypeUpdate, Header: []byte(h)}).Parse(&u); err == nil || !strings.Contains(err.Error(), "not a JSON object") {
+			t.Errorf("header %q: Parse gave %v, want not a JSON object", h, err)
 		}
 	}
 	var d HeaderDecoder
