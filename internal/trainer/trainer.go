@@ -6,6 +6,7 @@ package trainer
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -17,6 +18,7 @@ import (
 	"math/rand/v2"
 	"net/http"
 	"net/url"
+	"slices"
 	"strings"
 	"time"
 
@@ -86,6 +88,8 @@ type Trainer struct {
 	cfg       Config
 	url       string
 	shards    map[string]*data.Dataset
+	used      map[string]uint64 // when each shard was last received or trained on, in uses
+	uses      uint64
 	spec      model.Spec
 	ws        *model.Workspace
 	global    []float32      // weights of version
@@ -125,7 +129,7 @@ func New(cfg Config) (*Trainer, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	return &Trainer{cfg: cfg, url: u, shards: make(map[string]*data.Dataset), spare: make(chan []float32, 1)}, nil
+	return &Trainer{cfg: cfg, url: u, shards: make(map[string]*data.Dataset), used: make(map[string]uint64), spare: make(chan []float32, 1)}, nil
 }
 
 // Run connects and works until the aggregator says the job is done (nil),
@@ -213,11 +217,7 @@ func (t *Trainer) session(ctx context.Context) error {
 	defer t.cfg.Metrics.setConnected(false)
 	ws.SetReadLimit(t.cfg.MaxMessage)
 
-	hashes := make([]string, 0, len(t.shards))
-	for h := range t.shards {
-		hashes = append(hashes, h)
-	}
-	if err := t.write(ws, wire.TypeHello, wire.Hello{Name: t.cfg.Name, Token: t.cfg.Token, Shards: hashes}, nil); err != nil {
+	if err := t.write(ws, wire.TypeHello, wire.Hello{Name: t.cfg.Name, Token: t.cfg.Token, Shards: t.helloShards()}, nil); err != nil {
 		return err
 	}
 
@@ -430,6 +430,7 @@ func (t *Trainer) welcome(w *wire.Welcome) error {
 	for h, ds := range t.shards {
 		if ds.Dim != dim || ds.Classes != classes {
 			delete(t.shards, h)
+			delete(t.used, h)
 		}
 	}
 	return nil
@@ -449,13 +450,40 @@ func (t *Trainer) shard(s *wire.Shard, payload []byte) error {
 		return fmt.Errorf("shard %s has %d rows, header says %d", s.Hash[:12], ds.Len(), s.Rows)
 	}
 	t.shards[s.Hash] = ds
+	t.use(s.Hash)
 	return nil
+}
+
+// use records that the shard hash was just received or trained on.
+func (t *Trainer) use(hash string) {
+	t.uses++
+	t.used[hash] = t.uses
+}
+
+// maxHelloShards bounds how many cached shards a hello announces: a hash
+// takes 67 bytes of the header, which must stay within wire.MaxHeader
+// (64 KiB, about 970 hashes) whatever the cache holds. The aggregator sends
+// any shard it needs that was not announced.
+const maxHelloShards = 512
+
+// helloShards lists the cached shards to announce in hello, the most
+// recently used first, at most maxHelloShards.
+func (t *Trainer) helloShards() []string {
+	hashes := make([]string, 0, len(t.shards))
+	for h := range t.shards {
+		hashes = append(hashes, h)
+	}
+	slices.SortFunc(hashes, func(a, b string) int { return cmp.Compare(t.used[b], t.used[a]) })
+	return hashes[:min(len(hashes), maxHelloShards)]
 }
 
 // task trains one client's shard and sends the update. A task the trainer
 // cannot do is reported with an Error frame, and the connection goes on.
 func (t *Trainer) task(ws *websocket.Conn, task *wire.Task) error {
 	ds := t.shards[task.Shard]
+	if ds != nil {
+		t.use(task.Shard)
+	}
 	var problem string
 	switch {
 	case !t.haveModel || t.version != task.Version:

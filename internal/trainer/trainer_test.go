@@ -2,6 +2,8 @@ package trainer
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"log/slog"
 	"math"
 	"net"
@@ -12,6 +14,7 @@ import (
 
 	"github.com/gorilla/websocket"
 
+	"fedgather/internal/data"
 	"fedgather/internal/wire"
 )
 
@@ -115,4 +118,38 @@ func refusesModel(t *testing.T, payload []byte, want string) {
 	}
 	cancel()
 	<-done
+}
+
+// A trainer that holds more shards than a hello header can list announces
+// the most recently used ones, and its hello still fits: before the cap, a
+// trainer holding about 1,000 shards could not say hello again after a
+// reconnect.
+func TestHelloAnnouncesRecentShardsWithinMaxHeader(t *testing.T) {
+	tr, err := New(Config{Aggregator: "127.0.0.1:1", Name: "many-shards"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ds := &data.Dataset{Dim: 1, Classes: 2}
+	var all []string
+	for i := range 2000 {
+		sum := sha256.Sum256([]byte{byte(i), byte(i >> 8)})
+		h := hex.EncodeToString(sum[:])
+		all = append(all, h)
+		tr.shards[h] = ds
+		tr.use(h)
+	}
+	tr.use(all[3]) // trained on again: the most recent
+	if _, err := wire.Prefix(wire.TypeHello, wire.Hello{Name: "many-shards", Shards: all}); err == nil {
+		t.Fatal("a hello listing 2,000 shards fits in a header; the test no longer shows the limit")
+	}
+	got := tr.helloShards()
+	if len(got) != maxHelloShards {
+		t.Fatalf("hello lists %d shards, want %d", len(got), maxHelloShards)
+	}
+	if got[0] != all[3] || got[1] != all[1999] || got[len(got)-1] != all[2000-maxHelloShards+1] {
+		t.Errorf("hello lists %s, %s … %s; want the most recently used first", got[0][:8], got[1][:8], got[len(got)-1][:8])
+	}
+	if _, err := wire.Prefix(wire.TypeHello, wire.Hello{Name: "many-shards", Token: strings.Repeat("t", 256), Shards: got}); err != nil {
+		t.Errorf("hello does not fit: %v", err)
+	}
 }
