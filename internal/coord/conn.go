@@ -150,11 +150,8 @@ func (h *Hub) serve(ws *websocket.Conn, remote string) {
 	c := &conn{hub: h, ws: ws, name: hello.Name, out: make(chan outFrame, 64), gone: make(chan struct{}), version: -1, shards: make(map[string]bool)}
 	h.mu.Lock()
 	for _, s := range hello.Shards {
-		for i := range h.cfg.Shards {
-			if h.cfg.Shards[i].Hash == s {
-				c.shards[s] = true
-				break
-			}
+		if h.known[s] {
+			c.shards[s] = true
 		}
 	}
 	h.nextConn++

@@ -116,6 +116,7 @@ type Hub struct {
 	updates chan []float32
 	acc     *allreduce.Accumulator // reused round after round
 	models  chan *modelBuf         // free buffers for the rounds' outgoing models
+	known   map[string]bool        // hashes of every shard, training and eval
 }
 
 // modelBuf holds one round's weights while model frames carry them. The
@@ -195,6 +196,10 @@ func New(cfg Config) (*Hub, error) {
 		conns:    make(map[*conn]struct{}),
 		changed:  make(chan struct{}),
 		trainers: make(map[string]*TrainerStats),
+		known:    make(map[string]bool, len(cfg.Shards)+len(cfg.EvalShards)),
+	}
+	for _, s := range slices.Concat(cfg.Shards, cfg.EvalShards) {
+		h.known[s.Hash] = true
 	}
 	h.models = make(chan *modelBuf, freeModels)
 	h.updates = make(chan []float32, UpdateReads)

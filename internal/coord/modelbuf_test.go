@@ -2,7 +2,9 @@ package coord_test
 
 import (
 	"context"
+	"crypto/sha256"
 	"encoding/binary"
+	"encoding/hex"
 	"fmt"
 	"io"
 	"log/slog"
@@ -15,6 +17,7 @@ import (
 	"github.com/gorilla/websocket"
 
 	"fedgather/internal/coord"
+	"fedgather/internal/data"
 	"fedgather/internal/wire"
 )
 
@@ -194,4 +197,118 @@ func TestRecycledModelBuffers(t *testing.T) {
 		t.Fatalf("the fast trainer read %d models in %d rounds", n, rounds)
 	}
 	t.Logf("slow trainer read versions %v; fast trainer %d models", got, n)
+}
+
+// TestHelloShardsAreNotSentAgain: a trainer that lists shards in its hello
+// (as after a reconnect) is sent none of them again, training or eval.
+func TestHelloShardsAreNotSentAgain(t *testing.T) {
+	const params = 8
+	train, eval := shardsForHello(t, 4, 0), shardsForHello(t, 2, 100)
+	hub, err := coord.New(coord.Config{Model: wire.ModelSpec{Name: "logreg", Sizes: []int{4, 2}}, Params: params,
+		Shards: train, EvalShards: eval, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(hub)
+	defer srv.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+
+	var hashes []string
+	for _, s := range append(train, eval...) {
+		hashes = append(hashes, s.Hash)
+	}
+	d := websocket.Dialer{HandshakeTimeout: 10 * time.Second}
+	ws, _, err := d.DialContext(ctx, "ws"+strings.TrimPrefix(srv.URL, "http"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ws.Close()
+	context.AfterFunc(ctx, func() { _ = ws.Close() })
+	send := func(typ wire.Type, h any, p []byte) error {
+		b, err := wire.Encode(typ, h, p)
+		if err == nil {
+			err = ws.WriteMessage(websocket.BinaryMessage, b)
+		}
+		return err
+	}
+	if err := send(wire.TypeHello, wire.Hello{Name: "cached", Shards: hashes}, nil); err != nil {
+		t.Fatal(err)
+	}
+	shardsSent := make(chan int, 1)
+	go func() {
+		n := 0
+		defer func() { shardsSent <- n }()
+		zero := make([]byte, 4*params)
+		for {
+			_, b, err := ws.ReadMessage()
+			if err != nil {
+				return
+			}
+			f, err := wire.Decode(b)
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			switch f.Type {
+			case wire.TypeWelcome:
+				err = send(wire.TypePull, wire.Pull{}, nil)
+			case wire.TypeShard:
+				n++
+			case wire.TypeTask:
+				var task wire.Task
+				if err = f.Parse(&task); err != nil {
+					break
+				}
+				u := wire.Update{Task: task.ID, Round: task.Round, Version: task.Version, Client: task.Client, Samples: task.Rows, Loss: 1}
+				if task.Mode == "eval" {
+					err = send(wire.TypeUpdate, u, nil)
+				} else {
+					err = send(wire.TypeUpdate, u, zero)
+				}
+				if err == nil {
+					err = send(wire.TypePull, wire.Pull{}, nil)
+				}
+			}
+			if err != nil {
+				t.Error(err)
+				return
+			}
+		}
+	}()
+	if err := hub.WaitTrainers(ctx, 1); err != nil {
+		t.Fatal(err)
+	}
+	res, err := hub.RunRound(ctx, coord.RoundSpec{Model: make([]float32, params), Clients: []int{0, 1, 2, 3},
+		Mode: "fedavg", Epochs: 1, Batch: 1, LR: 0.1, Evaluate: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Updates != 4 || res.EvalSamples != 2*3 {
+		t.Fatalf("round gathered %d updates and %d eval samples, want 4 and 6", res.Updates, res.EvalSamples)
+	}
+	_ = ws.Close()
+	if n := <-shardsSent; n != 0 {
+		t.Errorf("the hub sent %d shards to a trainer whose hello listed them all", n)
+	}
+}
+
+// shardsForHello encodes k tiny shards of 3 rows of 4 features.
+func shardsForHello(t *testing.T, k, seed int) []coord.Shard {
+	t.Helper()
+	var out []coord.Shard
+	for c := range k {
+		ds := &data.Dataset{Dim: 4, Classes: 2}
+		for i := range 3 {
+			ds.X = append(ds.X, float32(seed+c), float32(i), 1, 0)
+			ds.Y = append(ds.Y, int32(i%2))
+		}
+		b, err := data.EncodeShard(ds)
+		if err != nil {
+			t.Fatal(err)
+		}
+		sum := sha256.Sum256(b)
+		out = append(out, coord.Shard{Hash: hex.EncodeToString(sum[:]), Rows: 3, Bytes: b})
+	}
+	return out
 }
