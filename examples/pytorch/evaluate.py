@@ -48,6 +48,8 @@ def read_safetensors(path):
     """Return (tensors, metadata): a dict name -> numpy float32 array and the string metadata."""
     with open(path, "rb") as f:
         blob = f.read()
+    if blob[:6] == b"ARROW1":
+        raise FormatError("this is an Arrow IPC file (the ?format=arrow export); this script reads the safetensors export")
     if len(blob) < 8:
         raise FormatError("truncated: %d bytes, but a safetensors file starts with an 8-byte header length" % len(blob))
     (n,) = struct.unpack("<Q", blob[:8])

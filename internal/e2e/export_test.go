@@ -193,6 +193,14 @@ func TestExportTrainEvaluateInit(t *testing.T) {
 			t.Errorf("PyTorch accuracy %.4f, aggregator %.4f: differ by more than 0.1 percentage point", py, agg)
 		}
 		t.Logf("PyTorch: accuracy=%s loss=%s; aggregator: accuracy=%s loss=%s", m[1], m[2], aggAcc, done[3])
+
+		// Given the Arrow export instead, it says so.
+		cmd = exec.CommandContext(ctx, systemPython, filepath.Join("examples", "pytorch", "evaluate.py"), filepath.Join(dir, "model.arrow"))
+		cmd.Dir = bin.root
+		msg, err := cmd.CombinedOutput()
+		if err == nil || !strings.Contains(string(msg), "this is an Arrow IPC file") {
+			t.Errorf("evaluate.py on model.arrow: %v, %s; want an error saying it is an Arrow file", err, msg)
+		}
 	})
 
 	t.Run("init", func(t *testing.T) {

@@ -394,7 +394,7 @@ func (j *Job) resume() error {
 	}
 	copy(j.params, s.Params)
 	j.version, j.next, j.elapsed = s.Version, s.NextRound, s.Seconds
-	j.cfg.Logger.Info("resumed from checkpoint", "next_round", s.NextRound, "version", s.Version, "accuracy", s.Accuracy)
+	j.cfg.Logger.Info("resumed from checkpoint", "round", s.NextRound+1, "version", s.Version, "accuracy", s.Accuracy)
 	fmt.Fprintf(j.cfg.Out, "resumed at round %d from %s (accuracy %.4f)\n", s.NextRound+1, j.cfg.StateDir, s.Accuracy)
 	return nil
 }
