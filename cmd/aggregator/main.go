@@ -43,6 +43,10 @@ func main() {
 	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
 }
 
+// loadGCPercent is the GOGC the aggregator runs with while it loads its
+// dataset and encodes the shards, unless the user's is lower (or off).
+const loadGCPercent = 25
+
 type options struct {
 	job      job.Config
 	metrics  *metricsOptions
@@ -137,14 +141,26 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "aggregator: %v\n", err)
 		return 2
 	}
+	// Loading the dataset and encoding its shards make many times the
+	// dataset's size in short-lived garbage (copies of each client's rows,
+	// and arrow-go's zstd encoders, one per buffer). At the default GOGC the
+	// heap ran to twice what is live before each collection: a peak RSS of
+	// about 600 MB for MNIST, whose job then needs about 100 MB. Collecting
+	// more often while loading keeps the peak near 400 MB, at no start-up
+	// time measurable with 100 clients (about 0.7 s more with 1,000).
+	prev := debug.SetGCPercent(loadGCPercent)
+	if prev >= 0 && prev < loadGCPercent {
+		debug.SetGCPercent(prev) // the user's GOGC is lower still
+	}
 	j, err := job.New(o.job)
+	debug.SetGCPercent(prev)
 	if err != nil {
 		fmt.Fprintf(stderr, "aggregator: %v\n", err)
 		return 2
 	}
-	// Loading the dataset and encoding its shards leave the decoded
-	// training set behind as garbage (about 190 MB for MNIST): hand it back
-	// to the system now rather than whenever the runtime gets round to it.
+	// The decoded training set is garbage now (about 190 MB for MNIST):
+	// hand it back to the system now rather than whenever the runtime gets
+	// round to it.
 	debug.FreeOSMemory()
 	mux := j.Handler()
 	if err := setupMetrics(mux, j, o.metrics); err != nil {
