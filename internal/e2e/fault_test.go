@@ -96,7 +96,11 @@ func TestKilledTrainersTaskIsRedistributed(t *testing.T) {
 }
 
 // TestSlowTrainerDoesNotHoldUpTheRound compares round times of three
-// trainers with and without a fourth that is five times slower.
+// trainers with and without a fourth that is 25 times slower. A round that
+// waited for the slow trainer's task would take several times longer; one
+// whose late task is issued again to a fast trainer takes about as long,
+// give or take the noise of a shared machine (up to 1.6x measured while
+// other tests ran beside it), hence the 2x line.
 func TestSlowTrainerDoesNotHoldUpTheRound(t *testing.T) {
 	run := func(withSlow bool) ([]roundLine, map[string]int) {
 		n := 3
@@ -108,7 +112,7 @@ func TestSlowTrainerDoesNotHoldUpTheRound(t *testing.T) {
 			trainer(t, addr, fmt.Sprintf("fast%d", i), "-slowdown", "4")
 		}
 		if withSlow {
-			trainer(t, addr, "slow", "-slowdown", "20")
+			trainer(t, addr, "slow", "-slowdown", "100")
 		}
 		a.waitLine(doneRE, 3*time.Minute)
 		rs := rounds2(t, a.Lines(), 6)
@@ -130,9 +134,9 @@ func TestSlowTrainerDoesNotHoldUpTheRound(t *testing.T) {
 	base, _ := run(false)
 	slow, tasks := run(true)
 	b, s := median(secs(base)), median(secs(slow))
-	t.Logf("median round time: 3 trainers %.2fs, with a 5x slower 4th %.2fs (ratio %.2f); tasks %v; rounds 2-6: %.2f and %.2f", b, s, s/b, tasks, secs(base), secs(slow))
-	if s > 1.5*b {
-		t.Errorf("with the slow trainer rounds took %.2fs, more than 1.5x the %.2fs without it", s, b)
+	t.Logf("median round time: 3 trainers %.2fs, with a 25x slower 4th %.2fs (ratio %.2f); tasks %v; rounds 2-6: %.2f and %.2f", b, s, s/b, tasks, secs(base), secs(slow))
+	if s > 2*b {
+		t.Errorf("with the slow trainer rounds took %.2fs, more than 2x the %.2fs without it", s, b)
 	}
 	for i := 1; i <= 3; i++ {
 		if f := tasks[fmt.Sprintf("fast%d", i)]; tasks["slow"] >= f {
