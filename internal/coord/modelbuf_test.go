@@ -235,10 +235,16 @@ func TestHelloShardsAreNotSentAgain(t *testing.T) {
 	if err := send(wire.TypeHello, wire.Hello{Name: "cached", Shards: hashes}, nil); err != nil {
 		t.Fatal(err)
 	}
-	shardsSent := make(chan int, 1)
+	// The client reports its shard count and any error when its socket
+	// closes, not through t, so that it cannot outlive the test.
+	type outcome struct {
+		shards int
+		err    error
+	}
+	done := make(chan outcome, 1)
 	go func() {
-		n := 0
-		defer func() { shardsSent <- n }()
+		var o outcome
+		defer func() { done <- o }()
 		zero := make([]byte, 4*params)
 		for {
 			_, b, err := ws.ReadMessage()
@@ -247,14 +253,14 @@ func TestHelloShardsAreNotSentAgain(t *testing.T) {
 			}
 			f, err := wire.Decode(b)
 			if err != nil {
-				t.Error(err)
+				o.err = err
 				return
 			}
 			switch f.Type {
 			case wire.TypeWelcome:
 				err = send(wire.TypePull, wire.Pull{}, nil)
 			case wire.TypeShard:
-				n++
+				o.shards++
 			case wire.TypeTask:
 				var task wire.Task
 				if err = f.Parse(&task); err != nil {
@@ -271,7 +277,7 @@ func TestHelloShardsAreNotSentAgain(t *testing.T) {
 				}
 			}
 			if err != nil {
-				t.Error(err)
+				o.err = err
 				return
 			}
 		}
@@ -288,8 +294,12 @@ func TestHelloShardsAreNotSentAgain(t *testing.T) {
 		t.Fatalf("round gathered %d updates and %d eval samples, want 4 and 6", res.Updates, res.EvalSamples)
 	}
 	_ = ws.Close()
-	if n := <-shardsSent; n != 0 {
-		t.Errorf("the hub sent %d shards to a trainer whose hello listed them all", n)
+	o := <-done
+	if o.err != nil {
+		t.Error(o.err)
+	}
+	if o.shards != 0 {
+		t.Errorf("the hub sent %d shards to a trainer whose hello listed them all", o.shards)
 	}
 }
 
