@@ -2,9 +2,7 @@ package coord_test
 
 import (
 	"context"
-	"crypto/sha256"
 	"encoding/binary"
-	"encoding/hex"
 	"fmt"
 	"io"
 	"log/slog"
@@ -17,7 +15,6 @@ import (
 	"github.com/gorilla/websocket"
 
 	"fedgather/internal/coord"
-	"fedgather/internal/data"
 	"fedgather/internal/wire"
 )
 
@@ -28,23 +25,11 @@ import (
 // hub's writer is still sending that model, blocked on a full socket,
 // after the round closed and while the following rounds run.
 func modelReader(ctx context.Context, url, name string, params int, pulled chan<- struct{}, hold <-chan struct{}, models chan<- int) error {
-	d := websocket.Dialer{HandshakeTimeout: 10 * time.Second}
-	ws, _, err := d.DialContext(ctx, "ws"+strings.TrimPrefix(url, "http"), nil)
+	ws, send, err := dialProtocol(ctx, url)
 	if err != nil {
 		return err
 	}
 	defer ws.Close()
-	context.AfterFunc(ctx, func() { _ = ws.Close() })
-	send := func(t wire.Type, h any, p []byte) error {
-		w, err := ws.NextWriter(websocket.BinaryMessage)
-		if err != nil {
-			return err
-		}
-		if err := wire.Write(w, t, h, p); err != nil {
-			return err
-		}
-		return w.Close()
-	}
 	if err := send(wire.TypeHello, wire.Hello{Name: name}, nil); err != nil {
 		return err
 	}
@@ -202,9 +187,9 @@ func TestRecycledModelBuffers(t *testing.T) {
 // TestHelloShardsAreNotSentAgain: a trainer that lists shards in its hello
 // (as after a reconnect) is sent none of them again, training or eval.
 func TestHelloShardsAreNotSentAgain(t *testing.T) {
-	const params = 8
-	train, eval := shardsForHello(t, 4, 0), shardsForHello(t, 2, 100)
-	hub, err := coord.New(coord.Config{Model: wire.ModelSpec{Name: "logreg", Sizes: []int{4, 2}}, Params: params,
+	const params = 20*3 + 3 // logreg on makeShards' 20 features and 3 classes
+	train, eval := makeShards(t, 4, 3, 0), makeShards(t, 2, 3, 100)
+	hub, err := coord.New(coord.Config{Model: wire.ModelSpec{Name: "logreg", Sizes: []int{20, 3}}, Params: params,
 		Shards: train, EvalShards: eval, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	if err != nil {
 		t.Fatal(err)
@@ -218,20 +203,11 @@ func TestHelloShardsAreNotSentAgain(t *testing.T) {
 	for _, s := range append(train, eval...) {
 		hashes = append(hashes, s.Hash)
 	}
-	d := websocket.Dialer{HandshakeTimeout: 10 * time.Second}
-	ws, _, err := d.DialContext(ctx, "ws"+strings.TrimPrefix(srv.URL, "http"), nil)
+	ws, send, err := dialProtocol(ctx, srv.URL)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer ws.Close()
-	context.AfterFunc(ctx, func() { _ = ws.Close() })
-	send := func(typ wire.Type, h any, p []byte) error {
-		b, err := wire.Encode(typ, h, p)
-		if err == nil {
-			err = ws.WriteMessage(websocket.BinaryMessage, b)
-		}
-		return err
-	}
 	if err := send(wire.TypeHello, wire.Hello{Name: "cached", Shards: hashes}, nil); err != nil {
 		t.Fatal(err)
 	}
@@ -303,22 +279,25 @@ func TestHelloShardsAreNotSentAgain(t *testing.T) {
 	}
 }
 
-// shardsForHello encodes k tiny shards of 3 rows of 4 features.
-func shardsForHello(t *testing.T, k, seed int) []coord.Shard {
-	t.Helper()
-	var out []coord.Shard
-	for c := range k {
-		ds := &data.Dataset{Dim: 4, Classes: 2}
-		for i := range 3 {
-			ds.X = append(ds.X, float32(seed+c), float32(i), 1, 0)
-			ds.Y = append(ds.Y, int32(i%2))
-		}
-		b, err := data.EncodeShard(ds)
-		if err != nil {
-			t.Fatal(err)
-		}
-		sum := sha256.Sum256(b)
-		out = append(out, coord.Shard{Hash: hex.EncodeToString(sum[:]), Rows: 3, Bytes: b})
+// dialProtocol connects a protocol-level trainer to the hub served at url,
+// closes the connection when ctx ends, and returns a function that sends
+// one frame as one binary message.
+func dialProtocol(ctx context.Context, url string) (*websocket.Conn, func(wire.Type, any, []byte) error, error) {
+	d := websocket.Dialer{HandshakeTimeout: 10 * time.Second}
+	ws, _, err := d.DialContext(ctx, "ws"+strings.TrimPrefix(url, "http"), nil)
+	if err != nil {
+		return nil, nil, err
 	}
-	return out
+	context.AfterFunc(ctx, func() { _ = ws.Close() })
+	send := func(t wire.Type, h any, p []byte) error {
+		w, err := ws.NextWriter(websocket.BinaryMessage)
+		if err != nil {
+			return err
+		}
+		if err := wire.Write(w, t, h, p); err != nil {
+			return err
+		}
+		return w.Close()
+	}
+	return ws, send, nil
 }
