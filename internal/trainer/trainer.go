@@ -87,9 +87,8 @@ func URL(addr string) (string, error) {
 type Trainer struct {
 	cfg       Config
 	url       string
-	shards    map[string]*data.Dataset
-	used      map[string]uint64 // when each shard was last received or trained on, in uses
-	uses      uint64
+	shards    map[string]*cachedShard // by content hash
+	uses      uint64                  // shards received or trained on so far
 	spec      model.Spec
 	ws        *model.Workspace
 	global    []float32      // weights of version
@@ -129,7 +128,7 @@ func New(cfg Config) (*Trainer, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	return &Trainer{cfg: cfg, url: u, shards: make(map[string]*data.Dataset), used: make(map[string]uint64), spare: make(chan []float32, 1)}, nil
+	return &Trainer{cfg: cfg, url: u, shards: make(map[string]*cachedShard), spare: make(chan []float32, 1)}, nil
 }
 
 // Run connects and works until the aggregator says the job is done (nil),
@@ -427,10 +426,9 @@ func (t *Trainer) welcome(w *wire.Welcome) error {
 	t.grad = make([]float32, w.Params)
 	t.haveModel = false
 	dim, classes := spec.Sizes[0], spec.Sizes[len(spec.Sizes)-1]
-	for h, ds := range t.shards {
-		if ds.Dim != dim || ds.Classes != classes {
+	for h, c := range t.shards {
+		if c.ds.Dim != dim || c.ds.Classes != classes {
 			delete(t.shards, h)
-			delete(t.used, h)
 		}
 	}
 	return nil
@@ -449,15 +447,22 @@ func (t *Trainer) shard(s *wire.Shard, payload []byte) error {
 	if ds.Len() != s.Rows {
 		return fmt.Errorf("shard %s has %d rows, header says %d", s.Hash[:12], ds.Len(), s.Rows)
 	}
-	t.shards[s.Hash] = ds
-	t.use(s.Hash)
+	c := &cachedShard{ds: ds}
+	t.shards[s.Hash] = c
+	t.use(c)
 	return nil
 }
 
-// use records that the shard hash was just received or trained on.
-func (t *Trainer) use(hash string) {
+// cachedShard is a decoded client shard the trainer keeps for its life.
+type cachedShard struct {
+	ds   *data.Dataset
+	used uint64 // the trainer's use count when it was last received or trained on
+}
+
+// use records that c was just received or trained on.
+func (t *Trainer) use(c *cachedShard) {
 	t.uses++
-	t.used[hash] = t.uses
+	c.used = t.uses
 }
 
 // maxHelloShards bounds how many cached shards a hello announces: a hash
@@ -473,16 +478,17 @@ func (t *Trainer) helloShards() []string {
 	for h := range t.shards {
 		hashes = append(hashes, h)
 	}
-	slices.SortFunc(hashes, func(a, b string) int { return cmp.Compare(t.used[b], t.used[a]) })
+	slices.SortFunc(hashes, func(a, b string) int { return cmp.Compare(t.shards[b].used, t.shards[a].used) })
 	return hashes[:min(len(hashes), maxHelloShards)]
 }
 
 // task trains one client's shard and sends the update. A task the trainer
 // cannot do is reported with an Error frame, and the connection goes on.
 func (t *Trainer) task(ws *websocket.Conn, task *wire.Task) error {
-	ds := t.shards[task.Shard]
-	if ds != nil {
-		t.use(task.Shard)
+	var ds *data.Dataset
+	if c := t.shards[task.Shard]; c != nil {
+		t.use(c)
+		ds = c.ds
 	}
 	var problem string
 	switch {

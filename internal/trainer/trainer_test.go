@@ -135,10 +135,10 @@ func TestHelloAnnouncesRecentShardsWithinMaxHeader(t *testing.T) {
 		sum := sha256.Sum256([]byte{byte(i), byte(i >> 8)})
 		h := hex.EncodeToString(sum[:])
 		all = append(all, h)
-		tr.shards[h] = ds
-		tr.use(h)
+		tr.shards[h] = &cachedShard{ds: ds}
+		tr.use(tr.shards[h])
 	}
-	tr.use(all[3]) // trained on again: the most recent
+	tr.use(tr.shards[all[3]]) // trained on again: the most recent
 	if _, err := wire.Prefix(wire.TypeHello, wire.Hello{Name: "many-shards", Shards: all}); err == nil {
 		t.Fatal("a hello listing 2,000 shards fits in a header; the test no longer shows the limit")
 	}
