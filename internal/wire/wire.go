@@ -217,7 +217,7 @@ func (d *HeaderDecoder) Parse(f Frame, v any) error {
 		d.dec.DisallowUnknownFields()
 		d.start = 0
 	}
-	if h := bytes.TrimLeft(f.Header, " \t\r\n"); len(h) == 0 || h[0] != '{' {
+	if h := bytes.TrimLeft(f.Header, jsonSpace); len(h) == 0 || h[0] != '{' {
 		// json would take null, or a value of the wrong type before its
 		// error, as no fields set.
 		return fmt.Errorf("%s header: not a JSON object", f.Type)
@@ -252,13 +252,16 @@ func (d *HeaderDecoder) Parse(f Frame, v any) error {
 // its decoder (and the decoder's buffer, which grows to hold a header).
 const keepHeaderBuffer = 4 << 10
 
+// jsonSpace is JSON's white space.
+const jsonSpace = " \t\r\n"
+
 // trailing checks that only JSON white space follows the value that ends
 // at offset end of header.
 func trailing(header []byte, end int64) error {
 	if end < 0 || end > int64(len(header)) {
 		return errors.New("internal error: JSON value outside its header")
 	}
-	if len(bytes.TrimLeft(header[end:], " \t\r\n")) > 0 {
+	if len(bytes.TrimLeft(header[end:], jsonSpace)) > 0 {
 		return errors.New("trailing data after the JSON object")
 	}
 	return nil
@@ -404,11 +407,11 @@ func ReadTensor(r io.Reader, dst []float32) (int, error) {
 // It checks each piece as the connection delivers it, while the piece is
 // still in cache and while the sender is still writing the next: on
 // loopback that hides most of the check's cost, which a separate pass over
-// the whole tensor afterwards adds in full. The error of a bad value names its index; it is
-// returned at once, with the rest of the payload unread and the count of
-// the bytes read so far (unlike a SizeError, after which the frame has been
-// read whole). A payload too short or too long may also be reported as its
-// first bad value rather than as a SizeError.
+// the whole tensor afterwards adds in full. The error of a bad value names
+// its index; it is returned at once, with the rest of the payload unread
+// and the count of the bytes read so far (unlike a SizeError, after which
+// the frame has been read whole). A payload too short or too long may also
+// be reported as its first bad value rather than as a SizeError.
 func ReadFiniteTensor(r io.Reader, dst []float32) (int, error) {
 	return readTensor(r, dst, true)
 }
