@@ -20,6 +20,7 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"runtime"
 	"runtime/pprof"
 	"slices"
 
@@ -93,15 +94,31 @@ func progress(format string, a ...any) {
 	fmt.Fprintf(os.Stderr, "bench: "+format+"\n", a...)
 }
 
-// profileFlag adds -cpuprofile to fs; call the returned function after
-// parsing to start the profile, and the function it returns to stop it.
+// profileFlag adds -cpuprofile and -memprofile to fs; call the returned
+// function after parsing to start profiling, and its result to stop.
 func profileFlag(fs *flag.FlagSet) func() (stop func(), err error) {
-	path := fs.String("cpuprofile", "", "write a CPU profile of the measurements to this file")
+	cpuPath := fs.String("cpuprofile", "", "write a CPU profile of the measurements to this file")
+	memPath := fs.String("memprofile", "", "write an allocation profile of the measurements to this file (every allocation is sampled)")
 	return func() (func(), error) {
-		if *path == "" {
-			return func() {}, nil
+		stopMem := func() {}
+		if *memPath != "" {
+			runtime.MemProfileRate = 1
+			stopMem = func() {
+				runtime.GC() // the profile shows allocations up to the latest collection
+				f, err := os.Create(*memPath)
+				if err == nil {
+					err = pprof.Lookup("allocs").WriteTo(f, 0)
+					_ = f.Close()
+				}
+				if err != nil {
+					progress("memprofile: %v", err)
+				}
+			}
 		}
-		f, err := os.Create(*path)
+		if *cpuPath == "" {
+			return stopMem, nil
+		}
+		f, err := os.Create(*cpuPath)
 		if err != nil {
 			return nil, err
 		}
@@ -112,6 +129,7 @@ func profileFlag(fs *flag.FlagSet) func() (stop func(), err error) {
 		return func() {
 			pprof.StopCPUProfile()
 			_ = f.Close()
+			stopMem()
 		}, nil
 	}
 }

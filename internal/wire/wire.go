@@ -268,20 +268,50 @@ func trailing(header []byte, end int64) error {
 }
 
 // Prefix returns the fixed prefix and JSON header of a frame of type t. The
-// payload, if any, follows it on the wire; see Write.
+// payload, if any, follows it on the wire; see Write. A writer of many
+// frames keeps a HeaderEncoder instead, which does the same into buffers
+// it reuses.
 func Prefix(t Type, header any) ([]byte, error) {
-	h, err := json.Marshal(header)
+	var e HeaderEncoder
+	return e.AppendPrefix(nil, t, header)
+}
+
+// A HeaderEncoder writes frame prefixes and JSON headers, keeping its JSON
+// encoder from one frame to the next: appending to a buffer with room
+// allocates nothing (for a header without maps, passed as a pointer). It
+// is not safe for concurrent use. Its zero value is ready to use.
+type HeaderEncoder struct {
+	enc *json.Encoder
+	buf []byte // the frame being encoded, while AppendPrefix runs
+}
+
+// Write appends p to the frame being encoded: the json.Encoder's output.
+func (e *HeaderEncoder) Write(p []byte) (int, error) {
+	e.buf = append(e.buf, p...)
+	return len(p), nil
+}
+
+// AppendPrefix appends the fixed prefix and JSON header of a frame of type
+// t to dst, the same bytes Prefix returns, and returns the extended slice.
+func (e *HeaderEncoder) AppendPrefix(dst []byte, t Type, header any) ([]byte, error) {
+	if e.enc == nil {
+		e.enc = json.NewEncoder(e)
+	}
+	start := len(dst)
+	e.buf = append(dst, Version, byte(t), 0, 0, 0, 0)
+	err := e.enc.Encode(header)
+	b := e.buf
+	e.buf = nil
 	if err != nil {
-		return nil, fmt.Errorf("encode %s header: %w", t, err)
+		return dst, fmt.Errorf("encode %s header: %w", t, err)
 	}
-	if len(h) > MaxHeader {
-		return nil, fmt.Errorf("%s header of %d bytes exceeds the limit of %d", t, len(h), MaxHeader)
+	b = b[:len(b)-1] // Encode ends the value with a newline; Marshal does not
+	n := len(b) - start - PrefixLen
+	if n > MaxHeader {
+		return dst, fmt.Errorf("%s header of %d bytes exceeds the limit of %d", t, n, MaxHeader)
 	}
-	b := make([]byte, PrefixLen, PrefixLen+len(h))
-	b[0] = Version
-	b[1] = byte(t)
-	binary.LittleEndian.PutUint32(b[2:6], uint32(len(h)))
-	return append(b, h...), nil
+	binary.LittleEndian.PutUint32(b[start+2:start+PrefixLen], uint32(n))
+	return b, nil
 }
 
 // Write writes one whole frame to w: prefix, header, then payload.

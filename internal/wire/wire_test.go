@@ -3,6 +3,7 @@ package wire
 import (
 	"bytes"
 	"encoding/binary"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -426,4 +427,49 @@ func BenchmarkParseHeader(b *testing.B) {
 			}
 		}
 	})
+}
+
+// TestHeaderEncoder checks that AppendPrefix writes what json.Marshal
+// would, after whatever the buffer already holds, and that encoding into a
+// reused buffer allocates nothing.
+func TestHeaderEncoder(t *testing.T) {
+	headers := []struct {
+		t Type
+		h any
+	}{
+		{TypeTask, &Task{ID: 1 << 40, Round: 3, Version: 3, Client: 99, Shard: "ab12", Rows: 600, Mode: "fedavg", Epochs: 5, Batch: 10, LR: 0.1, Seed: 1<<64 - 1}},
+		{TypeError, Error{Code: "update", Message: `NaN at <index> 3 & "quoted"`, Task: 7}},
+		{TypeHello, Hello{Name: "héllo", Token: "t", Shards: []string{"a", "b"}}},
+		{TypeDone, map[string]int{"rounds": 2}},
+	}
+	var e HeaderEncoder
+	for _, c := range headers {
+		h, err := json.Marshal(c.h)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := append([]byte{'x', Version, byte(c.t), 0, 0, 0, 0}, h...)
+		binary.LittleEndian.PutUint32(want[3:7], uint32(len(h)))
+		got, err := e.AppendPrefix([]byte{'x'}, c.t, c.h)
+		if err != nil || !bytes.Equal(got, want) {
+			t.Errorf("AppendPrefix(%T) = %q, %v; want %q", c.h, got, err, want)
+		}
+	}
+
+	big := Error{Message: strings.Repeat("a", MaxHeader)}
+	if got, err := e.AppendPrefix([]byte("keep"), TypeError, big); err == nil || string(got) != "keep" {
+		t.Errorf("a header over MaxHeader gave %d bytes, %v; want an error and the buffer as it was", len(got), err)
+	}
+
+	task := headers[0].h
+	buf := make([]byte, 0, 512)
+	allocs := testing.AllocsPerRun(100, func() {
+		var err error
+		if buf, err = e.AppendPrefix(buf[:0], TypeTask, task); err != nil {
+			t.Fatal(err)
+		}
+	})
+	if allocs != 0 {
+		t.Errorf("AppendPrefix into a reused buffer allocates %v times per header, want 0", allocs)
+	}
 }
