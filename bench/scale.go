@@ -44,6 +44,7 @@ type scaleRow struct {
 	HeapInuse   int64           `json:"heap_inuse_bytes"` // go_memstats_heap_inuse_bytes after the last round (0: not read)
 	HeapKept    int64           `json:"heap_kept_bytes"`  // heap_idle − heap_released: free heap not yet returned to the system
 	Stacks      int64           `json:"stack_bytes"`      // go_memstats_stack_inuse_bytes
+	Allocated   int64           `json:"alloc_bytes"`      // go_memstats_alloc_bytes_total over the measured rounds (0: not read)
 	LiveHeap    int64           `json:"live_heap_bytes"`  // largest live heap after a collection during the measured rounds, else the latest (GODEBUG=gctrace=1, GOGC=25)
 	ModelBytes  int64           `json:"model_bytes"`
 	Warnings    int             `json:"log_warnings"` // aggregator log lines at level WARN or ERROR
@@ -235,15 +236,21 @@ func scaleRun(aggBin, simBin string, n, m, rounds int, timeout time.Duration, lo
 				live.Lock()
 				live.measure = true
 				live.Unlock()
+				row.Allocated = -memStats(ctx, addr)["alloc_bytes_total"]
 			}
 			if row.Completed == warm+rounds {
 				live.Lock()
 				row.LiveHeap = max(live.max, live.last)
 				live.Unlock()
 				ms := memStats(ctx, addr)
-				row.HeapInuse = ms["heap_inuse"]
-				row.HeapKept = ms["heap_idle"] - ms["heap_released"]
-				row.Stacks = ms["stack_inuse"]
+				row.HeapInuse = ms["heap_inuse_bytes"]
+				row.HeapKept = ms["heap_idle_bytes"] - ms["heap_released_bytes"]
+				row.Stacks = ms["stack_inuse_bytes"]
+				if a, ok := ms["alloc_bytes_total"]; ok && row.Allocated < 0 {
+					row.Allocated += a
+				} else {
+					row.Allocated = 0
+				}
 			}
 			continue
 		}
@@ -292,9 +299,10 @@ func scaleRun(aggBin, simBin string, n, m, rounds int, timeout time.Duration, lo
 	return row, nil
 }
 
-// memStats reads the Go runtime's memory figures (go_memstats_NAME_bytes)
-// from the aggregator's /metrics, keyed by NAME; it is empty if they
-// cannot be read.
+// memStats reads the Go runtime's memory figures in bytes
+// (go_memstats_NAME_bytes and go_memstats_NAME_bytes_total) from the
+// aggregator's /metrics, keyed by what follows "go_memstats_"; it is empty
+// if they cannot be read.
 func memStats(ctx context.Context, addr string) map[string]int64 {
 	out := map[string]int64{}
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
@@ -312,12 +320,13 @@ func memStats(ctx context.Context, addr string) map[string]int64 {
 	sc.Buffer(make([]byte, 64<<10), 1<<20)
 	for sc.Scan() {
 		name, v, ok := strings.Cut(sc.Text(), " ")
-		if !ok || !strings.HasPrefix(name, "go_memstats_") || !strings.HasSuffix(name, "_bytes") {
+		name, isMem := strings.CutPrefix(name, "go_memstats_")
+		if !ok || !isMem || !(strings.HasSuffix(name, "_bytes") || strings.HasSuffix(name, "_bytes_total")) {
 			continue
 		}
 		f, err := strconv.ParseFloat(strings.TrimSpace(v), 64)
 		if err == nil {
-			out[strings.TrimSuffix(strings.TrimPrefix(name, "go_memstats_"), "_bytes")] = int64(f)
+			out[name] = int64(f)
 		}
 	}
 	return out
