@@ -36,6 +36,7 @@ type outFrame struct {
 	payload []byte
 	close   bool      // close the connection after writing
 	model   *modelBuf // payload's buffer, released once written or dropped
+	reuse   bool      // prefix came from frameBuf and goes back to it once written
 }
 
 // conn is one trainer connection. Fields below mu-guarded are owned by the
@@ -48,6 +49,9 @@ type conn struct {
 	name string
 	out  chan outFrame
 	gone chan struct{}
+	// bufs holds prefix buffers the writer is done with, for the next
+	// task frames: a trainer has one task at a time, so a few suffice.
+	bufs chan []byte
 
 	// guarded by hub.mu
 	idle    bool
@@ -147,7 +151,7 @@ func (h *Hub) serve(ws *websocket.Conn, remote string) {
 		hello.Name = remote
 	}
 
-	c := &conn{hub: h, ws: ws, name: hello.Name, out: make(chan outFrame, 64), gone: make(chan struct{}), version: -1, shards: make(map[string]bool)}
+	c := &conn{hub: h, ws: ws, name: hello.Name, out: make(chan outFrame, 64), gone: make(chan struct{}), bufs: make(chan []byte, 2), version: -1, shards: make(map[string]bool)}
 	h.mu.Lock()
 	for _, s := range hello.Shards {
 		if h.known[s] {
@@ -347,6 +351,12 @@ func (c *conn) writer() {
 				return
 			}
 			h.countSent(len(f.prefix) + len(f.payload))
+			if f.reuse {
+				select {
+				case c.bufs <- f.prefix[:0]:
+				default:
+				}
+			}
 			if f.close {
 				_ = c.ws.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(websocket.ClosePolicyViolation, ""), time.Now().Add(time.Second))
 				_ = c.ws.Close()
@@ -366,6 +376,9 @@ func (c *conn) writer() {
 // write sends one queued frame as one binary message.
 func (c *conn) write(f outFrame) error {
 	_ = c.ws.SetWriteDeadline(time.Now().Add(writeWait))
+	if len(f.payload) == 0 {
+		return c.ws.WriteMessage(websocket.BinaryMessage, f.prefix) // unlike NextWriter, allocates nothing
+	}
 	w, err := c.ws.NextWriter(websocket.BinaryMessage)
 	if err != nil {
 		return err
@@ -379,6 +392,17 @@ func (c *conn) write(f outFrame) error {
 		}
 	}
 	return w.Close()
+}
+
+// frameBuf returns a buffer for a frame's prefix and header: one the
+// writer has finished with, or a new one.
+func (c *conn) frameBuf() []byte {
+	select {
+	case b := <-c.bufs:
+		return b
+	default:
+		return make([]byte, 0, 256)
+	}
 }
 
 // drain discards the frames queued after the writer stopped, until the
@@ -412,8 +436,8 @@ func (h *Hub) pull(c *conn) {
 		// A pull while holding a task means the trainer gave it up.
 		t := c.task
 		c.task = nil
-		delete(t.running, c)
-		if r := h.round; r != nil && r.tasks[t.wire.ID] == t {
+		t.stop(c)
+		if r := h.round; r != nil && r.task(t.wire.ID) == t {
 			t.failures++
 			h.requeueLocked(r, t)
 		}
@@ -437,13 +461,12 @@ func (h *Hub) gather(c *conn, u *wire.Update, update []float32, payloadErr error
 		h.stats.UpdatesStale++
 		return
 	}
-	t := r.tasks[u.Task]
+	t := r.task(u.Task)
 	if t == nil {
 		h.rejectLocked(c, u.Task, fmt.Sprintf("update for task %d, which is not a task of round %d", u.Task, r.spec.Round))
 		return
 	}
-	started, attempted := t.running[c]
-	delete(t.running, c)
+	started, attempted := t.stop(c)
 	if t.state == done {
 		r.res.Duplicates++
 		h.stats.UpdatesDuplicate++
@@ -476,7 +499,7 @@ func (h *Hub) gather(c *conn, u *wire.Update, update []float32, payloadErr error
 	}
 	if err != nil {
 		t.failures++
-		t.failedBy[c.name] = true
+		t.failed(c.name)
 		r.res.Failed++
 		h.stats.TasksFailed++
 		h.rejectLocked(c, u.Task, err.Error())
@@ -504,8 +527,7 @@ func (h *Hub) gather(c *conn, u *wire.Update, update []float32, payloadErr error
 		}
 	}
 	if attempted {
-		d := append(h.durations[kind(t.eval)], time.Since(started).Seconds())
-		h.durations[kind(t.eval)] = d[max(len(d)-64, 0):]
+		h.durations[kind(t.eval)].add(time.Since(started).Seconds())
 	}
 	if !t.eval && r.folded == r.needed {
 		// Over-selection: the remaining training tasks are no longer
@@ -538,10 +560,10 @@ func (h *Hub) trainerError(c *conn, e *wire.Error) {
 		return
 	}
 	c.task = nil
-	delete(t.running, c)
-	if r := h.round; r != nil && r.tasks[t.wire.ID] == t {
+	t.stop(c)
+	if r := h.round; r != nil && r.task(t.wire.ID) == t {
 		t.failures++
-		t.failedBy[c.name] = true
+		t.failed(c.name)
 		r.res.Failed++
 		h.stats.TasksFailed++
 		h.requeueLocked(r, t)
@@ -559,8 +581,8 @@ func (h *Hub) drop(c *conn) {
 	}
 	if t := c.task; t != nil {
 		c.task = nil
-		delete(t.running, c)
-		if r := h.round; r != nil && r.tasks[t.wire.ID] == t {
+		t.stop(c)
+		if r := h.round; r != nil && r.task(t.wire.ID) == t {
 			t.lost++
 			h.requeueLocked(r, t)
 		}

@@ -107,7 +107,8 @@ type Hub struct {
 	nextTask  int64
 	nextConn  int
 	changed   chan struct{} // closed and replaced whenever the set of trainers changes
-	durations [2][]float64  // recent task seconds by kind (training, eval), for the derived deadlines
+	durations [2]recent     // recent task seconds by kind (training, eval), for the derived deadlines
+	enc       wire.HeaderEncoder
 	stats     Stats
 	trainers  map[string]*TrainerStats
 	// updates holds the buffers for updates being read off the network:
@@ -275,21 +276,52 @@ type task struct {
 	eval     bool // evaluates the model on a test shard; no update
 	state    taskState
 	inQueue  bool
-	running  map[*conn]time.Time // attempts in flight, by trainer, with start time
-	failedBy map[string]bool     // names of trainers whose result for this task was rejected
+	running  []attempt       // attempts in flight: the first, and a copy issued past its deadline
+	failedBy map[string]bool // names of trainers whose result for this task was rejected; nil until one is
 	failures int
 	lost     int
 
 	// an eval task's result
 	correct int
 	loss    float64
+
+	runBuf [2]attempt // running's first two, so most tasks allocate nothing for it
+}
+
+// attempt is one trainer's run of a task.
+type attempt struct {
+	c       *conn
+	started time.Time
+}
+
+// attemptBy returns the index in t.running of c's attempt, or -1.
+func (t *task) attemptBy(c *conn) int {
+	return slices.IndexFunc(t.running, func(a attempt) bool { return a.c == c })
+}
+
+// stop ends c's attempt at t, if it has one, and returns when it started.
+func (t *task) stop(c *conn) (started time.Time, ok bool) {
+	i := t.attemptBy(c)
+	if i < 0 {
+		return time.Time{}, false
+	}
+	started = t.running[i].started
+	t.running = slices.Delete(t.running, i, i+1)
+	return started, true
+}
+
+// failed records that name's result for t was rejected.
+func (t *task) failed(name string) {
+	if t.failedBy == nil {
+		t.failedBy = make(map[string]bool)
+	}
+	t.failedBy[name] = true
 }
 
 type round struct {
 	spec     RoundSpec
 	model    outFrame
-	tasks    map[int64]*task
-	order    []*task
+	order    []*task // every task, by ID: the first's is first
 	queue    []*task
 	acc      *allreduce.Accumulator  // nil when the round only evaluates
 	folded   int                     // training results counted
@@ -351,7 +383,6 @@ func (h *Hub) RunRound(ctx context.Context, spec RoundSpec) (*RoundResult, error
 	r := &round{
 		spec:     spec,
 		model:    outFrame{prefix: mp, payload: wire.Float32Bytes(model.v), model: model},
-		tasks:    make(map[int64]*task, len(spec.Clients)),
 		needed:   needed,
 		finished: make(chan struct{}),
 		start:    time.Now(),
@@ -380,15 +411,16 @@ func (h *Hub) RunRound(ctx context.Context, spec RoundSpec) (*RoundResult, error
 		r.acc = h.acc
 	}
 	r.first = h.nextTask + 1
+	n := len(spec.Clients)
+	if spec.Evaluate {
+		n += len(h.cfg.EvalShards)
+	}
+	r.order, r.queue = make([]*task, 0, n), make([]*task, 0, n)
 	add := func(sh *Shard, w wire.Task, eval bool) {
 		h.nextTask++
 		w.ID, w.Round, w.Version, w.Shard, w.Rows = h.nextTask, spec.Round, spec.Version, sh.Hash, sh.Rows
-		t := &task{
-			wire: w, shard: sh, eval: eval, inQueue: true,
-			running:  make(map[*conn]time.Time),
-			failedBy: make(map[string]bool),
-		}
-		r.tasks[t.wire.ID] = t
+		t := &task{wire: w, shard: sh, eval: eval, inQueue: true}
+		t.running = t.runBuf[:0]
 		r.order = append(r.order, t)
 		r.queue = append(r.queue, t)
 	}
@@ -477,13 +509,29 @@ func (h *Hub) deadlineLocked(eval bool) time.Duration {
 	if h.cfg.TaskDeadline > 0 {
 		return h.cfg.TaskDeadline
 	}
-	d := h.durations[kind(eval)]
-	if len(d) == 0 {
+	var buf [len(recent{}.v)]float64
+	s := h.durations[kind(eval)].values(buf[:0])
+	if len(s) == 0 {
 		return 0
 	}
-	s := slices.Clone(d)
 	sort.Float64s(s)
 	return max(time.Duration(h.cfg.StragglerFactor*s[len(s)/2]*float64(time.Second)), h.cfg.MinDeadline)
+}
+
+// recent keeps the latest task times, up to 64.
+type recent struct {
+	v [64]float64
+	n int // values added, ever; the latest is v[(n-1)%len(v)]
+}
+
+func (r *recent) add(x float64) {
+	r.v[r.n%len(r.v)] = x
+	r.n++
+}
+
+// values appends the kept values to dst, in no particular order.
+func (r *recent) values(dst []float64) []float64 {
+	return append(dst, r.v[:min(r.n, len(r.v))]...)
 }
 
 // kind indexes per-kind figures: 0 for training tasks, 1 for eval tasks.
@@ -532,8 +580,8 @@ func (h *Hub) checkDeadlinesLocked(now time.Time) {
 			continue
 		}
 		late := true
-		for _, started := range t.running {
-			if now.Sub(started) < limit {
+		for _, a := range t.running {
+			if now.Sub(a.started) < limit {
 				late = false
 			}
 		}
@@ -613,7 +661,7 @@ func (h *Hub) pickLocked(r *round, cn *conn) int {
 // connected trainer has failed t, so that a task is retried rather than
 // stranded when few trainers remain.
 func (h *Hub) mayTakeLocked(t *task, cn *conn) bool {
-	if _, running := t.running[cn]; running {
+	if t.attemptBy(cn) >= 0 {
 		return false
 	}
 	if !t.failedBy[cn.name] {
@@ -646,12 +694,12 @@ func (h *Hub) assignLocked(cn *conn, r *round, t *task) bool {
 		cn.shards[t.shard.Hash] = true
 		h.stats.ShardsSent++
 	}
-	p, err := wire.Prefix(wire.TypeTask, t.wire)
-	if err != nil || !cn.send(outFrame{prefix: p}) {
+	p, err := h.enc.AppendPrefix(cn.frameBuf(), wire.TypeTask, &t.wire)
+	if err != nil || !cn.send(outFrame{prefix: p, reuse: true}) {
 		return false
 	}
 	t.state = running
-	t.running[cn] = time.Now()
+	t.running = append(t.running, attempt{cn, time.Now()})
 	cn.task = t
 	r.res.Assigned++
 	h.stats.TasksAssigned++
@@ -772,4 +820,13 @@ func (h *Hub) checkToken(got string) bool {
 		return true
 	}
 	return subtle.ConstantTimeCompare([]byte(got), []byte(h.cfg.Token)) == 1
+}
+
+// task returns the round's task with the given ID, or nil.
+func (r *round) task(id int64) *task {
+	i := id - r.first
+	if i < 0 || i >= int64(len(r.order)) {
+		return nil
+	}
+	return r.order[i]
 }
