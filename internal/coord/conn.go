@@ -57,7 +57,7 @@ type conn struct {
 	idle    bool
 	version int
 	shards  map[string]bool
-	task    *task
+	task    int64 // ID of the task it was last given, until it answers; 0 for none
 	dead    bool
 }
 
@@ -432,15 +432,10 @@ func (h *Hub) pull(c *conn) {
 	if c.dead {
 		return
 	}
-	if c.task != nil {
-		// A pull while holding a task means the trainer gave it up.
-		t := c.task
-		c.task = nil
-		t.stop(c)
-		if r := h.round; r != nil && r.task(t.wire.ID) == t {
-			t.failures++
-			h.requeueLocked(r, t)
-		}
+	// A pull while holding a task means the trainer gave it up.
+	if t := h.releaseLocked(c); t != nil {
+		t.failures++
+		h.requeueLocked(h.round, t)
 	}
 	if !c.idle {
 		c.idle = true
@@ -453,8 +448,8 @@ func (h *Hub) pull(c *conn) {
 func (h *Hub) gather(c *conn, u *wire.Update, update []float32, payloadErr error) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	if c.task != nil && c.task.wire.ID == u.Task {
-		c.task = nil
+	if c.task == u.Task {
+		c.task = 0
 	}
 	r := h.round
 	if r == nil || r.spec.Round != u.Round || r.closed || u.Task < r.first {
@@ -555,19 +550,32 @@ func (h *Hub) trainerError(c *conn, e *wire.Error) {
 	h.cfg.Logger.Warn("trainer reports an error", "id", c.id, "code", e.Code, "task", e.Task, "err", e.Message)
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	t := c.task
-	if t == nil || (e.Task != 0 && e.Task != t.wire.ID) {
+	if c.task == 0 || (e.Task != 0 && e.Task != c.task) {
 		return
 	}
-	c.task = nil
-	t.stop(c)
-	if r := h.round; r != nil && r.task(t.wire.ID) == t {
+	if t := h.releaseLocked(c); t != nil {
 		t.failures++
 		t.failed(c.name)
-		r.res.Failed++
+		h.round.res.Failed++
 		h.stats.TasksFailed++
-		h.requeueLocked(r, t)
+		h.requeueLocked(h.round, t)
 	}
+}
+
+// releaseLocked ends c's hold on the task it was last given and returns
+// that task if it is one of the running round's, else nil (none, or one of
+// an earlier round, whose record may already serve a later task).
+func (h *Hub) releaseLocked(c *conn) *task {
+	id := c.task
+	c.task = 0
+	if id == 0 || h.round == nil {
+		return nil
+	}
+	t := h.round.task(id)
+	if t != nil {
+		t.stop(c)
+	}
+	return t
 }
 
 // drop forgets a disconnected trainer and requeues its task.
@@ -579,13 +587,9 @@ func (h *Hub) drop(c *conn) {
 	if i := indexOf(h.idle, c); i >= 0 {
 		h.idle = append(h.idle[:i], h.idle[i+1:]...)
 	}
-	if t := c.task; t != nil {
-		c.task = nil
-		t.stop(c)
-		if r := h.round; r != nil && r.task(t.wire.ID) == t {
-			t.lost++
-			h.requeueLocked(r, t)
-		}
+	if t := h.releaseLocked(c); t != nil {
+		t.lost++
+		h.requeueLocked(h.round, t)
 	}
 	h.stats.TrainersLeft++
 	h.changedLocked()

@@ -109,8 +109,12 @@ type Hub struct {
 	changed   chan struct{} // closed and replaced whenever the set of trainers changes
 	durations [2]recent     // recent task seconds by kind (training, eval), for the derived deadlines
 	enc       wire.HeaderEncoder
-	stats     Stats
-	trainers  map[string]*TrainerStats
+	// tasks holds the running round's task records, and the last round's
+	// until the next one reuses them: nothing outside a round refers to a
+	// task but by its ID, which the round looks up.
+	tasks    []task
+	stats    Stats
+	trainers map[string]*TrainerStats
 	// updates holds the buffers for updates being read off the network:
 	// at most UpdateReads at a time, allocated on first use, so gathering
 	// needs a few model-sized buffers whatever the number of trainers.
@@ -416,10 +420,15 @@ func (h *Hub) RunRound(ctx context.Context, spec RoundSpec) (*RoundResult, error
 		n += len(h.cfg.EvalShards)
 	}
 	r.order, r.queue = make([]*task, 0, n), make([]*task, 0, n)
+	if cap(h.tasks) < n {
+		h.tasks = make([]task, n)
+	}
+	h.tasks = h.tasks[:n]
 	add := func(sh *Shard, w wire.Task, eval bool) {
 		h.nextTask++
 		w.ID, w.Round, w.Version, w.Shard, w.Rows = h.nextTask, spec.Round, spec.Version, sh.Hash, sh.Rows
-		t := &task{wire: w, shard: sh, eval: eval, inQueue: true}
+		t := &h.tasks[len(r.order)]
+		*t = task{wire: w, shard: sh, eval: eval, inQueue: true}
 		t.running = t.runBuf[:0]
 		r.order = append(r.order, t)
 		r.queue = append(r.queue, t)
@@ -700,7 +709,7 @@ func (h *Hub) assignLocked(cn *conn, r *round, t *task) bool {
 	}
 	t.state = running
 	t.running = append(t.running, attempt{cn, time.Now()})
-	cn.task = t
+	cn.task = t.wire.ID
 	r.res.Assigned++
 	h.stats.TasksAssigned++
 	return true
