@@ -169,7 +169,7 @@ func (h *Hub) serve(ws *websocket.Conn, remote string) {
 	h.conns[c] = struct{}{}
 	h.stats.TrainersJoined++
 	if h.trainers[c.name] == nil {
-		h.trainers[c.name] = &TrainerStats{}
+		h.trainers[c.name] = &trainerRecord{name: c.name}
 	}
 	h.changedLocked()
 	h.mu.Unlock()
@@ -504,21 +504,19 @@ func (h *Hub) gather(c *conn, u *wire.Update, update []float32, payloadErr error
 	t.state = done
 	t.correct, t.loss = u.Correct, u.Loss
 	r.res.Completed++
-	r.res.Tasks[c.name]++
+	rec := h.trainers[c.name].in(r)
+	rec.tasks++
 	h.stats.TasksCompleted++
 	if !t.eval {
 		r.folded++
 		processed := int64(u.Samples) * int64(max(t.wire.Epochs, 1))
-		ts := h.trainers[c.name]
-		ts.Tasks++
-		ts.Samples += processed
+		rec.total.Tasks++
+		rec.total.Samples += processed
 		if u.Seconds > 0 && u.Seconds < 1e6 {
-			ts.Seconds += u.Seconds
-			b := r.busy[c.name]
-			b.Tasks++
-			b.Samples += processed
-			b.Seconds += u.Seconds
-			r.busy[c.name] = b
+			rec.total.Seconds += u.Seconds
+			rec.busy.Tasks++
+			rec.busy.Samples += processed
+			rec.busy.Seconds += u.Seconds
 		}
 	}
 	if attempted {

@@ -114,7 +114,7 @@ type Hub struct {
 	// task but by its ID, which the round looks up.
 	tasks    []task
 	stats    Stats
-	trainers map[string]*TrainerStats
+	trainers map[string]*trainerRecord // by name, kept across reconnects
 	// updates holds the buffers for updates being read off the network:
 	// at most UpdateReads at a time, allocated on first use, so gathering
 	// needs a few model-sized buffers whatever the number of trainers.
@@ -200,7 +200,7 @@ func New(cfg Config) (*Hub, error) {
 		cfg:      cfg,
 		conns:    make(map[*conn]struct{}),
 		changed:  make(chan struct{}),
-		trainers: make(map[string]*TrainerStats),
+		trainers: make(map[string]*trainerRecord),
 		known:    make(map[string]bool, len(cfg.Shards)+len(cfg.EvalShards)),
 	}
 	for _, s := range slices.Concat(cfg.Shards, cfg.EvalShards) {
@@ -292,6 +292,26 @@ type task struct {
 	runBuf [2]attempt // running's first two, so most tasks allocate nothing for it
 }
 
+// trainerRecord is what the hub keeps of a trainer name: its totals and
+// its figures in the latest round it had a result counted in.
+type trainerRecord struct {
+	name  string
+	total TrainerStats
+	round int64        // that round's first task ID: it identifies the round
+	tasks int          // results counted in that round
+	busy  TrainerStats // that round's training tasks that reported their compute time
+}
+
+// in returns t with its round figures for r, starting them (and listing t
+// among r's active trainers) at its first result in r.
+func (t *trainerRecord) in(r *round) *trainerRecord {
+	if t.round != r.first {
+		t.round, t.tasks, t.busy = r.first, 0, TrainerStats{}
+		r.active = append(r.active, t)
+	}
+	return t
+}
+
 // attempt is one trainer's run of a task.
 type attempt struct {
 	c       *conn
@@ -327,10 +347,10 @@ type round struct {
 	model    outFrame
 	order    []*task // every task, by ID: the first's is first
 	queue    []*task
-	acc      *allreduce.Accumulator  // nil when the round only evaluates
-	folded   int                     // training results counted
-	first    int64                   // id of the round's first task; older ids are stale
-	busy     map[string]TrainerStats // per trainer, this round's training tasks that reported their compute time
+	acc      *allreduce.Accumulator // nil when the round only evaluates
+	folded   int                    // training results counted
+	first    int64                  // id of the round's first task; older ids are stale
+	active   []*trainerRecord       // trainers with a result counted this round
 	needed   int
 	res      RoundResult
 	finished chan struct{}
@@ -391,9 +411,6 @@ func (h *Hub) RunRound(ctx context.Context, spec RoundSpec) (*RoundResult, error
 		finished: make(chan struct{}),
 		start:    time.Now(),
 	}
-	r.res.Tasks = make(map[string]int)
-	r.res.Rates = make(map[string]float64)
-	r.busy = make(map[string]TrainerStats)
 
 	h.mu.Lock()
 	if h.round != nil {
@@ -501,9 +518,14 @@ func (h *Hub) closeRound(r *round) *RoundResult {
 	if res.EvalSamples > 0 {
 		res.EvalLoss = evalLoss / float64(res.EvalSamples)
 	}
-	for name, b := range r.busy {
-		if b.Seconds > 0 {
-			res.Rates[name] = b.SamplesPerSecond()
+	// The per-trainer maps are made once, at their size, from records the
+	// hub keeps, rather than grown result by result.
+	res.Tasks = make(map[string]int, len(r.active))
+	res.Rates = make(map[string]float64, len(r.active))
+	for _, t := range r.active {
+		res.Tasks[t.name] = t.tasks
+		if t.busy.Seconds > 0 {
+			res.Rates[t.name] = t.busy.SamplesPerSecond()
 		}
 	}
 
@@ -762,7 +784,7 @@ func (h *Hub) Snapshot() Stats {
 	s.TrainersConnected = len(h.conns)
 	s.Trainers = make(map[string]TrainerStats, len(h.trainers))
 	for name, t := range h.trainers {
-		s.Trainers[name] = *t
+		s.Trainers[name] = t.total
 	}
 	return s
 }

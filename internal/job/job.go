@@ -13,7 +13,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"maps"
 	"math"
 	"math/rand/v2"
 	"net/http"
@@ -609,26 +608,41 @@ func estimate(secs []float64, left int) time.Duration {
 }
 
 func formatTasks(t map[string]int) string {
-	return byName(t, func(n int) string { return strconv.Itoa(n) })
+	return byName(t, func(b []byte, n int) []byte { return strconv.AppendInt(b, int64(n), 10) })
 }
 
 // formatRates lists each trainer's samples per second in the round, in
 // thousands: trainer-1:16.2k,trainer-2:15.9k.
 func formatRates(rates map[string]float64) string {
-	return byName(rates, func(r float64) string { return fmt.Sprintf("%.1fk", r/1000) })
+	return byName(rates, func(b []byte, r float64) []byte { return append(strconv.AppendFloat(b, r/1000, 'f', 1, 64), 'k') })
 }
 
 // byName lists m as name:value pairs, names sorted, joined by commas; "-"
-// when m is empty.
-func byName[V any](m map[string]V, value func(V) string) string {
+// when m is empty. value appends a value's text to its first argument. The
+// line lists every trainer of the round, so it is built in one buffer.
+func byName[V any](m map[string]V, value func([]byte, V) []byte) string {
 	if len(m) == 0 {
 		return "-"
 	}
-	parts := make([]string, 0, len(m))
-	for _, n := range slices.Sorted(maps.Keys(m)) {
-		parts = append(parts, n+":"+value(m[n]))
+	names := make([]string, 0, len(m))
+	size := 0
+	for n := range m {
+		names = append(names, n)
+		size += len(n) + 8
 	}
-	return strings.Join(parts, ",")
+	slices.Sort(names)
+	var b strings.Builder
+	b.Grow(size)
+	var v [32]byte
+	for i, n := range names {
+		if i > 0 {
+			b.WriteByte(',')
+		}
+		b.WriteString(n)
+		b.WriteByte(':')
+		b.Write(value(v[:0], m[n]))
+	}
+	return b.String()
 }
 
 func faults(r *coord.RoundResult) string {

@@ -78,3 +78,16 @@ func TestConfigCheckNamesEveryBadSetting(t *testing.T) {
 		t.Fatalf("a tiny C gives m=%d, want at least 1", m)
 	}
 }
+
+func TestRoundLineLists(t *testing.T) {
+	for _, c := range []struct{ got, want string }{
+		{formatTasks(map[string]int{"trainer-10": 12, "trainer-2": 3, "a": 0}), "a:0,trainer-10:12,trainer-2:3"},
+		{formatTasks(nil), "-"},
+		{formatRates(map[string]float64{"b": 16249.9, "a": 950}), "a:0.9k,b:16.2k"},
+		{formatRates(map[string]float64{}), "-"},
+	} {
+		if c.got != c.want {
+			t.Errorf("got %q, want %q", c.got, c.want)
+		}
+	}
+}
