@@ -262,6 +262,9 @@ func scaleRun(aggBin, simBin string, n, m, rounds int, timeout time.Duration, lo
 		}
 	}
 	_, _ = io.Copy(io.Discard, stdout)
+	if row.Allocated < 0 {
+		row.Allocated = 0 // read after the warm-up only: the run ended early
+	}
 	logWG.Wait()
 	werr := agg.Wait()
 	if simStarted {

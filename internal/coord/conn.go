@@ -30,7 +30,8 @@ const helloWait = 10 * time.Second
 const writeWait = 30 * time.Second
 
 // outFrame is a frame waiting for the connection's writer. Its slices are
-// shared and never modified after they are queued.
+// shared and not modified until written: only a prefix marked reuse is
+// written over after that, by the connection's next task frame.
 type outFrame struct {
 	prefix  []byte
 	payload []byte
@@ -386,10 +387,8 @@ func (c *conn) write(f outFrame) error {
 	if _, err := w.Write(f.prefix); err != nil {
 		return err
 	}
-	if len(f.payload) > 0 {
-		if _, err := w.Write(f.payload); err != nil {
-			return err
-		}
+	if _, err := w.Write(f.payload); err != nil {
+		return err
 	}
 	return w.Close()
 }

@@ -106,9 +106,9 @@ type Hub struct {
 	finished  *wire.Done
 	nextTask  int64
 	nextConn  int
-	changed   chan struct{} // closed and replaced whenever the set of trainers changes
-	durations [2]recent     // recent task seconds by kind (training, eval), for the derived deadlines
-	enc       wire.HeaderEncoder
+	changed   chan struct{}      // closed and replaced whenever the set of trainers changes
+	durations [2]recent          // recent task seconds by kind (training, eval), for the derived deadlines
+	enc       wire.HeaderEncoder // encodes task frames, under mu
 	// tasks holds the running round's task records, and the last round's
 	// until the next one reuses them: nothing outside a round refers to a
 	// task but by its ID, which the round looks up.
@@ -440,6 +440,7 @@ func (h *Hub) RunRound(ctx context.Context, spec RoundSpec) (*RoundResult, error
 	if cap(h.tasks) < n {
 		h.tasks = make([]task, n)
 	}
+	clear(h.tasks[n:cap(h.tasks)]) // records a smaller round leaves unused hold nothing
 	h.tasks = h.tasks[:n]
 	add := func(sh *Shard, w wire.Task, eval bool) {
 		h.nextTask++
@@ -506,6 +507,9 @@ func (h *Hub) closeRound(r *round) *RoundResult {
 			res.Samples += rows
 			trainLoss += t.loss * float64(rows)
 		}
+		// The round is over: its records let go of the trainers that ran
+		// them (over-selected tasks end with attempts still in flight).
+		t.running, t.runBuf, t.failedBy = nil, [2]attempt{}, nil
 	}
 	if res.Samples > 0 {
 		res.Mean = r.spec.Mean

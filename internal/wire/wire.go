@@ -273,7 +273,7 @@ func trailing(header []byte, end int64) error {
 // it reuses.
 func Prefix(t Type, header any) ([]byte, error) {
 	var e HeaderEncoder
-	return e.AppendPrefix(nil, t, header)
+	return e.AppendPrefix(make([]byte, 0, 256), t, header)
 }
 
 // A HeaderEncoder writes frame prefixes and JSON headers, keeping its JSON
@@ -282,12 +282,14 @@ func Prefix(t Type, header any) ([]byte, error) {
 // is not safe for concurrent use. Its zero value is ready to use.
 type HeaderEncoder struct {
 	enc *json.Encoder
-	buf []byte // the frame being encoded, while AppendPrefix runs
+	out appender // the frame being encoded, while AppendPrefix runs
 }
 
-// Write appends p to the frame being encoded: the json.Encoder's output.
-func (e *HeaderEncoder) Write(p []byte) (int, error) {
-	e.buf = append(e.buf, p...)
+// appender is an io.Writer that appends to its slice.
+type appender struct{ b []byte }
+
+func (a *appender) Write(p []byte) (int, error) {
+	a.b = append(a.b, p...)
 	return len(p), nil
 }
 
@@ -295,13 +297,13 @@ func (e *HeaderEncoder) Write(p []byte) (int, error) {
 // t to dst, the same bytes Prefix returns, and returns the extended slice.
 func (e *HeaderEncoder) AppendPrefix(dst []byte, t Type, header any) ([]byte, error) {
 	if e.enc == nil {
-		e.enc = json.NewEncoder(e)
+		e.enc = json.NewEncoder(&e.out)
 	}
 	start := len(dst)
-	e.buf = append(dst, Version, byte(t), 0, 0, 0, 0)
+	e.out.b = append(dst, Version, byte(t), 0, 0, 0, 0)
 	err := e.enc.Encode(header)
-	b := e.buf
-	e.buf = nil
+	b := e.out.b
+	e.out.b = nil
 	if err != nil {
 		return dst, fmt.Errorf("encode %s header: %w", t, err)
 	}
