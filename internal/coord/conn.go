@@ -259,8 +259,7 @@ func (c *conn) reader(buf []byte) error {
 				buf = make([]float32, h.cfg.Params)
 			}
 			n, perr := wire.ReadTensor(r, buf)
-			var se *wire.SizeError
-			if perr != nil && !errors.As(perr, &se) {
+			if perr != nil && !errors.As(perr, new(*wire.SizeError)) {
 				h.updates <- buf
 				return c.readFailed(perr)
 			}

@@ -112,9 +112,10 @@ type Hub struct {
 	// tasks holds the running round's task records, and the last round's
 	// until the next one reuses them: nothing outside a round refers to a
 	// task but by its ID, which the round looks up.
-	tasks    []task
-	stats    Stats
-	trainers map[string]*trainerRecord // by name, kept across reconnects
+	tasks        []task
+	order, queue []*task // storage for the round's order and queue, reused likewise
+	stats        Stats
+	trainers     map[string]*trainerRecord // by name, kept across reconnects
 	// updates holds the buffers for updates being read off the network:
 	// at most UpdateReads at a time, allocated on first use, so gathering
 	// needs a few model-sized buffers whatever the number of trainers.
@@ -436,10 +437,11 @@ func (h *Hub) RunRound(ctx context.Context, spec RoundSpec) (*RoundResult, error
 	if spec.Evaluate {
 		n += len(h.cfg.EvalShards)
 	}
-	r.order, r.queue = make([]*task, 0, n), make([]*task, 0, n)
 	if cap(h.tasks) < n {
 		h.tasks = make([]task, n)
+		h.order, h.queue = make([]*task, 0, n), make([]*task, 0, n)
 	}
+	r.order, r.queue = h.order[:0], h.queue[:0]
 	clear(h.tasks[n:cap(h.tasks)]) // records a smaller round leaves unused hold nothing
 	h.tasks = h.tasks[:n]
 	add := func(sh *Shard, w wire.Task, eval bool) {

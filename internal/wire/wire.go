@@ -392,18 +392,21 @@ func decodeLE(dst []float32, b []byte) {
 
 // ReadHead reads a frame's prefix and JSON header from r — typically a
 // websocket message reader — and checks the version, the type and the
-// header length, leaving the payload unread in r. The header is read into
-// buf's storage when it fits. It never reads more than PrefixLen+MaxHeader
-// bytes.
+// header length, leaving the payload unread in r. The prefix, then the
+// header, are read into buf's storage when they fit. It never reads more
+// than PrefixLen+MaxHeader bytes.
 func ReadHead(r io.Reader, buf []byte) (Frame, error) {
-	var pre [PrefixLen]byte
-	if n, err := io.ReadFull(r, pre[:]); err != nil {
+	if cap(buf) < PrefixLen {
+		buf = make([]byte, PrefixLen, 512)
+	}
+	pre := buf[:PrefixLen] // an array here would escape to the heap: r is an interface
+	if n, err := io.ReadFull(r, pre); err != nil {
 		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
 			return Frame{}, fmt.Errorf("frame of %d bytes is shorter than the %d-byte prefix", n, PrefixLen)
 		}
 		return Frame{}, err
 	}
-	t, h, err := checkPrefix(pre[:])
+	t, h, err := checkPrefix(pre)
 	if err != nil {
 		return Frame{}, err
 	}
@@ -427,8 +430,10 @@ func ReadHead(r io.Reader, buf []byte) (Frame, error) {
 // tell a frame without a tensor.
 func ReadTensor(r io.Reader, dst []float32) (int, error) {
 	n, err := readTensor(r, dst, false)
-	if se := (*SizeError)(nil); errors.As(err, &se) && se.Got == 0 {
-		return 0, nil // a frame without a tensor
+	if err != nil {
+		if se := (*SizeError)(nil); errors.As(err, &se) && se.Got == 0 {
+			return 0, nil // a frame without a tensor
+		}
 	}
 	return n, err
 }
