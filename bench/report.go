@@ -47,7 +47,7 @@ func runReport(args []string) error {
 	if err != nil {
 		return err
 	}
-	doc := render(r, *command, *commit, time.Now().UTC())
+	doc := render(r, *command, *commit, measuredAt(*dir))
 	if *out != "-" {
 		if err := os.WriteFile(*out, []byte(doc), 0o644); err != nil {
 			return err
@@ -652,17 +652,31 @@ func sectionScale(r *results, w func(string, ...any)) {
 		w("**The target is missed**, and not by the accumulator, which is one model-sized buffer per round whatever the number of updates (`TestGatherMemoryIsOneModel` shows exactly that the fold allocates nothing). ")
 		lg := float64(top.hi.LiveHeap-top.lo.LiveHeap) / float64(top.model)
 		w("Updates are read off the network into a fixed set of %d model-sized buffers (`coord.UpdateReads`, allocated on first use), the other connections' data waiting in their sockets, so in-flight updates hold at most that many models — which is itself more than the target's two. ", coord.UpdateReads)
-		if lg > 0.05 {
+		switch {
+		case lg > 0.05:
 			w("The live heap grew by %.1f model sizes. ", lg)
-		} else {
-			w("The live heap did not grow (%.1f model sizes). ", lg)
+		case lg < -0.05:
+			w("The live heap did not grow (it was %s MB smaller). ", mb(top.lo.LiveHeap-top.hi.LiveHeap))
+		default:
+			w("The live heap did not grow. ")
 		}
 		inuse, kept, stacks := top.hi.HeapInuse-top.lo.HeapInuse, top.hi.HeapKept-top.lo.HeapKept, top.hi.Stacks-top.lo.Stacks
 		w("RSS grew by %.1f model sizes (%s MB). Read from the runtime (during the extra round, a moment after RSS, so the parts need not add up exactly): heap in use %s, free heap not yet returned to the system %s, goroutine stacks %s. ",
 			top.ratio, mb(top.growth), grewText(inuse), grewText(kept), grewText(stacks))
 		if inuse >= max(kept, stacks) && inuse > 0 {
-			w("Heap in use counts garbage not yet collected: the collector lets the heap grow past the live heap before it collects, by a quarter of it here (the aggregator runs with `GOGC=25`). With %d updates per round the heap in use was %s MB over a live heap of %s MB; with %d, %s MB over %s MB. Every round makes some garbage (JSON headers, task records, frames written), the more the more updates it carries, so the more updates per round, the further the heap has grown towards its next collection when RSS is read",
+			w("Heap in use counts garbage not yet collected: the collector lets the heap grow past the live heap before it collects, by a quarter of it here (the aggregator runs with `GOGC=25`). With %d updates per round the heap in use was %s MB over a live heap of %s MB; with %d, %s MB over %s MB. ",
 				top.lo.PerRound, mb(top.lo.HeapInuse), mb(top.lo.LiveHeap), top.hi.PerRound, mb(top.hi.HeapInuse), mb(top.hi.LiveHeap))
+			loA, hiA := top.lo.Allocated, top.hi.Allocated
+			switch {
+			case loA <= 0 || hiA <= 0:
+				w("The more updates a round carries, the more garbage it makes, so the further the heap may have grown towards its next collection when RSS is read")
+			case hiA > 2*loA:
+				w("Over the measured rounds the aggregator allocated %s MB with %d updates per round against %s MB with %d (*allocated* above): the more updates per round, the further the heap has grown towards its next collection when RSS is read",
+					mb(hiA), top.hi.PerRound, mb(loA), top.lo.PerRound)
+			default:
+				w("Yet over the measured rounds the aggregator allocated about as much with %d updates per round as with %d (%s MB against %s MB, *allocated* above, a /metrics read included): where the heap in use stood when RSS was read depends on when the last collection ran more than on the number of updates",
+					top.hi.PerRound, top.lo.PerRound, mb(hiA), mb(loA))
+			}
 			if kept > 0 {
 				w(", and the runtime keeps freed pages a while before returning them")
 			}
@@ -797,4 +811,20 @@ func sectionEndToEnd(r *results, w func(string, ...any)) {
 	default:
 		w("**The target is missed, and no repeat had the machine to itself**: other processes kept %s cores busy on average during the two-trainer runs (median), leaving about %.1f cores for an aggregator and two trainers whose work needs two; rerun `bash bench/run endtoend` on an idle machine to check the target.\n\n", load(e.TwoOtherCores.Median), free)
 	}
+}
+
+// measuredAt is when the results in dir were written: the newest file's
+// time, or now if there is none.
+func measuredAt(dir string) time.Time {
+	var at time.Time
+	entries, _ := os.ReadDir(dir)
+	for _, e := range entries {
+		if info, err := e.Info(); err == nil && info.ModTime().After(at) {
+			at = info.ModTime()
+		}
+	}
+	if at.IsZero() {
+		at = time.Now()
+	}
+	return at.UTC()
 }
