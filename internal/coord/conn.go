@@ -33,7 +33,7 @@ const writeWait = 30 * time.Second
 // shared and not modified until written: only a prefix marked reuse is
 // written over after that, by the connection's next task frame.
 type outFrame struct {
-	prefix  []byte
+	prefix  []byte // the frame's prefix and header, or a whole model frame
 	payload []byte
 	close   bool      // close the connection after writing
 	model   *modelBuf // payload's buffer, released once written or dropped

@@ -131,10 +131,33 @@ type Hub struct {
 // closed; the last release returns the buffer to the hub, and the next
 // round copies its weights into it instead of allocating a model-sized
 // slice (and leaving the garbage collector a model a round).
+//
+// Room is kept before the weights for the frame's prefix and header, so
+// that a model frame is one slice: gorilla/websocket then sends it as one
+// websocket frame with one system call, where a prefix and a large payload
+// written apart make a fragmented message with an empty final frame.
 type modelBuf struct {
 	hub  *Hub
-	v    []float32
+	all  []float32 // modelHeadroom bytes, then the weights
+	v    []float32 // the weights, the end of all
 	refs atomic.Int32
+}
+
+// modelHeadroom is the room before a model buffer's weights, in bytes: a
+// model frame's prefix and header take about 40.
+const modelHeadroom = 128
+
+// frame returns the model frame for prefix p (a model frame's prefix and
+// header): p copied in just before the weights, and the weights. It
+// reports false if p does not fit.
+func (b *modelBuf) frame(p []byte) ([]byte, bool) {
+	if len(p) > modelHeadroom {
+		return nil, false
+	}
+	all := wire.Float32Bytes(b.all)
+	start := modelHeadroom - len(p)
+	copy(all[start:], p)
+	return all[start:], true
 }
 
 // freeModels is how many idle model buffers the hub keeps for later
@@ -148,7 +171,8 @@ func (h *Hub) newModelBuf(v []float32) *modelBuf {
 	select {
 	case b = <-h.models:
 	default:
-		b = &modelBuf{hub: h, v: make([]float32, len(v))}
+		all := make([]float32, modelHeadroom/4+len(v))
+		b = &modelBuf{hub: h, all: all, v: all[modelHeadroom/4:]}
 	}
 	copy(b.v, v)
 	b.refs.Store(1)
@@ -405,9 +429,13 @@ func (h *Hub) RunRound(ctx context.Context, spec RoundSpec) (*RoundResult, error
 	}
 	model := h.newModelBuf(spec.Model)
 	defer model.release() // the round's reference; queued frames hold theirs
+	mf := outFrame{prefix: mp, payload: wire.Float32Bytes(model.v), model: model}
+	if f, ok := model.frame(mp); ok {
+		mf = outFrame{prefix: f, model: model}
+	}
 	r := &round{
 		spec:     spec,
-		model:    outFrame{prefix: mp, payload: wire.Float32Bytes(model.v), model: model},
+		model:    mf,
 		needed:   needed,
 		finished: make(chan struct{}),
 		start:    time.Now(),
