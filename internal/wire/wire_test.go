@@ -481,3 +481,30 @@ func TestHeaderEncoderAllocatesNothing(t *testing.T) {
 		t.Errorf("AppendPrefix into a reused buffer allocates %v times per header, want 0", allocs)
 	}
 }
+
+// TestReadHeadAllocatesNothing checks that reading a frame's head into a
+// buffer with room, and its tensor into a slice of the right size,
+// allocates nothing: the hub does both for every update it gathers.
+func TestReadHeadAllocatesNothing(t *testing.T) {
+	p, err := Prefix(TypeUpdate, Update{Task: 7, Round: 1, Version: 1, Client: 3, Samples: 600, Loss: 0.5})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tensor := make([]float32, 1000)
+	frame := append(p, Float32Bytes(tensor)...)
+	var r bytes.Reader
+	buf := make([]byte, 0, 512)
+	allocs := testing.AllocsPerRun(100, func() {
+		r.Reset(frame)
+		f, err := ReadHead(&r, buf)
+		if err != nil || f.Type != TypeUpdate {
+			t.Fatalf("ReadHead: %v, %v", f.Type, err)
+		}
+		if n, err := ReadTensor(&r, tensor); err != nil || n != 4*len(tensor) {
+			t.Fatalf("ReadTensor: %d, %v", n, err)
+		}
+	})
+	if allocs != 0 {
+		t.Errorf("ReadHead and ReadTensor allocate %v times per frame, want 0", allocs)
+	}
+}
