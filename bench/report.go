@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"bytes"
+	"cmp"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -528,8 +529,8 @@ func summaryScale(r *results, w func(string, ...any)) {
 		return
 	}
 	g := gs[len(gs)-1]
-	w("| 4 | scale: aggregator RSS growth with %d trainers, %d → %d updates per round (MB) | %s | one model: %s | %.1f models | < 2 models | %s |\n",
-		g.trainers, g.lo.PerRound, g.hi.PerRound, mb(g.growth), mb(g.model), g.ratio, verdict(g.ratio < 2))
+	w("| 4 | scale: aggregator RSS growth with %d trainers, %d → %d updates per round (MB; median run%s) | %s | one model: %s | %.1f models | < 2 models | %s |\n",
+		g.trainers, g.lo.PerRound, g.hi.PerRound, runsText(g), sp(g.runs), mb(g.model), g.ratio, verdict(g.ratio < 2))
 	held := true
 	for _, s := range r.scale {
 		if s.Trainers == g.trainers && (s.Warnings > 0 || s.ExitCode != 0 || s.Completed != s.Total) {
@@ -537,6 +538,15 @@ func summaryScale(r *results, w func(string, ...any)) {
 		}
 	}
 	w("| 4 | scale: %d trainers held, every round completed, no warning or error in the aggregator log | %s | | | yes | %s |\n", g.trainers, yesNo(held), verdict(held))
+}
+
+// runsText says over how many runs a growth is the median: " of 3", or
+// "" for one run.
+func runsText(g growth) string {
+	if g.runs.Min == g.runs.Max {
+		return ""
+	}
+	return fmt.Sprintf(" [min–max] of %d", g.count)
 }
 
 func yesNo(b bool) string {
@@ -548,15 +558,19 @@ func yesNo(b bool) string {
 
 type growth struct {
 	trainers int
-	lo, hi   scaleRow
-	growth   int64
+	lo, hi   scaleRow // the run whose growth is the median
+	growth   int64    // the median growth, in bytes
+	runs     spread   // growth over the runs, in MB
+	count    int      // runs
 	model    int64
-	ratio    float64
+	ratio    float64 // median growth in model sizes
 }
 
 // scaleGrowths compares, for each number of trainers measured, what the
 // rounds added to RSS (RSS − base) between the fewest and the most updates
-// per round; ordered by trainers.
+// per round, run by run (the first run of each configuration with the
+// first of the other, and so on), and keeps the median run; ordered by
+// trainers.
 func scaleGrowths(r *results) []growth {
 	by := map[int][]scaleRow{}
 	var ns []int
@@ -570,12 +584,52 @@ func scaleGrowths(r *results) []growth {
 	var out []growth
 	for _, n := range ns {
 		rows := by[n]
-		slices.SortFunc(rows, func(a, b scaleRow) int { return a.PerRound - b.PerRound })
-		if len(rows) < 2 {
+		fewest, most := rows[0].PerRound, rows[0].PerRound
+		for _, s := range rows {
+			fewest, most = min(fewest, s.PerRound), max(most, s.PerRound)
+		}
+		if fewest == most {
 			continue
 		}
-		lo, hi := rows[0], rows[len(rows)-1]
-		g := growth{trainers: n, lo: lo, hi: hi, growth: (hi.RSS - hi.BaseRSS) - (lo.RSS - lo.BaseRSS), model: hi.ModelBytes}
+		type pair struct{ lo, hi scaleRow }
+		runs := map[int]*pair{}
+		var order []int
+		for _, s := range rows {
+			if s.PerRound != fewest && s.PerRound != most {
+				continue
+			}
+			p := runs[s.Run]
+			if p == nil {
+				p = &pair{}
+				runs[s.Run] = p
+				order = append(order, s.Run)
+			}
+			if s.PerRound == fewest {
+				p.lo = s
+			} else {
+				p.hi = s
+			}
+		}
+		var gs []growth
+		for _, run := range order {
+			p := runs[run]
+			if p.lo.Row == "" || p.hi.Row == "" {
+				continue
+			}
+			gs = append(gs, growth{trainers: n, lo: p.lo, hi: p.hi, growth: (p.hi.RSS - p.hi.BaseRSS) - (p.lo.RSS - p.lo.BaseRSS), model: p.hi.ModelBytes})
+		}
+		if len(gs) == 0 {
+			continue
+		}
+		slices.SortFunc(gs, func(a, b growth) int { return cmp.Compare(a.growth, b.growth) })
+		mbs := make([]float64, len(gs))
+		for i, g := range gs {
+			mbs[i] = float64(g.growth) / 1e6
+		}
+		g := gs[(len(gs)-1)/2] // the median run (the lower middle one of an even number)
+		g.runs = spreadOf(mbs)
+		g.runs.Median = float64(g.growth) / 1e6
+		g.count = len(gs)
 		g.ratio = float64(g.growth) / float64(g.model)
 		out = append(out, g)
 	}
@@ -590,10 +644,17 @@ func sectionScale(r *results, w func(string, ...any)) {
 	}
 	rounds := r.scale[0].Rounds
 	w("`go run ./bench scale`: the real aggregator binary (`-clients 1000 -fraction m/1000 -min-trainers N`, 2NN) with N simulated trainers from `bench/simtrainer` — N real websocket connections in one process speaking the real protocol and answering every task at once with a small fixed update. ")
+	runs := 1
+	for _, s := range r.scale {
+		runs = max(runs, s.Run)
+	}
+	if runs > 1 {
+		w("Each configuration runs %d times, every configuration once before any twice (`-repeats`). ", runs)
+	}
 	w("Each run starts with ⌈N/m⌉+1 warm-up rounds (connections, first shard transfers, and at least one task for every trainer, so that every connection has carried frames whatever m), then %d measured rounds, then one more round during which the aggregator's `/metrics` is read. The aggregator runs with `GOGC=25`, so that its heap tracks what the rounds need rather than what loading MNIST left behind. ", rounds)
 	w("CPU is the aggregator's user+system time per measured round from `/proc/PID/stat`; *allocated* is what the aggregator's Go heap allocated over the measured rounds (`go_memstats_alloc_bytes_total`, read from `/metrics` after the warm-up and during the extra round), per update: the garbage a round leaves for the collector (it includes the first of those two reads of `/metrics`, about 0.1–0.3 MB, which weighs most where a round carries few updates). RSS and peak RSS (VmRSS, VmHWM) are from `/proc/PID/status` after the last measured round; *base* is VmRSS once the aggregator listens, with MNIST loaded and the 1,000 shards encoded, so *RSS − base* is what the trainers and rounds added (the peak mostly records start-up). *Live heap* is the most any garbage collection during the measured rounds kept (or the last one's, if none ran; `GODEBUG=gctrace=1`), *heap in use* the Go runtime's `go_memstats_heap_inuse_bytes` (allocated, touched or not, garbage included), *free heap kept* its free heap not yet returned to the system (`heap_idle − heap_released`), and *stacks* its goroutine stacks (`stack_inuse`), these three read from `/metrics` during the extra round. ")
 	w("*Warnings* counts aggregator log lines at level WARN or ERROR. The simulator's *done / closed / failed* count connections ended by a `done` frame, closed by the aggregator without one, or ended by an error.\n\n")
-	w("| trainers | updates/round | s/round | aggregator CPU s/round | CPU ms/update | allocated kB/update | base RSS MB | RSS MB | RSS − base MB | peak RSS MB | live heap MB | heap in use MB | free heap kept MB | stacks MB | warnings | rounds done | connections done / closed / failed |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
+	w("| trainers | updates/round | run | s/round | aggregator CPU s/round | CPU ms/update | allocated kB/update | base RSS MB | RSS MB | RSS − base MB | peak RSS MB | live heap MB | heap in use MB | free heap kept MB | stacks MB | warnings | rounds done | connections done / closed / failed |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
 	for _, s := range r.scale {
 		var st struct{ Done, Closed, Failures int64 }
 		_ = json.Unmarshal(s.Sim, &st)
@@ -601,7 +662,7 @@ func sectionScale(r *results, w func(string, ...any)) {
 		if s.Allocated > 0 && s.Rounds > 0 {
 			alloc = f(float64(s.Allocated) / float64(s.Rounds*s.PerRound) / 1e3)
 		}
-		w("| %d | %d | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %d | %d/%d | %d / %d / %d |\n", s.Trainers, s.PerRound, sp(s.RoundSecs), sp(s.CPUPerRound), f(1e3*s.CPUPerRound.Median/float64(s.PerRound)), alloc,
+		w("| %d | %d | %d | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %d | %d/%d | %d / %d / %d |\n", s.Trainers, s.PerRound, max(s.Run, 1), sp(s.RoundSecs), sp(s.CPUPerRound), f(1e3*s.CPUPerRound.Median/float64(s.PerRound)), alloc,
 			mb(s.BaseRSS), mb(s.RSS), mb(s.RSS-s.BaseRSS), mb(s.HWM), mb(s.LiveHeap), mb(s.HeapInuse), mb(s.HeapKept), mb(s.Stacks), s.Warnings, s.Completed, s.Total, st.Done, st.Closed, st.Failures)
 	}
 	w("\n")
@@ -615,10 +676,11 @@ func sectionScale(r *results, w func(string, ...any)) {
 		return
 	}
 	w("Growth of the aggregator's memory from the fewest to the most updates per round, with the same number of trainers connected (target: under 2 model sizes):\n\n")
+	w("The growth is taken run by run, and the median run is shown with the minimum and maximum over the runs; the other columns are that median run's.\n\n")
 	w("| trainers | updates/round | RSS growth (RSS − base) MB | in models | live-heap growth MB | in models | heap-in-use growth MB | free-heap-kept growth MB | stacks growth MB |\n|---|---|---|---|---|---|---|---|---|\n")
 	for _, g := range gs {
 		lg := g.hi.LiveHeap - g.lo.LiveHeap
-		w("| %d | %d → %d | %s | %.1f | %s | %.1f | %s | %s | %s |\n", g.trainers, g.lo.PerRound, g.hi.PerRound, mb(g.growth), g.ratio, mb(lg), float64(lg)/float64(g.model),
+		w("| %d | %d → %d | %s | %.1f | %s | %.1f | %s | %s | %s |\n", g.trainers, g.lo.PerRound, g.hi.PerRound, sp(g.runs), g.ratio, mb(lg), float64(lg)/float64(g.model),
 			mb(g.hi.HeapInuse-g.lo.HeapInuse), mb(g.hi.HeapKept-g.lo.HeapKept), mb(g.hi.Stacks-g.lo.Stacks))
 	}
 	top := gs[len(gs)-1]

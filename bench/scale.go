@@ -32,6 +32,7 @@ import (
 type scaleRow struct {
 	Row         string          `json:"row"` // "scale"
 	Trainers    int             `json:"trainers"`
+	Run         int             `json:"run"` // 1-based repeat of this configuration
 	Fraction    float64         `json:"fraction"`
 	PerRound    int             `json:"updates_per_round"`
 	Rounds      int             `json:"rounds"` // measured rounds (after the warm-up)
@@ -73,6 +74,7 @@ func runScale(args []string) error {
 	trainers := fs.String("trainers", "10,100,1000", "connected trainers, comma-separated")
 	updates := fs.String("updates", "10,100,1000", "updates per round, comma-separated (of 1,000 clients)")
 	rounds := fs.Int("rounds", 3, "measured rounds per configuration, between the warm-up rounds and one for reading /metrics")
+	repeats := fs.Int("repeats", 3, "runs of each configuration, all configurations once before any twice")
 	timeout := fs.Duration("timeout", 10*time.Minute, "limit per configuration")
 	logs := fs.String("logs", "", "directory to keep each run's aggregator log in")
 	if err := fs.Parse(args); err != nil {
@@ -89,14 +91,17 @@ func runScale(args []string) error {
 	if err != nil {
 		return err
 	}
-	for _, n := range ns {
-		for _, m := range ms {
-			row, err := scaleRun(*agg, *sim, n, m, *rounds, *timeout, *logs)
-			if err != nil {
-				return fmt.Errorf("%d trainers, %d updates per round: %w", n, m, err)
-			}
-			if err := emit(row); err != nil {
-				return err
+	for run := 1; run <= *repeats; run++ {
+		for _, n := range ns {
+			for _, m := range ms {
+				row, err := scaleRun(*agg, *sim, n, m, *rounds, *timeout, *logs)
+				if err != nil {
+					return fmt.Errorf("%d trainers, %d updates per round, run %d: %w", n, m, run, err)
+				}
+				row.Run = run
+				if err := emit(row); err != nil {
+					return err
+				}
 			}
 		}
 	}
