@@ -155,7 +155,7 @@ func (h *Hub) serve(ws *websocket.Conn, remote string) {
 	c := &conn{hub: h, ws: ws, name: hello.Name, out: make(chan outFrame, 64), gone: make(chan struct{}), bufs: make(chan []byte, 2), version: -1, shards: make(map[string]bool)}
 	h.mu.Lock()
 	for _, s := range hello.Shards {
-		if h.known[s] {
+		if h.known[s] != nil {
 			c.shards[s] = true
 		}
 	}

@@ -122,7 +122,9 @@ type Hub struct {
 	updates chan []float32
 	acc     *allreduce.Accumulator // reused round after round
 	models  chan *modelBuf         // free buffers for the rounds' outgoing models
-	known   map[string]bool        // hashes of every shard, training and eval
+	// known maps the hash of every shard, training and eval, to its shard
+	// frame's prefix and header, encoded once: they never change.
+	known map[string][]byte
 }
 
 // modelBuf holds one round's weights while model frames carry them. The
@@ -226,10 +228,14 @@ func New(cfg Config) (*Hub, error) {
 		conns:    make(map[*conn]struct{}),
 		changed:  make(chan struct{}),
 		trainers: make(map[string]*trainerRecord),
-		known:    make(map[string]bool, len(cfg.Shards)+len(cfg.EvalShards)),
+		known:    make(map[string][]byte, len(cfg.Shards)+len(cfg.EvalShards)),
 	}
 	for _, s := range slices.Concat(cfg.Shards, cfg.EvalShards) {
-		h.known[s.Hash] = true
+		p, err := wire.Prefix(wire.TypeShard, wire.Shard{Hash: s.Hash, Rows: s.Rows})
+		if err != nil {
+			return nil, err
+		}
+		h.known[s.Hash] = p
 	}
 	h.models = make(chan *modelBuf, freeModels)
 	h.updates = make(chan []float32, UpdateReads)
@@ -752,8 +758,7 @@ func (h *Hub) assignLocked(cn *conn, r *round, t *task) bool {
 		h.stats.ModelsSent++
 	}
 	if !cn.shards[t.shard.Hash] {
-		p, err := wire.Prefix(wire.TypeShard, wire.Shard{Hash: t.shard.Hash, Rows: t.shard.Rows})
-		if err != nil || !cn.send(outFrame{prefix: p, payload: t.shard.Bytes}) {
+		if !cn.send(outFrame{prefix: h.known[t.shard.Hash], payload: t.shard.Bytes}) {
 			return false
 		}
 		cn.shards[t.shard.Hash] = true
