@@ -107,6 +107,12 @@ func FuzzDecode(f *testing.F) {
 	}
 	f.Fuzz(func(t *testing.T, b []byte) {
 		fr, err := Decode(b)
+		// The streaming reader, with a buffer too small for most headers,
+		// sees the same frame head or the same fault.
+		h, herr := ReadHead(bytes.NewReader(b), make([]byte, 0, 8))
+		if fmt.Sprint(err) != fmt.Sprint(herr) || (err == nil && (h.Type != fr.Type || !bytes.Equal(h.Header, fr.Header))) {
+			t.Fatalf("frame %q: Decode gave %v, %q, %v; ReadHead gave %v, %q, %v", b, fr.Type, fr.Header, err, h.Type, h.Header, herr)
+		}
 		if err != nil {
 			return
 		}
