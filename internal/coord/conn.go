@@ -36,7 +36,7 @@ type outFrame struct {
 	prefix  []byte // the frame's prefix and header, or a whole model frame
 	payload []byte
 	close   bool      // close the connection after writing
-	model   *modelBuf // payload's buffer, released once written or dropped
+	model   *modelBuf // the buffer a model frame lies in, released once written or dropped
 	reuse   bool      // prefix came from frameBuf and goes back to it once written
 }
 

@@ -136,8 +136,9 @@ type Hub struct {
 //
 // Room is kept before the weights for the frame's prefix and header, so
 // that a model frame is one slice: gorilla/websocket then sends it as one
-// websocket frame with one system call, where a prefix and a large payload
-// written apart make a fragmented message with an empty final frame.
+// websocket frame in one write, where a prefix and a large payload written
+// apart make a fragmented message with an empty final frame. A later round
+// writes over both once the last reference is released.
 type modelBuf struct {
 	hub  *Hub
 	all  []float32 // modelHeadroom bytes, then the weights
@@ -145,8 +146,9 @@ type modelBuf struct {
 	refs atomic.Int32
 }
 
-// modelHeadroom is the room before a model buffer's weights, in bytes: a
-// model frame's prefix and header take about 40.
+// modelHeadroom is the room before a model buffer's weights, in bytes, a
+// multiple of 4: a model frame's prefix and header take about 40, and 68
+// at the very most.
 const modelHeadroom = 128
 
 // frame returns the model frame for prefix p (a model frame's prefix and
@@ -233,7 +235,7 @@ func New(cfg Config) (*Hub, error) {
 	for _, s := range slices.Concat(cfg.Shards, cfg.EvalShards) {
 		p, err := wire.Prefix(wire.TypeShard, wire.Shard{Hash: s.Hash, Rows: s.Rows})
 		if err != nil {
-			return nil, err
+			return nil, fmt.Errorf("shard %s: %w", s.Hash, err)
 		}
 		h.known[s.Hash] = p
 	}
@@ -436,7 +438,7 @@ func (h *Hub) RunRound(ctx context.Context, spec RoundSpec) (*RoundResult, error
 	model := h.newModelBuf(spec.Model)
 	defer model.release() // the round's reference; queued frames hold theirs
 	mf := outFrame{prefix: mp, payload: wire.Float32Bytes(model.v), model: model}
-	if f, ok := model.frame(mp); ok {
+	if f, ok := model.frame(mp); ok { // always: the header fits in modelHeadroom
 		mf = outFrame{prefix: f, model: model}
 	}
 	r := &round{
@@ -691,7 +693,7 @@ func (h *Hub) dispatchLocked() {
 			// The trainer went away while we wrote to it; its reader
 			// will drop it. The task goes back to the front.
 			t.inQueue = true
-			r.queue = append([]*task{t}, r.queue...)
+			r.queue = slices.Insert(r.queue, 0, t)
 		}
 	}
 }
@@ -792,7 +794,7 @@ func (h *Hub) requeueLocked(r *round, t *task) {
 	t.state = queued
 	if !t.inQueue {
 		t.inQueue = true
-		r.queue = append([]*task{t}, r.queue...)
+		r.queue = slices.Insert(r.queue, 0, t)
 	}
 	r.res.Requeued++
 	h.stats.TasksRequeued++

@@ -397,7 +397,7 @@ func decodeLE(dst []float32, b []byte) {
 // than PrefixLen+MaxHeader bytes.
 func ReadHead(r io.Reader, buf []byte) (Frame, error) {
 	if cap(buf) < PrefixLen {
-		buf = make([]byte, PrefixLen, 512)
+		buf = make([]byte, PrefixLen, 64)
 	}
 	pre := buf[:PrefixLen] // an array here would escape to the heap: r is an interface
 	if n, err := io.ReadFull(r, pre); err != nil {
