@@ -618,9 +618,10 @@ func kind(eval bool) int {
 // checkDeadlinesLocked queues one more copy of a task that has run past
 // its deadline on all of its trainers, so an idle trainer can take it over.
 // Like MapReduce's backup tasks this happens only at the tail of a round —
-// when no task is waiting for its first trainer — and never for more tasks
-// than there are idle trainers to take them, so a loaded aggregator does not
-// mistake its own delays for stragglers and flood the trainers with copies.
+// when no task is waiting for its first trainer —, never for more tasks
+// than there are idle trainers to take them, and not while every update
+// buffer is taken, so a loaded aggregator does not mistake its own delays
+// for stragglers and flood the trainers with copies.
 func (h *Hub) checkDeadlinesLocked(now time.Time) {
 	r := h.round
 	if r == nil || r.closed {
@@ -636,6 +637,12 @@ func (h *Hub) checkDeadlinesLocked(now time.Time) {
 		}
 	}
 	if spare <= 0 {
+		return
+	}
+	// Nor while every update buffer is taken: then results wait for the
+	// aggregator to read them, and a task that looks late is most likely
+	// done, its update in a socket, not held up by its trainer.
+	if len(h.updates) == 0 {
 		return
 	}
 	// Only now, at a round's tail with a trainer free, are the deadlines
