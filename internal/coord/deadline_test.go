@@ -3,8 +3,6 @@ package coord_test
 import (
 	"context"
 	"io"
-	"log/slog"
-	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
@@ -99,16 +97,9 @@ func updateFor(task wire.Task) wire.Update {
 // issued again, however late; once the reads go on, a task that really is
 // late goes to an idle trainer, and the round completes.
 func TestNoBackupTasksWhileUpdatesWaitForTheHub(t *testing.T) {
-	const params = 20*3 + 3 // logreg on makeShards' 20 features and 3 classes
+	const params = logregParams
 	const deadline = 30 * time.Millisecond
-	shards := makeShards(t, coord.UpdateReads+1, 3, 0)
-	hub, err := coord.New(coord.Config{Model: wire.ModelSpec{Name: "logreg", Sizes: []int{20, 3}}, Params: params,
-		Shards: shards, TaskDeadline: deadline, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := httptest.NewServer(hub)
-	defer srv.Close()
+	hub, srv := newLogregHub(t, coord.Config{Shards: makeShards(t, coord.UpdateReads+1, 3, 0), TaskDeadline: deadline})
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 

@@ -48,13 +48,7 @@ func newSizedFixture(t *testing.T, k, rows int, arch string, cfg coord.Config) *
 	if cfg.EvalShards == nil {
 		cfg.EvalShards = shards
 	}
-	cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
-	hub, err := coord.New(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := httptest.NewServer(hub)
-	t.Cleanup(srv.Close)
+	hub, srv := serveHub(t, cfg)
 	p := make([]float32, spec.NumParams())
 	spec.Init(p, 1)
 	return &fixture{hub: hub, srv: srv, spec: spec, params: p, k: k}
@@ -82,6 +76,33 @@ func makeShards(t *testing.T, k, rows, offset int) []coord.Shard {
 		shards[c] = coord.Shard{Hash: hex.EncodeToString(sum[:]), Rows: rows, Bytes: b}
 	}
 	return shards
+}
+
+// logregParams is the size of logistic regression on makeShards' 20
+// features and 3 classes.
+const logregParams = 20*3 + 3
+
+// newLogregHub serves a hub for logistic regression on makeShards' data,
+// with cfg's shards and settings, for protocol-level test trainers.
+func newLogregHub(t *testing.T, cfg coord.Config) (*coord.Hub, *httptest.Server) {
+	t.Helper()
+	cfg.Model = wire.ModelSpec{Name: "logreg", Sizes: []int{20, 3}}
+	cfg.Params = logregParams
+	return serveHub(t, cfg)
+}
+
+// serveHub makes a hub of cfg, its log discarded, and serves it on a
+// loopback test server closed with the test.
+func serveHub(t *testing.T, cfg coord.Config) (*coord.Hub, *httptest.Server) {
+	t.Helper()
+	cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	hub, err := coord.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(hub)
+	t.Cleanup(srv.Close)
+	return hub, srv
 }
 
 func (f *fixture) startTrainer(t *testing.T, ctx context.Context, name string, slowdown float64) (done chan error) {

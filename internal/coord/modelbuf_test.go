@@ -188,15 +188,9 @@ func TestRecycledModelBuffers(t *testing.T) {
 // TestHelloShardsAreNotSentAgain: a trainer that lists shards in its hello
 // (as after a reconnect) is sent none of them again, training or eval.
 func TestHelloShardsAreNotSentAgain(t *testing.T) {
-	const params = 20*3 + 3 // logreg on makeShards' 20 features and 3 classes
+	const params = logregParams
 	train, eval := makeShards(t, 4, 3, 0), makeShards(t, 2, 3, 100)
-	hub, err := coord.New(coord.Config{Model: wire.ModelSpec{Name: "logreg", Sizes: []int{20, 3}}, Params: params,
-		Shards: train, EvalShards: eval, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := httptest.NewServer(hub)
-	defer srv.Close()
+	hub, srv := newLogregHub(t, coord.Config{Shards: train, EvalShards: eval})
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 
