@@ -94,11 +94,10 @@ func runScale(args []string) error {
 	for run := 1; run <= *repeats; run++ {
 		for _, n := range ns {
 			for _, m := range ms {
-				row, err := scaleRun(*agg, *sim, n, m, *rounds, *timeout, *logs)
+				row, err := scaleRun(*agg, *sim, n, m, run, *rounds, *timeout, *logs)
 				if err != nil {
 					return fmt.Errorf("%d trainers, %d updates per round, run %d: %w", n, m, run, err)
 				}
-				row.Run = run
 				if err := emit(row); err != nil {
 					return err
 				}
@@ -128,7 +127,7 @@ type sample struct {
 	hwm int64
 }
 
-func scaleRun(aggBin, simBin string, n, m, rounds int, timeout time.Duration, logDir string) (*scaleRow, error) {
+func scaleRun(aggBin, simBin string, n, m, run, rounds int, timeout time.Duration, logDir string) (*scaleRow, error) {
 	const clients = 1000
 	frac := float64(m) / clients
 	warm := (n+m-1)/m + 1
@@ -157,7 +156,7 @@ func scaleRun(aggBin, simBin string, n, m, rounds int, timeout time.Duration, lo
 		return nil, err
 	}
 	pid := agg.Process.Pid
-	row := &scaleRow{Row: "scale", Trainers: n, Fraction: frac, PerRound: m, ModelBytes: 4 * params2NN, Total: warm + rounds + 1, Warmup: warm}
+	row := &scaleRow{Row: "scale", Trainers: n, Run: run, Fraction: frac, PerRound: m, ModelBytes: 4 * params2NN, Total: warm + rounds + 1, Warmup: warm}
 
 	// The log: count warnings and errors, keep a few, and optionally a copy;
 	// follow the live heap in the gctrace lines.
@@ -173,7 +172,7 @@ func scaleRun(aggBin, simBin string, n, m, rounds int, timeout time.Duration, lo
 		defer logWG.Done()
 		var keep io.Writer = io.Discard
 		if logDir != "" {
-			if f, err := os.Create(fmt.Sprintf("%s/aggregator-%d-trainers-%d-updates.log", logDir, n, m)); err == nil {
+			if f, err := os.Create(fmt.Sprintf("%s/aggregator-%d-trainers-%d-updates-run-%d.log", logDir, n, m, run)); err == nil {
 				defer f.Close()
 				keep = f
 			}
@@ -210,6 +209,8 @@ func scaleRun(aggBin, simBin string, n, m, rounds int, timeout time.Duration, lo
 	}()
 
 	var samples []sample
+	var allocStart int64 // go_memstats_alloc_bytes_total after the warm-up
+	var allocRead bool
 	var addr string
 	var simOut []byte
 	var simErr error
@@ -241,7 +242,7 @@ func scaleRun(aggBin, simBin string, n, m, rounds int, timeout time.Duration, lo
 				live.Lock()
 				live.measure = true
 				live.Unlock()
-				row.Allocated = -memStats(ctx, addr)["alloc_bytes_total"]
+				allocStart, allocRead = memStats(ctx, addr)["alloc_bytes_total"]
 			}
 			if row.Completed == warm+rounds {
 				live.Lock()
@@ -251,10 +252,8 @@ func scaleRun(aggBin, simBin string, n, m, rounds int, timeout time.Duration, lo
 				row.HeapInuse = ms["heap_inuse_bytes"]
 				row.HeapKept = ms["heap_idle_bytes"] - ms["heap_released_bytes"]
 				row.Stacks = ms["stack_inuse_bytes"]
-				if a, ok := ms["alloc_bytes_total"]; ok && row.Allocated < 0 {
-					row.Allocated += a
-				} else {
-					row.Allocated = 0
+				if a, ok := ms["alloc_bytes_total"]; ok && allocRead {
+					row.Allocated = a - allocStart
 				}
 			}
 			continue
@@ -267,9 +266,6 @@ func scaleRun(aggBin, simBin string, n, m, rounds int, timeout time.Duration, lo
 		}
 	}
 	_, _ = io.Copy(io.Discard, stdout)
-	if row.Allocated < 0 {
-		row.Allocated = 0 // read after the warm-up only: the run ended early
-	}
 	logWG.Wait()
 	werr := agg.Wait()
 	if simStarted {
