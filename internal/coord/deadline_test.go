@@ -3,7 +3,6 @@ package coord_test
 import (
 	"context"
 	"io"
-	"strings"
 	"testing"
 	"time"
 
@@ -26,12 +25,10 @@ type stubTrainer struct {
 // finished.
 func dialStub(t *testing.T, ctx context.Context, url, name string) *stubTrainer {
 	t.Helper()
-	d := websocket.Dialer{HandshakeTimeout: 10 * time.Second, WriteBufferSize: 64}
-	ws, _, err := d.DialContext(ctx, "ws"+strings.TrimPrefix(url, "http"), nil)
+	ws, err := dialWS(ctx, url, 64)
 	if err != nil {
 		t.Fatal(err)
 	}
-	context.AfterFunc(ctx, func() { _ = ws.Close() })
 	s := &stubTrainer{ws: ws, tasks: make(chan wire.Task, 16)}
 	welcome := make(chan struct{})
 	go func() {
@@ -58,7 +55,7 @@ func dialStub(t *testing.T, ctx context.Context, url, name string) *stubTrainer 
 			}
 		}
 	}()
-	if err := s.send(wire.TypeHello, wire.Hello{Name: name}, nil); err != nil {
+	if err := sendFrame(s.ws, wire.TypeHello, wire.Hello{Name: name}, nil); err != nil {
 		t.Fatal(err)
 	}
 	select {
@@ -67,25 +64,6 @@ func dialStub(t *testing.T, ctx context.Context, url, name string) *stubTrainer 
 		t.Fatal("no welcome")
 	}
 	return s
-}
-
-// send writes one frame.
-func (s *stubTrainer) send(typ wire.Type, h any, payload []byte) error {
-	w, err := s.start(typ, h, payload)
-	if err != nil {
-		return err
-	}
-	return w.Close()
-}
-
-// start writes one frame but leaves its message open, the end of it
-// unsent, until the returned writer is closed.
-func (s *stubTrainer) start(typ wire.Type, h any, payload []byte) (io.WriteCloser, error) {
-	w, err := s.ws.NextWriter(websocket.BinaryMessage)
-	if err != nil {
-		return nil, err
-	}
-	return w, wire.Write(w, typ, h, payload)
 }
 
 func updateFor(task wire.Task) wire.Update {
@@ -111,7 +89,7 @@ func TestNoBackupTasksWhileUpdatesWaitForTheHub(t *testing.T) {
 	}
 	silent := dialStub(t, ctx, srv.URL, "silent")
 	for _, s := range append(stalled, silent) {
-		if err := s.send(wire.TypePull, wire.Pull{}, nil); err != nil {
+		if err := sendFrame(s.ws, wire.TypePull, wire.Pull{}, nil); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -144,7 +122,7 @@ func TestNoBackupTasksWhileUpdatesWaitForTheHub(t *testing.T) {
 	zero := make([]byte, 4*params)
 	var unfinished []io.WriteCloser
 	for _, s := range stalled {
-		w, err := s.start(wire.TypeUpdate, updateFor(next(s)), zero)
+		w, err := startFrame(s.ws, wire.TypeUpdate, updateFor(next(s)), zero)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -162,7 +140,7 @@ func TestNoBackupTasksWhileUpdatesWaitForTheHub(t *testing.T) {
 	// An idle trainer joins at the round's tail, with every task past its
 	// deadline and every update buffer taken.
 	idle := dialStub(t, ctx, srv.URL, "idle")
-	if err := idle.send(wire.TypePull, wire.Pull{}, nil); err != nil {
+	if err := sendFrame(idle.ws, wire.TypePull, wire.Pull{}, nil); err != nil {
 		t.Fatal(err)
 	}
 	select {
@@ -182,7 +160,7 @@ func TestNoBackupTasksWhileUpdatesWaitForTheHub(t *testing.T) {
 		for {
 			select {
 			case task := <-idle.tasks:
-				if idle.send(wire.TypeUpdate, updateFor(task), zero) != nil || idle.send(wire.TypePull, wire.Pull{}, nil) != nil {
+				if sendFrame(idle.ws, wire.TypeUpdate, updateFor(task), zero) != nil || sendFrame(idle.ws, wire.TypePull, wire.Pull{}, nil) != nil {
 					return
 				}
 			case <-ctx.Done():

@@ -284,21 +284,40 @@ func TestHelloShardsAreNotSentAgain(t *testing.T) {
 // closes the connection when ctx ends, and returns a function that sends
 // one frame as one binary message.
 func dialProtocol(ctx context.Context, url string) (*websocket.Conn, func(wire.Type, any, []byte) error, error) {
-	d := websocket.Dialer{HandshakeTimeout: 10 * time.Second}
-	ws, _, err := d.DialContext(ctx, "ws"+strings.TrimPrefix(url, "http"), nil)
+	ws, err := dialWS(ctx, url, 0)
 	if err != nil {
 		return nil, nil, err
 	}
-	context.AfterFunc(ctx, func() { _ = ws.Close() })
-	send := func(t wire.Type, h any, p []byte) error {
-		w, err := ws.NextWriter(websocket.BinaryMessage)
-		if err != nil {
-			return err
-		}
-		if err := wire.Write(w, t, h, p); err != nil {
-			return err
-		}
-		return w.Close()
+	return ws, func(t wire.Type, h any, p []byte) error { return sendFrame(ws, t, h, p) }, nil
+}
+
+// dialWS opens a test trainer's websocket to the hub served at url, closed
+// with ctx; writeBuffer is gorilla's write buffer size, 0 for its default.
+func dialWS(ctx context.Context, url string, writeBuffer int) (*websocket.Conn, error) {
+	d := websocket.Dialer{HandshakeTimeout: 10 * time.Second, WriteBufferSize: writeBuffer}
+	ws, _, err := d.DialContext(ctx, "ws"+strings.TrimPrefix(url, "http"), nil)
+	if err != nil {
+		return nil, err
 	}
-	return ws, send, nil
+	context.AfterFunc(ctx, func() { _ = ws.Close() })
+	return ws, nil
+}
+
+// sendFrame writes one frame to ws as one message.
+func sendFrame(ws *websocket.Conn, t wire.Type, h any, payload []byte) error {
+	w, err := startFrame(ws, t, h, payload)
+	if err != nil {
+		return err
+	}
+	return w.Close()
+}
+
+// startFrame writes one frame to ws but leaves its message open, the end
+// of it unsent, until the returned writer is closed.
+func startFrame(ws *websocket.Conn, t wire.Type, h any, payload []byte) (io.WriteCloser, error) {
+	w, err := ws.NextWriter(websocket.BinaryMessage)
+	if err != nil {
+		return nil, err
+	}
+	return w, wire.Write(w, t, h, payload)
 }
