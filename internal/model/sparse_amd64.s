@@ -546,3 +546,93 @@ snext:
 sdone:
 	VZEROUPPER
 	RET
+
+// func transposeAVX2(dst *float32, ldd int, src *float32, lds int, nr, nc int)
+//
+// Transposes nr×nc tiles of 8×8 values: the tile at rows 8i..8i+7 and
+// columns 8j..8j+7 of src (lds values a row) goes to rows 8j..8j+7 and
+// columns 8i..8i+7 of dst (ldd values a row). nr and nc are at least 1.
+// Each tile is eight loads, 24 shuffles and eight stores: unpack pairs of
+// rows, shuffle pairs of those into 4×4 transposes within each 128-bit
+// lane, then swap the lanes' halves.
+TEXT ·transposeAVX2(SB), NOSPLIT, $0-48
+	MOVQ dst+0(FP), DI
+	MOVQ ldd+8(FP), R8
+	SHLQ $2, R8          // dst row, bytes
+	LEAQ (R8)(R8*2), R14 // 3 dst rows
+	MOVQ src+16(FP), SI
+	MOVQ lds+24(FP), R9
+	SHLQ $2, R9          // src row, bytes
+	LEAQ (R9)(R9*2), R13 // 3 src rows
+	MOVQ nr+32(FP), R10
+	MOVQ nc+40(FP), R11
+
+trow:
+	MOVQ SI, AX  // this tile in src
+	MOVQ DI, CX  // and in dst
+	MOVQ R11, R12
+
+ttile:
+	LEAQ (AX)(R9*4), BX
+	VMOVUPS (AX), Y0
+	VMOVUPS (AX)(R9*1), Y1
+	VMOVUPS (AX)(R9*2), Y2
+	VMOVUPS (AX)(R13*1), Y3
+	VMOVUPS (BX), Y4
+	VMOVUPS (BX)(R9*1), Y5
+	VMOVUPS (BX)(R9*2), Y6
+	VMOVUPS (BX)(R13*1), Y7
+
+	// Interleave rows 2k and 2k+1: lane halves hold (a0 b0 a1 b1), (a2 b2 a3 b3).
+	VUNPCKLPS Y1, Y0, Y8
+	VUNPCKHPS Y1, Y0, Y9
+	VUNPCKLPS Y3, Y2, Y10
+	VUNPCKHPS Y3, Y2, Y11
+	VUNPCKLPS Y5, Y4, Y12
+	VUNPCKHPS Y5, Y4, Y13
+	VUNPCKLPS Y7, Y6, Y14
+	VUNPCKHPS Y7, Y6, Y15
+
+	// Pair those up: each 128-bit lane now holds one column of four rows.
+	VSHUFPS $0x44, Y10, Y8, Y0
+	VSHUFPS $0xEE, Y10, Y8, Y1
+	VSHUFPS $0x44, Y11, Y9, Y2
+	VSHUFPS $0xEE, Y11, Y9, Y3
+	VSHUFPS $0x44, Y14, Y12, Y4
+	VSHUFPS $0xEE, Y14, Y12, Y5
+	VSHUFPS $0x44, Y15, Y13, Y6
+	VSHUFPS $0xEE, Y15, Y13, Y7
+
+	// Rows 0–3 of a column are in Y0–Y3, rows 4–7 in Y4–Y7: join the low
+	// lanes (columns 0–3) and the high lanes (columns 4–7).
+	VPERM2F128 $0x20, Y4, Y0, Y8
+	VPERM2F128 $0x20, Y5, Y1, Y9
+	VPERM2F128 $0x20, Y6, Y2, Y10
+	VPERM2F128 $0x20, Y7, Y3, Y11
+	VPERM2F128 $0x31, Y4, Y0, Y12
+	VPERM2F128 $0x31, Y5, Y1, Y13
+	VPERM2F128 $0x31, Y6, Y2, Y14
+	VPERM2F128 $0x31, Y7, Y3, Y15
+
+	LEAQ (CX)(R8*4), DX
+	VMOVUPS Y8, (CX)
+	VMOVUPS Y9, (CX)(R8*1)
+	VMOVUPS Y10, (CX)(R8*2)
+	VMOVUPS Y11, (CX)(R14*1)
+	VMOVUPS Y12, (DX)
+	VMOVUPS Y13, (DX)(R8*1)
+	VMOVUPS Y14, (DX)(R8*2)
+	VMOVUPS Y15, (DX)(R14*1)
+
+	ADDQ $32, AX        // the next tile: 8 columns on in src
+	LEAQ (CX)(R8*8), CX // and 8 rows on in dst
+	DECQ R12
+	JNZ  ttile
+
+	LEAQ (SI)(R9*8), SI // 8 rows on in src
+	ADDQ $32, DI        // 8 columns on in dst
+	DECQ R10
+	JNZ  trow
+
+	VZEROUPPER
+	RET

@@ -20,3 +20,6 @@ func dots32(out, a, w []float32, ldw int) { dotsGo(out, a, w, ldw) }
 func scatterSegs32(out []float32, ldOut, n int, ends []int32, vals []float32, alpha float32, idx []int32, src []float32, ldSrc int) {
 	scatterSegsGo(out, ldOut, n, ends, vals, alpha, idx, src, ldSrc)
 }
+
+// transpose32 is transpose for float32, in plain Go.
+func transpose32(dst, src []float32, rows, cols int) { transposeGo(dst, src, rows, cols) }
