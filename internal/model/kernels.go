@@ -69,15 +69,19 @@ func (w *WorkspaceOf[T]) forward(params []T, rows int) {
 		}
 		switch {
 		case l > 0 && w.ownKernels(rows):
-			// z[r,o] = b[o] + a[r,:]·W[o,:], dot products in a fixed order.
+			// z[r,o] = b[o] + a[r,:]·W[o,:], dot products in a fixed order,
+			// two rows at a time (dots2 gives what dots gives for each).
 			wl := params[ly.WOff:ly.BOff]
-			t := w.dotBuf[:ly.Out]
-			for r := range rows {
-				dots(t, in[r*ly.In:(r+1)*ly.In], wl, ly.In)
-				zr := z[r*ly.Out : (r+1)*ly.Out]
-				for o, v := range t {
-					zr[o] += v
-				}
+			t0, t1 := w.dotBuf[:ly.Out], w.dotBuf[ly.Out:2*ly.Out]
+			r := 0
+			for ; r+2 <= rows; r += 2 {
+				dots2(t0, t1, in[r*ly.In:(r+1)*ly.In], in[(r+1)*ly.In:(r+2)*ly.In], wl, ly.In)
+				addTo(z[r*ly.Out:(r+1)*ly.Out], t0)
+				addTo(z[(r+1)*ly.Out:(r+2)*ly.Out], t1)
+			}
+			if r < rows {
+				dots(t0, in[r*ly.In:(r+1)*ly.In], wl, ly.In)
+				addTo(z[r*ly.Out:(r+1)*ly.Out], t0)
 			}
 		case l > 0:
 			gemm(false, true, rows, ly.Out, ly.In, 1, in, ly.In, params[ly.WOff:ly.BOff], ly.In, 1, z, ly.Out)
@@ -91,6 +95,14 @@ func (w *WorkspaceOf[T]) forward(params []T, rows int) {
 			relu(z)
 		}
 		in = z
+	}
+}
+
+// addTo adds v to z, element by element.
+func addTo[T Float](z, v []T) {
+	z = z[:len(v)]
+	for o, x := range v {
+		z[o] += x
 	}
 }
 

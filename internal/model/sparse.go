@@ -298,6 +298,28 @@ func dots[T Float](out, a, w []T, ldw int) {
 	}
 }
 
+// dots2 is dots for two vectors of the same length, a0 into out0 and a1
+// into out1, with the same results; for float32 on amd64 one kernel does
+// both, loading each row of w once for the two.
+func dots2[T Float](out0, out1, a0, a1, w []T, ldw int) {
+	if len(out1) != len(out0) || len(a1) != len(a0) {
+		panic(fmt.Sprintf("model: dots2: outputs of %d and %d values, vectors of %d and %d", len(out0), len(out1), len(a0), len(a1)))
+	}
+	if len(out0) == 0 {
+		return
+	}
+	if len(a0) > ldw || (len(out0)-1)*ldw+len(a0) > len(w) {
+		panic(fmt.Sprintf("model: dots2: %d rows of %d values %d apart do not fit in %d values", len(out0), len(a0), ldw, len(w)))
+	}
+	switch o := any(out0).(type) {
+	case []float32:
+		dots2x32(o, any(out1).([]float32), any(a0).([]float32), any(a1).([]float32), any(w).([]float32), ldw)
+	case []float64:
+		dotsGo(o, any(a0).([]float64), any(w).([]float64), ldw)
+		dotsGo(any(out1).([]float64), any(a1).([]float64), any(w).([]float64), ldw)
+	}
+}
+
 // dotsGo is dots in plain Go, one dotGo per row.
 func dotsGo[T Float](out, a, w []T, ldw int) {
 	for i := range out {

@@ -120,6 +120,24 @@ func dots32(out, a, w []float32, ldw int) {
 	dotTail(out, a, w, ldw)
 }
 
+// dots2AVX2 is dotsAVX2 for two vectors, a0 into out0 and a1 into out1,
+// in sparse_amd64.s.
+//
+//go:noescape
+func dots2AVX2(out0, out1, a0, a1, w *float32, ldw, nout, nvec int)
+
+// dots2x32 is dots2 for float32 (already checked).
+func dots2x32(out0, out1, a0, a1, w []float32, ldw int) {
+	if !useAVX2 || len(a0) < 8 {
+		dotsGo(out0, a0, w, ldw)
+		dotsGo(out1, a1, w, ldw)
+		return
+	}
+	dots2AVX2(&out0[0], &out1[0], &a0[0], &a1[0], &w[0], ldw, len(out0), len(a0)/8)
+	dotTail(out0, a0, w, ldw)
+	dotTail(out1, a1, w, ldw)
+}
+
 // scatterSegsAVX2 is scatterSegs for float32, in sparse_amd64.s.
 //
 //go:noescape

@@ -636,3 +636,132 @@ ttile:
 
 	VZEROUPPER
 	RET
+
+// dotsum reduces the eight lanes of accumulator Y (X its low half) as
+// dotsAVX2 does and stores the sum at off(base).
+#define dotsum(Y, X, off, base) \
+	VEXTRACTF128 $1, Y, X13; \
+	VADDPS       X13, X, X;  \
+	VMOVHLPS     X, X, X14;  \
+	VADDPS       X14, X, X;  \
+	VMOVSHDUP    X, X15;     \
+	VADDSS       X15, X, X;  \
+	VMOVSS       X, off(base)
+
+// func dots2AVX2(out0, out1, a0, a1, w *float32, ldw, nout, nvec int)
+//
+// dotsAVX2 for two vectors at once: out0[o] and out1[o] are the dot
+// products of a0 and a1 with row o of w, each summed exactly as dotsAVX2
+// sums it, so the results are bit for bit dotsAVX2's. Each vector of a row
+// of w is loaded once for both products; with eight independent sums (four
+// outputs of two rows) the loop is bound by the multiplies and adds rather
+// than by the latency of each sum's adds, as dotsAVX2's four are.
+//
+// Registers: DI out0, R13 out1, SI a0, R14 a1, DX row of the current
+// output, R8 ldw in bytes, CX outputs left, R9 nvec, BX vectors left, AX
+// byte offset in the rows, R10-R12 the next three rows. Y0-Y3 sums for a0,
+// Y4-Y7 for a1, Y8 a0, Y9 a1, Y10 w, Y11-Y12 products, X13-X15 reduction.
+TEXT ·dots2AVX2(SB), NOSPLIT, $0-64
+	MOVQ out0+0(FP), DI
+	MOVQ out1+8(FP), R13
+	MOVQ a0+16(FP), SI
+	MOVQ a1+24(FP), R14
+	MOVQ w+32(FP), DX
+	MOVQ ldw+40(FP), R8
+	SHLQ $2, R8
+	MOVQ nout+48(FP), CX
+	MOVQ nvec+56(FP), R9
+
+e4:
+	CMPQ CX, $4
+	JL   e1
+	LEAQ (DX)(R8*1), R10
+	LEAQ (R10)(R8*1), R11
+	LEAQ (R11)(R8*1), R12
+	VXORPS Y0, Y0, Y0
+	VXORPS Y1, Y1, Y1
+	VXORPS Y2, Y2, Y2
+	VXORPS Y3, Y3, Y3
+	VXORPS Y4, Y4, Y4
+	VXORPS Y5, Y5, Y5
+	VXORPS Y6, Y6, Y6
+	VXORPS Y7, Y7, Y7
+	XORQ  AX, AX
+	MOVQ  R9, BX
+	TESTQ BX, BX
+	JZ    e4red
+
+e4k:
+	VMOVUPS (SI)(AX*1), Y8
+	VMOVUPS (R14)(AX*1), Y9
+	VMOVUPS (DX)(AX*1), Y10
+	VMULPS  Y10, Y8, Y11
+	VADDPS  Y11, Y0, Y0
+	VMULPS  Y10, Y9, Y12
+	VADDPS  Y12, Y4, Y4
+	VMOVUPS (R10)(AX*1), Y10
+	VMULPS  Y10, Y8, Y11
+	VADDPS  Y11, Y1, Y1
+	VMULPS  Y10, Y9, Y12
+	VADDPS  Y12, Y5, Y5
+	VMOVUPS (R11)(AX*1), Y10
+	VMULPS  Y10, Y8, Y11
+	VADDPS  Y11, Y2, Y2
+	VMULPS  Y10, Y9, Y12
+	VADDPS  Y12, Y6, Y6
+	VMOVUPS (R12)(AX*1), Y10
+	VMULPS  Y10, Y8, Y11
+	VADDPS  Y11, Y3, Y3
+	VMULPS  Y10, Y9, Y12
+	VADDPS  Y12, Y7, Y7
+	ADDQ    $32, AX
+	DECQ    BX
+	JNZ     e4k
+
+e4red:
+	dotsum(Y0, X0, 0, DI)
+	dotsum(Y1, X1, 4, DI)
+	dotsum(Y2, X2, 8, DI)
+	dotsum(Y3, X3, 12, DI)
+	dotsum(Y4, X4, 0, R13)
+	dotsum(Y5, X5, 4, R13)
+	dotsum(Y6, X6, 8, R13)
+	dotsum(Y7, X7, 12, R13)
+	ADDQ $16, DI
+	ADDQ $16, R13
+	LEAQ (R12)(R8*1), DX
+	SUBQ $4, CX
+	JMP  e4
+
+e1:
+	TESTQ CX, CX
+	JZ    edone
+	VXORPS Y0, Y0, Y0
+	VXORPS Y4, Y4, Y4
+	XORQ  AX, AX
+	MOVQ  R9, BX
+	TESTQ BX, BX
+	JZ    e1red
+
+e1k:
+	VMOVUPS (DX)(AX*1), Y10
+	VMULPS  (SI)(AX*1), Y10, Y11
+	VADDPS  Y11, Y0, Y0
+	VMULPS  (R14)(AX*1), Y10, Y12
+	VADDPS  Y12, Y4, Y4
+	ADDQ    $32, AX
+	DECQ    BX
+	JNZ     e1k
+
+e1red:
+	dotsum(Y0, X0, 0, DI)
+	dotsum(Y4, X4, 0, R13)
+	ADDQ $4, DI
+	ADDQ $4, R13
+	ADDQ R8, DX
+	DECQ CX
+	JMP  e1
+
+edone:
+	VZEROUPPER
+	RET

@@ -16,6 +16,12 @@ func compact32(idx []int32, val, src, next []float32, cnt []int32) int {
 // dots32 is dots for float32 (already checked), in plain Go.
 func dots32(out, a, w []float32, ldw int) { dotsGo(out, a, w, ldw) }
 
+// dots2x32 is dots2 for float32 (already checked), in plain Go.
+func dots2x32(out0, out1, a0, a1, w []float32, ldw int) {
+	dotsGo(out0, a0, w, ldw)
+	dotsGo(out1, a1, w, ldw)
+}
+
 // scatterSegs32 is scatterSegs for float32 (already checked), in plain Go.
 func scatterSegs32(out []float32, ldOut, n int, ends []int32, vals []float32, alpha float32, idx []int32, src []float32, ldSrc int) {
 	scatterSegsGo(out, ldOut, n, ends, vals, alpha, idx, src, ldSrc)

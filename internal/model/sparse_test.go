@@ -375,6 +375,57 @@ func TestDots(t *testing.T) {
 	dots(make([]float32, 3), make([]float32, 8), make([]float32, 20), 8)
 }
 
+// TestDots2 checks the two-vector kernel (AVX2 on amd64) against dotGo bit
+// for bit, for both vectors: it must give what dots gives for each.
+func TestDots2(t *testing.T) {
+	r := rand.New(rand.NewPCG(4, 4))
+	for _, n := range []int{0, 1, 7, 8, 9, 15, 16, 17, 31, 32, 33, 100, 200, 257} {
+		for _, nout := range []int{1, 3, 4, 5, 8, 9, 13} {
+			ldw := n + r.IntN(3)
+			var a [2][]float32
+			for k := range a {
+				a[k] = make([]float32, n)
+				for i := range a[k] {
+					a[k][i] = r.Float32()*2 - 1
+				}
+			}
+			w := make([]float32, max(0, (nout-1)*ldw+n))
+			for i := range w {
+				w[i] = r.Float32()*2 - 1
+			}
+			var got [2][]float32
+			for k := range got {
+				got[k] = make([]float32, nout+1)
+				got[k][nout] = 42 // past the end: must stay
+			}
+			dots2(got[0][:nout], got[1][:nout], a[0], a[1], w, ldw)
+			for k := range got {
+				if got[k][nout] != 42 {
+					t.Fatalf("n=%d nout=%d: dots2 wrote past output %d", n, nout, k)
+				}
+				for o := range nout {
+					if want := dotGo(a[k], w[o*ldw:o*ldw+n]); math.Float32bits(got[k][o]) != math.Float32bits(want) {
+						t.Fatalf("n=%d nout=%d vector %d output %d: dots2 %v, dotGo %v", n, nout, k, o, got[k][o], want)
+					}
+				}
+			}
+		}
+	}
+	for _, c := range []struct {
+		name        string
+		out1, a1, w int
+	}{{"short w", 3, 8, 20}, {"outputs of different lengths", 2, 8, 24}, {"vectors of different lengths", 3, 7, 24}} {
+		func() {
+			defer func() {
+				if recover() == nil {
+					t.Errorf("dots2 with %s did not panic", c.name)
+				}
+			}()
+			dots2(make([]float32, 3), make([]float32, c.out1), make([]float32, 8), make([]float32, c.a1), make([]float32, c.w), 8)
+		}()
+	}
+}
+
 // TestHiddenKernelsMatchGemm trains and differentiates with the layers
 // after the first on the package's own kernels and on gemm: the results
 // agree to rounding (the forward dot products sum in another order than

@@ -70,7 +70,7 @@ type WorkspaceOf[T Float] struct {
 	// layer's non-zero deltas, which dz holds by row and dzT by column.
 	dz     csr[T]
 	dzT    csc[T]
-	dotBuf []T // widest layer: one row's dot products
+	dotBuf []T // twice the widest layer: two rows' dot products
 	hidden hiddenPath
 
 	// Bias gradients are column sums of deltas, taken with accSegs over one
@@ -179,7 +179,7 @@ func NewWorkspaceOf[T Float](s Spec, maxBatch int) *WorkspaceOf[T] {
 		delta:    make([][]T, len(ls)),
 		wt:       make([]T, ls[0].In*ls[0].Out),
 		exps:     make([]float64, s.Sizes[len(s.Sizes)-1]),
-		dotBuf:   make([]T, slices.Max(s.Sizes)),
+		dotBuf:   make([]T, 2*slices.Max(s.Sizes)),
 	}
 	w.grow(maxBatch)
 	return w
