@@ -301,7 +301,8 @@ func TestRejectedUpdateLeavesSumUnchanged(t *testing.T) {
 
 // TestResetForIsANewAccumulator reuses one accumulator across rounds of
 // different total weights and checks each round's mean is bit-identical to
-// a fresh accumulator's.
+// a fresh accumulator's, whether the round ended with Mean (ResetFor then
+// clears the sum) or with MeanAndReset (which leaves it empty).
 func TestResetForIsANewAccumulator(t *testing.T) {
 	r := rand.New(rand.NewPCG(11, 12))
 	const n = 3*foldChunk + 5
@@ -335,12 +336,24 @@ func TestResetForIsANewAccumulator(t *testing.T) {
 		if err := fresh.Mean(a); err != nil {
 			t.Fatal(err)
 		}
-		if err := reused.Mean(b); err != nil {
+		take := reused.Mean
+		if round%2 == 0 {
+			take = reused.MeanAndReset
+		}
+		if err := take(b); err != nil {
 			t.Fatal(err)
 		}
 		for i := range a {
 			if math.Float32bits(a[i]) != math.Float32bits(b[i]) {
 				t.Fatalf("round %d: mean[%d] %v after ResetFor, %v fresh", round, i, b[i], a[i])
+			}
+		}
+		if round%2 == 0 {
+			if reused.Count() != 0 || reused.Weight() != 0 || slices.ContainsFunc(reused.lo, nonZero) || slices.ContainsFunc(reused.hi, nonZero) {
+				t.Fatalf("round %d: MeanAndReset left %d updates of weight %d, or a non-zero sum", round, reused.Count(), reused.Weight())
+			}
+			if err := reused.MeanAndReset(b); err == nil {
+				t.Fatalf("round %d: MeanAndReset of the emptied accumulator did not fail", round)
 			}
 		}
 	}
@@ -391,6 +404,8 @@ func BenchmarkCopy(b *testing.B) {
 	}
 }
 
+func nonZero(v int32) bool { return v != 0 }
+
 func BenchmarkMean(b *testing.B) {
 	const n = 199210
 	a, _ := NewAccumulator(n, 600)
@@ -403,5 +418,34 @@ func BenchmarkMean(b *testing.B) {
 	b.SetBytes(8 * n)
 	for i := 0; i < b.N; i++ {
 		_ = a.Mean(dst)
+	}
+}
+
+// BenchmarkRound is one round of one 2NN-sized update, as the hub runs it:
+// ResetFor, Add, then the mean, taken with Mean (ResetFor then clears the
+// sum) or with MeanAndReset (which clears it as it reads it).
+func BenchmarkRound(b *testing.B) {
+	const n = 199210
+	u := make([]float32, n)
+	for i := range u {
+		u[i] = float32(i%13) * 0.001
+	}
+	dst := make([]float32, n)
+	for _, c := range []struct {
+		name string
+		take func(*Accumulator, []float32) error
+	}{{"Mean", (*Accumulator).Mean}, {"MeanAndReset", (*Accumulator).MeanAndReset}} {
+		b.Run(c.name, func(b *testing.B) {
+			a, _ := NewAccumulator(n, 600)
+			for b.Loop() {
+				_ = a.ResetFor(600)
+				if err := a.Add(u, 600); err != nil {
+					b.Fatal(err)
+				}
+				if err := c.take(a, dst); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
 	}
 }

@@ -105,10 +105,14 @@ func inRangeGeneric(x []float32) bool {
 // converts the planes to float64 separately and adds float64(hi)·2^32 and
 // float64(lo): both are exact, and so is their sum, an integer of magnitude
 // at most 2^51 (NewAccumulator's bound); the multiplication and the rounding
-// to float32 are then the same operations.
-func scaleMeanGeneric(dst []float32, lo, hi []int32, inv float64) {
+// to float32 are then the same operations. With zero, each sum is set to
+// zero once read.
+func scaleMeanGeneric(dst []float32, lo, hi []int32, inv float64, zero bool) {
 	lo, hi = lo[:len(dst)], hi[:len(dst)]
 	for i := range dst {
 		dst[i] = float32(float64(int64(hi[i])<<32+int64(lo[i])) * inv)
+		if zero {
+			lo[i], hi[i] = 0, 0
+		}
 	}
 }

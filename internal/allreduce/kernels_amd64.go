@@ -23,7 +23,7 @@ func foldCheckedAVX2(lo, hi *int32, x *float32, n int, f float64, fast uint32) i
 func inRangeAVX2(x *float32, n int) bool
 
 //go:noescape
-func scaleMeanAVX2(dst *float32, lo, hi *int32, n int, inv float64)
+func scaleMeanAVX2(dst *float32, lo, hi *int32, n int, inv float64, zero bool)
 
 func cpuHasAVX2() bool
 
@@ -92,12 +92,12 @@ func inRange(x []float32) bool {
 	return inRangeGeneric(x)
 }
 
-func scaleMean(dst []float32, lo, hi []int32, inv float64) {
+func scaleMean(dst []float32, lo, hi []int32, inv float64, zero bool) {
 	n := len(dst) &^ (avx2Block - 1)
 	if useAVX2 && n > 0 {
 		lo, hi = lo[:len(dst)], hi[:len(dst)]
-		scaleMeanAVX2(&dst[0], &lo[0], &hi[0], n, inv)
+		scaleMeanAVX2(&dst[0], &lo[0], &hi[0], n, inv, zero)
 		dst, lo, hi = dst[n:], lo[n:], hi[n:]
 	}
-	scaleMeanGeneric(dst, lo, hi, inv)
+	scaleMeanGeneric(dst, lo, hi, inv, zero)
 }

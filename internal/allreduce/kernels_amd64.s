@@ -348,10 +348,11 @@ rangedone:
 	VMOVUPS    X0, off(DI); \
 	VMOVUPS    X1, off+16(DI)
 
-// func scaleMeanAVX2(dst *float32, lo, hi *int32, n int, inv float64)
+// func scaleMeanAVX2(dst *float32, lo, hi *int32, n int, inv float64, zero bool)
 // For i < n (a multiple of 32): dst[i] = float32(float64(sum[i])·inv), sum[i]
-// being hi[i]·2^32 + lo[i], 32 values per iteration (MEAN8).
-TEXT ·scaleMeanAVX2(SB), NOSPLIT, $0-40
+// being hi[i]·2^32 + lo[i], 32 values per iteration (MEAN8). With zero, the
+// sums are set to zero once read, while their lines are in cache.
+TEXT ·scaleMeanAVX2(SB), NOSPLIT, $0-41
 	MOVQ         dst+0(FP), DI
 	MOVQ         lo+8(FP), SI
 	MOVQ         hi+16(FP), DX
@@ -362,6 +363,9 @@ TEXT ·scaleMeanAVX2(SB), NOSPLIT, $0-40
 	VPBROADCASTQ X14, Y14
 	SHRQ         $5, CX
 	JZ           meandone
+	MOVBLZX      zero+40(FP), AX
+	TESTL        AX, AX
+	JNZ          meanzero
 
 meanloop:
 	MEAN8(0)
@@ -373,6 +377,29 @@ meanloop:
 	ADDQ $128, DI
 	DECQ CX
 	JNZ  meanloop
+	JMP  meandone
+
+meanzero:
+	VPXOR Y13, Y13, Y13
+
+meanzeroloop:
+	MEAN8(0)
+	MEAN8(32)
+	MEAN8(64)
+	MEAN8(96)
+	VMOVDQU Y13, (SI)
+	VMOVDQU Y13, 32(SI)
+	VMOVDQU Y13, 64(SI)
+	VMOVDQU Y13, 96(SI)
+	VMOVDQU Y13, (DX)
+	VMOVDQU Y13, 32(DX)
+	VMOVDQU Y13, 64(DX)
+	VMOVDQU Y13, 96(DX)
+	ADDQ    $128, SI
+	ADDQ    $128, DX
+	ADDQ    $128, DI
+	DECQ    CX
+	JNZ     meanzeroloop
 
 meandone:
 	VZEROUPPER

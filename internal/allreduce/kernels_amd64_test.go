@@ -162,8 +162,8 @@ func TestAVX2MeanMatchesGeneric(t *testing.T) {
 		lo, hi := splitSums(s)
 		want := make([]float32, n)
 		got := make([]float32, n)
-		scaleMeanGeneric(want, lo, hi, inv)
-		scaleMeanAVX2(&got[0], &lo[0], &hi[0], n, inv)
+		scaleMeanGeneric(want, lo, hi, inv, false)
+		scaleMeanAVX2(&got[0], &lo[0], &hi[0], n, inv, false)
 		for i := range want {
 			if math.Float32bits(got[i]) != math.Float32bits(want[i]) {
 				t.Fatalf("trial %d: sum[%d]=%d inv=%v: avx2 %v, generic %v", trial, i, s[i], inv, got[i], want[i])
@@ -171,6 +171,25 @@ func TestAVX2MeanMatchesGeneric(t *testing.T) {
 			if d := float32(float64(s[i]) * inv); math.Float32bits(want[i]) != math.Float32bits(d) {
 				t.Fatalf("trial %d: sum[%d]=%d inv=%v: generic %v, want %v", trial, i, s[i], inv, want[i], d)
 			}
+		}
+		// With zero, both kernels give the same means and leave every
+		// sum zero, and nothing past n changes.
+		zlo, zhi := append(slices.Clone(lo), 7), append(slices.Clone(hi), 7)
+		clear(got)
+		scaleMeanAVX2(&got[0], &zlo[0], &zhi[0], n, inv, true)
+		glo, ghi := slices.Clone(lo), slices.Clone(hi)
+		gwant := make([]float32, n)
+		scaleMeanGeneric(gwant, glo, ghi, inv, true)
+		for i := range want {
+			if math.Float32bits(got[i]) != math.Float32bits(want[i]) || math.Float32bits(gwant[i]) != math.Float32bits(want[i]) {
+				t.Fatalf("trial %d: sum[%d]=%d inv=%v, zeroing: avx2 %v, generic %v, want %v", trial, i, s[i], inv, got[i], gwant[i], want[i])
+			}
+			if zlo[i] != 0 || zhi[i] != 0 || glo[i] != 0 || ghi[i] != 0 {
+				t.Fatalf("trial %d: sum[%d] not zeroed: avx2 %d:%d, generic %d:%d", trial, i, zhi[i], zlo[i], ghi[i], glo[i])
+			}
+		}
+		if zlo[n] != 7 || zhi[n] != 7 {
+			t.Fatalf("trial %d: zeroing wrote past the %d sums", trial, n)
 		}
 	}
 }

@@ -14,4 +14,6 @@ func foldChecked(lo, hi []int32, x []float32, f float64) int {
 
 func inRange(x []float32) bool { return inRangeGeneric(x) }
 
-func scaleMean(dst []float32, lo, hi []int32, inv float64) { scaleMeanGeneric(dst, lo, hi, inv) }
+func scaleMean(dst []float32, lo, hi []int32, inv float64, zero bool) {
+	scaleMeanGeneric(dst, lo, hi, inv, zero)
+}

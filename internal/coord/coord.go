@@ -554,7 +554,9 @@ func (h *Hub) closeRound(r *round) *RoundResult {
 		if res.Mean == nil {
 			res.Mean = make([]float32, h.cfg.Params)
 		}
-		_ = r.acc.Mean(res.Mean) // cannot fail: sizes match and weight > 0
+		// The mean is the accumulator's last use this round: it is left
+		// empty in the same pass, for the next round.
+		_ = r.acc.MeanAndReset(res.Mean) // cannot fail: sizes match and weight > 0
 		res.TrainLoss = trainLoss / float64(res.Samples)
 	}
 	if res.EvalSamples > 0 {
