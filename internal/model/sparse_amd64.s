@@ -272,6 +272,18 @@ cdone:
 	VZEROUPPER
 	RET
 
+// dotsum reduces the eight lanes of accumulator Y (X its low half) as
+// ((l0+l4)+(l2+l6)) + ((l1+l5)+(l3+l7)) and stores the sum at off(base).
+// It uses X13-X15.
+#define dotsum(Y, X, off, base) \
+	VEXTRACTF128 $1, Y, X13; \
+	VADDPS       X13, X, X;  \
+	VMOVHLPS     X, X, X14;  \
+	VADDPS       X14, X, X;  \
+	VMOVSHDUP    X, X15;     \
+	VADDSS       X15, X, X;  \
+	VMOVSS       X, off(base)
+
 // func dotsAVX2(out *float32, a *float32, w *float32, ldw, nout, nvec int)
 //
 // For o < nout: out[o] = the dot product of the first 8*nvec elements of a
@@ -324,34 +336,10 @@ d4k:
 	JNZ d4k
 
 d4red:
-	VEXTRACTF128 $1, Y0, X13
-	VADDPS X13, X0, X0
-	VMOVHLPS X0, X0, X14
-	VADDPS X14, X0, X0
-	VMOVSHDUP X0, X15
-	VADDSS X15, X0, X0
-	VMOVSS X0, 0(DI)
-	VEXTRACTF128 $1, Y1, X13
-	VADDPS X13, X1, X1
-	VMOVHLPS X1, X1, X14
-	VADDPS X14, X1, X1
-	VMOVSHDUP X1, X15
-	VADDSS X15, X1, X1
-	VMOVSS X1, 4(DI)
-	VEXTRACTF128 $1, Y2, X13
-	VADDPS X13, X2, X2
-	VMOVHLPS X2, X2, X14
-	VADDPS X14, X2, X2
-	VMOVSHDUP X2, X15
-	VADDSS X15, X2, X2
-	VMOVSS X2, 8(DI)
-	VEXTRACTF128 $1, Y3, X13
-	VADDPS X13, X3, X3
-	VMOVHLPS X3, X3, X14
-	VADDPS X14, X3, X3
-	VMOVSHDUP X3, X15
-	VADDSS X15, X3, X3
-	VMOVSS X3, 12(DI)
+	dotsum(Y0, X0, 0, DI)
+	dotsum(Y1, X1, 4, DI)
+	dotsum(Y2, X2, 8, DI)
+	dotsum(Y3, X3, 12, DI)
 	ADDQ $16, DI
 	LEAQ (R12)(R8*1), DX
 	SUBQ $4, CX
@@ -375,13 +363,7 @@ d1k:
 	JNZ d1k
 
 d1red:
-	VEXTRACTF128 $1, Y0, X13
-	VADDPS X13, X0, X0
-	VMOVHLPS X0, X0, X14
-	VADDPS X14, X0, X0
-	VMOVSHDUP X0, X15
-	VADDSS X15, X0, X0
-	VMOVSS X0, (DI)
+	dotsum(Y0, X0, 0, DI)
 	ADDQ $4, DI
 	ADDQ R8, DX
 	DECQ CX
@@ -636,17 +618,6 @@ ttile:
 
 	VZEROUPPER
 	RET
-
-// dotsum reduces the eight lanes of accumulator Y (X its low half) as
-// dotsAVX2 does and stores the sum at off(base).
-#define dotsum(Y, X, off, base) \
-	VEXTRACTF128 $1, Y, X13; \
-	VADDPS       X13, X, X;  \
-	VMOVHLPS     X, X, X14;  \
-	VADDPS       X14, X, X;  \
-	VMOVSHDUP    X, X15;     \
-	VADDSS       X15, X, X;  \
-	VMOVSS       X, off(base)
 
 // func dots2AVX2(out0, out1, a0, a1, w *float32, ldw, nout, nvec int)
 //

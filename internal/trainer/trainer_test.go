@@ -60,46 +60,13 @@ func refusesModel(t *testing.T, payload []byte, want string) {
 	sizes := []int{4, 3}
 	params := 4*3 + 3
 	sent := make(chan struct{}, 8)
-	up := websocket.Upgrader{}
-	srv := &http.Server{ReadHeaderTimeout: 5 * time.Second, Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		ws, err := up.Upgrade(w, r, nil)
-		if err != nil {
-			return
-		}
-		defer ws.Close()
-		if _, _, err := ws.ReadMessage(); err != nil { // hello
-			return
-		}
-		send := func(typ wire.Type, h any, payload []byte) {
-			b, err := wire.Encode(typ, h, payload)
-			if err == nil {
-				err = ws.WriteMessage(websocket.BinaryMessage, b)
-			}
-			if err != nil {
-				t.Error(err)
-			}
-		}
+	addr := fakeAggregator(t, func(ws *websocket.Conn, send sendFunc) {
 		send(wire.TypeWelcome, wire.Welcome{ID: "t1", Model: wire.ModelSpec{Name: "logreg", Sizes: sizes}, Params: params, MaxMessage: 1 << 20}, nil)
 		send(wire.TypeModel, wire.Model{Version: 1, Params: params}, payload)
 		sent <- struct{}{}
-		_, _, _ = ws.ReadMessage() // until the trainer hangs up
-	})}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	go func() { _ = srv.Serve(ln) }()
-	defer srv.Close()
-
+	})
 	errs := make(errLog, 16)
-	tr, err := New(Config{Aggregator: ln.Addr().String(), Name: "bad-model-test", Report: time.Hour, MinBackoff: time.Hour, Logger: slog.New(errs)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	done := make(chan error, 1)
-	go func() { done <- tr.Run(ctx) }()
+	tr, ctx := startTrainer(t, addr, "bad-model-test", errs)
 	select {
 	case <-sent:
 	case <-ctx.Done():
@@ -116,8 +83,64 @@ func refusesModel(t *testing.T, payload []byte, want string) {
 	if tr.haveModel {
 		t.Error("the trainer kept the bad model")
 	}
-	cancel()
-	<-done
+}
+
+// sendFunc encodes and writes one frame to a trainer.
+type sendFunc func(typ wire.Type, header any, payload []byte)
+
+// fakeAggregator serves websocket connections on a loopback port for the
+// length of the test: it reads each trainer's hello, runs session with a
+// sendFunc that fails the test if a frame cannot be sent, and then reads
+// until the trainer hangs up. It returns the address to dial.
+func fakeAggregator(t *testing.T, session func(ws *websocket.Conn, send sendFunc)) string {
+	t.Helper()
+	up := websocket.Upgrader{}
+	srv := &http.Server{ReadHeaderTimeout: 5 * time.Second, Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		ws, err := up.Upgrade(w, r, nil)
+		if err != nil {
+			return
+		}
+		defer ws.Close()
+		if _, _, err := ws.ReadMessage(); err != nil { // hello
+			return
+		}
+		session(ws, func(typ wire.Type, h any, payload []byte) {
+			b, err := wire.Encode(typ, h, payload)
+			if err == nil {
+				err = ws.WriteMessage(websocket.BinaryMessage, b)
+			}
+			if err != nil {
+				t.Error(err)
+			}
+		})
+		for { // until the trainer hangs up
+			if _, _, err := ws.ReadMessage(); err != nil {
+				return
+			}
+		}
+	})}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() { _ = srv.Serve(ln) }()
+	t.Cleanup(func() { _ = srv.Close() })
+	return ln.Addr().String()
+}
+
+// startTrainer runs a trainer for the aggregator at addr, logging to log,
+// until the test ends (at most 20 seconds: ctx ends then).
+func startTrainer(t *testing.T, addr, name string, log slog.Handler) (*Trainer, context.Context) {
+	t.Helper()
+	tr, err := New(Config{Aggregator: addr, Name: name, Report: time.Hour, MinBackoff: time.Hour, Logger: slog.New(log)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	done := make(chan error, 1)
+	go func() { done <- tr.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+	return tr, ctx
 }
 
 // A trainer that holds more shards than a hello header can list announces

@@ -1,16 +1,12 @@
 package trainer
 
 import (
-	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"log/slog"
 	"math"
 	"math/rand/v2"
-	"net"
-	"net/http"
 	"testing"
-	"time"
 
 	"github.com/gorilla/websocket"
 
@@ -54,70 +50,18 @@ func TestUpdateIsWhatTheTaskAsksFor(t *testing.T) {
 		{ID: 2, Version: 1, Shard: hash, Rows: rows, Mode: "fedsgd", Epochs: 1, LR: 0.5},
 	}
 	got := make(chan []float32, len(tasks))
-	up := websocket.Upgrader{}
-	srv := &http.Server{ReadHeaderTimeout: 5 * time.Second, Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		ws, err := up.Upgrade(w, r, nil)
-		if err != nil {
-			return
-		}
-		defer ws.Close()
-		if _, _, err := ws.ReadMessage(); err != nil { // hello
-			return
-		}
-		send := func(typ wire.Type, h any, payload []byte) {
-			b, err := wire.Encode(typ, h, payload)
-			if err == nil {
-				err = ws.WriteMessage(websocket.BinaryMessage, b)
-			}
-			if err != nil {
-				t.Error(err)
-			}
-		}
+	addr := fakeAggregator(t, func(ws *websocket.Conn, send sendFunc) {
 		send(wire.TypeWelcome, wire.Welcome{ID: "t1", Model: wire.ModelSpec{Name: "mlp:7", Sizes: spec.Sizes}, Params: spec.NumParams(), MaxMessage: 1 << 20}, nil)
 		send(wire.TypeShard, wire.Shard{Hash: hash, Rows: rows}, shard)
 		send(wire.TypeModel, wire.Model{Version: 1, Params: spec.NumParams()}, wire.Float32Bytes(global))
 		for _, task := range tasks {
 			send(wire.TypeTask, task, nil)
-			for {
-				_, b, err := ws.ReadMessage()
-				if err != nil {
-					t.Errorf("task %d: %v", task.ID, err)
-					return
-				}
-				f, err := wire.Decode(b)
-				if err != nil {
-					t.Errorf("task %d: %v", task.ID, err)
-					return
-				}
-				if f.Type == wire.TypeUpdate {
-					u := make([]float32, len(f.Payload)/4)
-					copy(wire.Float32Bytes(u), f.Payload)
-					got <- u
-					break
-				}
-				if f.Type != wire.TypePull {
-					t.Errorf("task %d: the trainer sent a %s frame: %s", task.ID, f.Type, f.Header)
-					return
-				}
+			if !readUpdate(t, ws, task.ID, got) {
+				return
 			}
 		}
-		_, _, _ = ws.ReadMessage() // until the trainer hangs up
-	})}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	go func() { _ = srv.Serve(ln) }()
-	defer srv.Close()
-	tr, err := New(Config{Aggregator: ln.Addr().String(), Name: "update-test", Report: time.Hour, MinBackoff: time.Hour, Logger: slog.New(slog.DiscardHandler)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	done := make(chan error, 1)
-	go func() { done <- tr.Run(ctx) }()
-	defer func() { cancel(); <-done }()
+	})
+	_, ctx := startTrainer(t, addr, "update-test", slog.DiscardHandler)
 
 	// What each update should be, computed apart from the trainer.
 	ws := model.NewWorkspace(spec, 128)
@@ -144,6 +88,35 @@ func TestUpdateIsWhatTheTaskAsksFor(t *testing.T) {
 			}
 		case <-ctx.Done():
 			t.Fatalf("no %s update", tasks[i].Mode)
+		}
+	}
+}
+
+// readUpdate reads the trainer's frames up to its update for task id,
+// skipping pulls, and passes the update's tensor to got. It reports false,
+// failing the test, if the connection ends or another frame comes first.
+func readUpdate(t *testing.T, ws *websocket.Conn, id int64, got chan<- []float32) bool {
+	for {
+		_, b, err := ws.ReadMessage()
+		if err != nil {
+			t.Errorf("task %d: %v", id, err)
+			return false
+		}
+		f, err := wire.Decode(b)
+		if err != nil {
+			t.Errorf("task %d: %v", id, err)
+			return false
+		}
+		switch f.Type {
+		case wire.TypeUpdate:
+			u := make([]float32, len(f.Payload)/4)
+			copy(wire.Float32Bytes(u), f.Payload)
+			got <- u
+			return true
+		case wire.TypePull:
+		default:
+			t.Errorf("task %d: the trainer sent a %s frame: %s", id, f.Type, f.Header)
+			return false
 		}
 	}
 }
