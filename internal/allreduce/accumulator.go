@@ -126,10 +126,12 @@ func (a *Accumulator) ResetFor(maxWeight int64) error {
 // Len is the number of values of one update.
 func (a *Accumulator) Len() int { return len(a.lo) }
 
-// Count is the number of updates added since the last Reset.
+// Count is the number of updates added since the last Reset, ResetFor or
+// MeanAndReset.
 func (a *Accumulator) Count() int { return a.count }
 
-// Weight is the total weight added since the last Reset.
+// Weight is the total weight added since the last Reset, ResetFor or
+// MeanAndReset.
 func (a *Accumulator) Weight() int64 { return a.weight }
 
 // Reset empties the accumulator, keeping its buffer.

@@ -355,7 +355,23 @@ func TestResetForIsANewAccumulator(t *testing.T) {
 			if err := reused.MeanAndReset(b); err == nil {
 				t.Fatalf("round %d: MeanAndReset of the emptied accumulator did not fail", round)
 			}
+			// A refused update leaves the emptied accumulator empty.
+			bad := slices.Clone(us[0])
+			bad[n-1] = float32(math.NaN())
+			if err := reused.Add(bad, ws[0]); err == nil || reused.Count() != 0 || slices.ContainsFunc(reused.lo, nonZero) || slices.ContainsFunc(reused.hi, nonZero) {
+				t.Fatalf("round %d: a NaN update after MeanAndReset: error %v, %d updates, or a non-zero sum", round, err, reused.Count())
+			}
 		}
+	}
+	// Whatever the last round ended with, hold an update: a ResetFor that
+	// fails must keep it.
+	if err := reused.ResetFor(1000); err != nil {
+		t.Fatal(err)
+	}
+	one := make([]float32, n)
+	one[0] = 1
+	if err := reused.Add(one, 3); err != nil {
+		t.Fatal(err)
 	}
 	lo, hi := slices.Clone(reused.lo), slices.Clone(reused.hi)
 	if err := reused.ResetFor(MaxTotalWeight + 1); err == nil || !slices.Equal(reused.lo, lo) || !slices.Equal(reused.hi, hi) || reused.Count() == 0 {

@@ -623,7 +623,9 @@ ttile:
 //
 // dotsAVX2 for two vectors at once: out0[o] and out1[o] are the dot
 // products of a0 and a1 with row o of w, each summed exactly as dotsAVX2
-// sums it, so the results are bit for bit dotsAVX2's. Each vector of a row
+// sums it, so the results are bit for bit dotsAVX2's (each product has the
+// element of a as its first operand, as there: with two NaNs, x86 returns
+// the first one's payload). Each vector of a row
 // of w is loaded once for both products; with eight independent sums (four
 // outputs of two rows) the loop is bound by the multiplies and adds rather
 // than by the latency of each sum's adds, as dotsAVX2's four are.
@@ -715,10 +717,12 @@ e1:
 	JZ    e1red
 
 e1k:
+	VMOVUPS (SI)(AX*1), Y8
+	VMOVUPS (R14)(AX*1), Y9
 	VMOVUPS (DX)(AX*1), Y10
-	VMULPS  (SI)(AX*1), Y10, Y11
+	VMULPS  Y10, Y8, Y11
 	VADDPS  Y11, Y0, Y0
-	VMULPS  (R14)(AX*1), Y10, Y12
+	VMULPS  Y10, Y9, Y12
 	VADDPS  Y12, Y4, Y4
 	ADDQ    $32, AX
 	DECQ    BX

@@ -375,23 +375,46 @@ func TestDots(t *testing.T) {
 	dots(make([]float32, 3), make([]float32, 8), make([]float32, 20), 8)
 }
 
-// TestDots2 checks the two-vector kernel (AVX2 on amd64) against dotGo bit
-// for bit, for both vectors: it must give what dots gives for each.
+// TestDots2 checks the two-vector kernel (AVX2 on amd64) against dots and
+// dotGo for both vectors: bit for bit against dots, NaN payloads included
+// (one case in three has NaNs of different payloads, a quarter of its
+// values, and infinities, signed zeros and subnormals among ordinary
+// values), and against dotGo likewise but for which NaN a NaN result
+// carries.
 func TestDots2(t *testing.T) {
 	r := rand.New(rand.NewPCG(4, 4))
+	special := []float32{math.Float32frombits(0x7fc00001), math.Float32frombits(0x7fc00002), math.Float32frombits(0xffc00003),
+		float32(math.Inf(1)), float32(math.Inf(-1)), float32(math.Copysign(0, -1)), 0, math.Float32frombits(1), math.Float32frombits(0x807fffff)}
+	value := func(odd bool) float32 {
+		switch {
+		case !odd:
+		case r.IntN(4) == 0: // a NaN: a product of two NaNs shows whose payload wins
+			return special[r.IntN(3)]
+		case r.IntN(8) == 0:
+			return special[3+r.IntN(len(special)-3)]
+		}
+		return r.Float32()*2 - 1
+	}
+	same := func(x, y float32, payload bool) bool {
+		if !payload && x != x && y != y {
+			return true
+		}
+		return math.Float32bits(x) == math.Float32bits(y)
+	}
 	for _, n := range []int{0, 1, 7, 8, 9, 15, 16, 17, 31, 32, 33, 100, 200, 257} {
 		for _, nout := range []int{1, 3, 4, 5, 8, 9, 13} {
+			odd := r.IntN(3) == 0
 			ldw := n + r.IntN(3)
 			var a [2][]float32
 			for k := range a {
 				a[k] = make([]float32, n)
 				for i := range a[k] {
-					a[k][i] = r.Float32()*2 - 1
+					a[k][i] = value(odd)
 				}
 			}
 			w := make([]float32, max(0, (nout-1)*ldw+n))
 			for i := range w {
-				w[i] = r.Float32()*2 - 1
+				w[i] = value(odd)
 			}
 			var got [2][]float32
 			for k := range got {
@@ -403,8 +426,13 @@ func TestDots2(t *testing.T) {
 				if got[k][nout] != 42 {
 					t.Fatalf("n=%d nout=%d: dots2 wrote past output %d", n, nout, k)
 				}
+				one := make([]float32, nout)
+				dots(one, a[k], w, ldw)
 				for o := range nout {
-					if want := dotGo(a[k], w[o*ldw:o*ldw+n]); math.Float32bits(got[k][o]) != math.Float32bits(want) {
+					if !same(got[k][o], one[o], true) {
+						t.Fatalf("n=%d nout=%d vector %d output %d: dots2 %v (%#x), dots %v (%#x)", n, nout, k, o, got[k][o], math.Float32bits(got[k][o]), one[o], math.Float32bits(one[o]))
+					}
+					if want := dotGo(a[k], w[o*ldw:o*ldw+n]); !same(got[k][o], want, false) {
 						t.Fatalf("n=%d nout=%d vector %d output %d: dots2 %v, dotGo %v", n, nout, k, o, got[k][o], want)
 					}
 				}

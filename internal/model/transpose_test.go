@@ -12,19 +12,31 @@ func TestTranspose(t *testing.T) {
 	}
 }
 
+// checkTranspose also checks that f writes nothing around dst: dst lies
+// between guard bands of 64 values, which must keep their value.
 func checkTranspose[T Float](t *testing.T, rows, cols int, f func(dst, src []T, rows, cols int)) {
 	t.Helper()
+	const guard = 64
 	src := make([]T, rows*cols)
 	for i := range src {
 		src[i] = T(i)
 	}
-	dst := make([]T, len(src))
+	all := make([]T, guard+len(src)+guard)
+	for i := range all {
+		all[i] = -1
+	}
+	dst := all[guard : guard+len(src)]
 	f(dst, src, rows, cols)
 	for r := range rows {
 		for c := range cols {
 			if got, want := dst[c*rows+r], src[r*cols+c]; got != want {
 				t.Fatalf("%T %d×%d: dst[%d][%d] = %v, want %v", src, rows, cols, c, r, got, want)
 			}
+		}
+	}
+	for i := range guard {
+		if all[i] != -1 || all[guard+len(src)+i] != -1 {
+			t.Fatalf("%T %d×%d: wrote outside dst", src, rows, cols)
 		}
 	}
 }

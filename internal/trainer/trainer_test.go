@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -91,16 +92,28 @@ type sendFunc func(typ wire.Type, header any, payload []byte)
 // fakeAggregator serves websocket connections on a loopback port for the
 // length of the test: it reads each trainer's hello, runs session with a
 // sendFunc that fails the test if a frame cannot be sent, and then reads
-// until the trainer hangs up. It returns the address to dial.
+// until the trainer hangs up. It returns the address to dial. When the test
+// ends it closes the connections and waits for their sessions, so that no
+// session reports to a test that has ended.
 func fakeAggregator(t *testing.T, session func(ws *websocket.Conn, send sendFunc)) string {
 	t.Helper()
 	up := websocket.Upgrader{}
+	var (
+		mu       sync.Mutex
+		conns    []*websocket.Conn
+		sessions sync.WaitGroup
+	)
 	srv := &http.Server{ReadHeaderTimeout: 5 * time.Second, Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		sessions.Add(1)
+		defer sessions.Done()
 		ws, err := up.Upgrade(w, r, nil)
 		if err != nil {
 			return
 		}
 		defer ws.Close()
+		mu.Lock()
+		conns = append(conns, ws)
+		mu.Unlock()
 		if _, _, err := ws.ReadMessage(); err != nil { // hello
 			return
 		}
@@ -124,7 +137,15 @@ func fakeAggregator(t *testing.T, session func(ws *websocket.Conn, send sendFunc
 		t.Fatal(err)
 	}
 	go func() { _ = srv.Serve(ln) }()
-	t.Cleanup(func() { _ = srv.Close() })
+	t.Cleanup(func() {
+		_ = srv.Close() // does not close the upgraded connections
+		mu.Lock()
+		for _, ws := range conns {
+			_ = ws.Close()
+		}
+		mu.Unlock()
+		sessions.Wait()
+	})
 	return ln.Addr().String()
 }
 
