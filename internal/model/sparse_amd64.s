@@ -30,12 +30,16 @@ TEXT ·xgetbv(SB), NOSPLIT, $0-8
 // masked vectors (mask holds 32 int32 lanes, -1 for i < n%32). Each block is
 // held in registers while k runs over the segment, and every term is a
 // VMULPS followed by a VADDPS (never an FMA), so the result matches plain Go
-// bit for bit.
+// bit for bit. When at most 8 lanes follow the blocks of 8 (n = 200: three
+// blocks and 8 lanes), the last block of 8 takes them along as a ninth,
+// masked vector (b9): a masked block of its own ran one chain of dependent
+// adds, and cost two thirds of a block of 64 lanes for its 8.
 //
 // Registers: DI output block, SI vals, DX idx, R8 ends, R9 m plus the block
 // offset, R10 ldM in bytes, R11 first entry of the segment, R13 end of the
-// segment, R12 segment number, BX entry k, AX row address, CX block count.
-// Y0-Y7 accumulators, Y8 broadcast value, Y9-Y15 products or masks.
+// segment, R12 segment number, BX entry k, AX row address, CX block count,
+// R14 whether b9 is taken. Y0-Y7 accumulators, Y8 broadcast value, Y9-Y15
+// products or masks (in b9, Y9 the ninth accumulator and Y10 its mask).
 TEXT ·accSegsAVX2(SB), NOSPLIT, $0-80
 	MOVQ vals+40(FP), SI
 	MOVQ idx+48(FP), DX
@@ -44,6 +48,19 @@ TEXT ·accSegsAVX2(SB), NOSPLIT, $0-80
 	SHLQ $2, R10
 	XORQ R11, R11
 	XORQ R12, R12
+
+	// R14 = 1 when the last block of 8 takes the masked lanes along (b9):
+	// a block of 4 does not follow, and at most 8 lanes are left.
+	XORQ R14, R14
+	MOVQ n+16(FP), AX
+	CMPQ AX, $64
+	JL   seg
+	MOVQ AX, BX
+	ANDQ $63, BX
+	JZ   seg
+	CMPQ BX, $8
+	JG   seg
+	MOVQ $1, R14
 
 seg:
 	CMPQ R12, nseg+32(FP)
@@ -62,6 +79,12 @@ seg:
 b8:
 	TESTQ CX, CX
 	JZ b4test
+	CMPQ CX, $1
+	JNE  b8go
+	TESTQ R14, R14
+	JNZ  b9
+
+b8go:
 	VMOVUPS 0(DI), Y0
 	VMOVUPS 32(DI), Y1
 	VMOVUPS 64(DI), Y2
@@ -199,6 +222,61 @@ m4k:
 	VMASKMOVPS Y1, Y13, 32(DI)
 	VMASKMOVPS Y2, Y14, 64(DI)
 	VMASKMOVPS Y3, Y15, 96(DI)
+
+	JMP next
+
+	// The last block of 8 vectors and the masked lanes after it, in one
+	// pass over the segment: the masked vector's sum is a ninth chain, not
+	// a loop of its own whose single chain waits on each add.
+b9:
+	MOVQ mask+72(FP), AX
+	VMOVDQU (AX), Y10
+	VMOVUPS 0(DI), Y0
+	VMOVUPS 32(DI), Y1
+	VMOVUPS 64(DI), Y2
+	VMOVUPS 96(DI), Y3
+	VMOVUPS 128(DI), Y4
+	VMOVUPS 160(DI), Y5
+	VMOVUPS 192(DI), Y6
+	VMOVUPS 224(DI), Y7
+	VMASKMOVPS 256(DI), Y10, Y9
+	MOVQ R11, BX
+b9k:
+	MOVLQSX (DX)(BX*4), AX
+	IMULQ R10, AX
+	ADDQ R9, AX
+	VBROADCASTSS (SI)(BX*4), Y8
+	VMULPS 0(AX), Y8, Y11
+	VADDPS Y11, Y0, Y0
+	VMULPS 32(AX), Y8, Y12
+	VADDPS Y12, Y1, Y1
+	VMULPS 64(AX), Y8, Y13
+	VADDPS Y13, Y2, Y2
+	VMULPS 96(AX), Y8, Y14
+	VADDPS Y14, Y3, Y3
+	VMULPS 128(AX), Y8, Y15
+	VADDPS Y15, Y4, Y4
+	VMULPS 160(AX), Y8, Y11
+	VADDPS Y11, Y5, Y5
+	VMULPS 192(AX), Y8, Y12
+	VADDPS Y12, Y6, Y6
+	VMULPS 224(AX), Y8, Y13
+	VADDPS Y13, Y7, Y7
+	VMASKMOVPS 256(AX), Y10, Y14
+	VMULPS Y14, Y8, Y14
+	VADDPS Y14, Y9, Y9
+	INCQ BX
+	CMPQ BX, R13
+	JL b9k
+	VMOVUPS Y0, 0(DI)
+	VMOVUPS Y1, 32(DI)
+	VMOVUPS Y2, 64(DI)
+	VMOVUPS Y3, 96(DI)
+	VMOVUPS Y4, 128(DI)
+	VMOVUPS Y5, 160(DI)
+	VMOVUPS Y6, 192(DI)
+	VMOVUPS Y7, 224(DI)
+	VMASKMOVPS Y9, Y10, 256(DI)
 
 next:
 	MOVQ R13, R11

@@ -86,7 +86,7 @@ func TestCompact(t *testing.T) {
 // with padding that must not be touched.
 func TestAccSegs(t *testing.T) {
 	r := rand.New(rand.NewPCG(2, 2))
-	for _, n := range []int{1, 3, 7, 8, 9, 10, 15, 16, 17, 24, 31, 32, 33, 40, 63, 64, 65, 96, 100, 127, 128, 200, 257} {
+	for _, n := range []int{1, 3, 7, 8, 9, 10, 15, 16, 17, 24, 31, 32, 33, 40, 63, 64, 65, 66, 71, 72, 73, 96, 100, 127, 128, 129, 136, 137, 200, 257, 264} {
 		for trial := range 4 {
 			pad := trial % 3
 			ldOut, ldM := n+pad, n+2*pad
