@@ -2,11 +2,16 @@
 
 package allreduce
 
-import "math"
+import (
+	"math"
 
-// useAVX2 is fixed at start-up from the CPU's features (AVX2 and FMA by
-// CPUID, and the operating system's support for saving YMM registers).
-var useAVX2 = cpuHasAVX2()
+	"golang.org/x/sys/cpu"
+)
+
+// useAVX2 is fixed at start-up from the CPU's features: AVX2 (which
+// golang.org/x/sys/cpu reports only where the operating system saves YMM
+// registers) and FMA.
+var useAVX2 = cpu.X86.HasAVX2 && cpu.X86.HasFMA
 
 // avx2Block is the number of elements the assembly kernels handle per loop
 // iteration; the remainder goes to the generic kernels. It is also the
@@ -24,8 +29,6 @@ func inRangeAVX2(x *float32, n int) bool
 
 //go:noescape
 func scaleMeanAVX2(dst *float32, lo, hi *int32, n int, inv float64, zero bool)
-
-func cpuHasAVX2() bool
 
 // Kernel names the fold implementation in use: "avx2" or "generic". It is
 // for benchmarks and reports; both give bit-identical sums.

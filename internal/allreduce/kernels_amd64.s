@@ -17,39 +17,6 @@
 	BCASTD(0x7fffffff, X13, Y13); \
 	MAGIC
 
-// func cpuHasAVX2() bool
-// AVX2 needs the instruction set (CPUID leaf 7 EBX bit 5), AVX and OSXSAVE
-// (leaf 1 ECX bits 28 and 27), and the OS saving XMM and YMM state (XCR0
-// bits 1 and 2). The fold also uses FMA (leaf 1 ECX bit 12), which every
-// CPU with AVX2 has so far; it is checked all the same.
-TEXT ·cpuHasAVX2(SB), NOSPLIT, $0-1
-	MOVL $0, AX
-	CPUID
-	CMPL AX, $7
-	JB   no
-	MOVL $1, AX
-	MOVL $0, CX
-	CPUID
-	ANDL $0x18001000, CX
-	CMPL CX, $0x18001000
-	JNE  no
-	MOVL $0, CX
-	XGETBV
-	ANDL $6, AX
-	CMPL AX, $6
-	JNE  no
-	MOVL $7, AX
-	MOVL $0, CX
-	CPUID
-	BTL  $5, BX
-	JCC  no
-	MOVB $1, ret+0(FP)
-	RET
-
-no:
-	MOVB $0, ret+0(FP)
-	RET
-
 // BCASTD puts the 32-bit constant c in every 32-bit lane of y, x being
 // y's lower half (uses AX).
 #define BCASTD(c, x, y) \

@@ -2,10 +2,13 @@
 
 package model
 
+import "golang.org/x/sys/cpu"
+
 // useAVX2 reports whether the CPU and the operating system support AVX2
-// (and POPCNT, which every AVX2 CPU has), which the assembly kernels need.
-// It is decided once, at package initialisation.
-var useAVX2 = detectAVX2()
+// (golang.org/x/sys/cpu reports AVX2 only where the operating system saves
+// YMM registers) and POPCNT, which the assembly kernels need. It is decided
+// once, at package initialisation.
+var useAVX2 = cpu.X86.HasAVX2 && cpu.X86.HasPOPCNT
 
 // compactPerm[m] lists the lanes whose bit is set in the 8-bit mask m, in
 // increasing order, padded with zeros: the permutation compactAVX2 applies
@@ -23,27 +26,6 @@ var compactPerm = func() (t [256][8]uint8) {
 	}
 	return t
 }()
-
-// cpuid and xgetbv are implemented in sparse_amd64.s.
-func cpuid(eaxArg, ecxArg uint32) (eax, ebx, ecx, edx uint32)
-func xgetbv() (eax, edx uint32)
-
-func detectAVX2() bool {
-	maxID, _, _, _ := cpuid(0, 0)
-	if maxID < 7 {
-		return false
-	}
-	_, _, ecx1, _ := cpuid(1, 0)
-	const popcnt, osxsave, avx = 1 << 23, 1 << 27, 1 << 28
-	if ecx1&popcnt == 0 || ecx1&osxsave == 0 || ecx1&avx == 0 {
-		return false
-	}
-	if lo, _ := xgetbv(); lo&6 != 6 { // the OS saves XMM and YMM state
-		return false
-	}
-	_, ebx7, _, _ := cpuid(7, 0)
-	return ebx7&(1<<5) != 0
-}
 
 // accSegsAVX2 is accSegs for float32, in sparse_amd64.s. The pointers
 // are to the first elements of out, ends, vals, idx and m; mask holds 32
