@@ -511,14 +511,15 @@ func checkFiniteAt(v []float32, offset int) error {
 	return nil
 }
 
-// allFinite reports whether no value of v is NaN or infinite. The exponent
-// is all ones exactly for those; masking everything else and adding one
-// exponent step then carries into the sign bit. Two values are tested per
-// 64-bit word (neither half's sum can carry into the other: each is at
-// most 0x80000000, and which half holds which value does not matter), four
-// words per iteration with independent accumulators: several times faster
-// than one value at a time.
-func allFinite(v []float32) bool {
+// allFiniteGo reports whether no value of v is NaN or infinite, in Go
+// (allFinite uses it where there is no AVX2 kernel, and for the values
+// after the kernel's last block). The exponent is all ones exactly for
+// those; masking everything else and adding one exponent step then carries
+// into the sign bit. Two values are tested per 64-bit word (neither half's
+// sum can carry into the other: each is at most 0x80000000, and which half
+// holds which value does not matter), four words per iteration with
+// independent accumulators: several times faster than one value at a time.
+func allFiniteGo(v []float32) bool {
 	const (
 		exp  = 0x7f800000_7f800000
 		step = 0x00800000_00800000

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"math"
+	"math/rand/v2"
 	"slices"
 	"strings"
 	"testing"
@@ -168,14 +169,15 @@ func TestReadHeadMatchesDecode(t *testing.T) {
 func TestCheckFinite(t *testing.T) {
 	bads := []float32{float32(math.NaN()), float32(math.Inf(1)), float32(math.Inf(-1)), math.Float32frombits(0x7f800001), math.Float32frombits(0xffc00000)}
 	goods := []float32{0, float32(math.Copysign(0, -1)), math.MaxFloat32, -math.MaxFloat32, math.SmallestNonzeroFloat32, 1, -3.5e-20}
-	buf := make([]float32, 80)
+	buf := make([]float32, 103)
 	for i := range buf {
 		buf[i] = goods[i%len(goods)]
 	}
-	// Every offset (aligned to 8 bytes or not), every length up to 40 and
-	// every position of one bad value.
+	// Every offset (aligned to 8 bytes or not), every length up to 100 (so
+	// with AVX2, none, one or more blocks of 32 and every tail) and every
+	// position of one bad value.
 	for off := 0; off < 3; off++ {
-		for n := 0; n <= 40; n++ {
+		for n := 0; n <= 100; n++ {
 			v := buf[off : off+n]
 			if err := CheckFinite(v); err != nil {
 				t.Fatalf("offset %d length %d, all finite: %v", off, n, err)
@@ -192,6 +194,25 @@ func TestCheckFinite(t *testing.T) {
 					}
 				}
 			}
+		}
+	}
+}
+
+// TestAllFiniteKernel compares allFinite (AVX2 on amd64) with allFiniteGo
+// on long random tensors with a bad value, or none, anywhere.
+func TestAllFiniteKernel(t *testing.T) {
+	r := rand.New(rand.NewPCG(5, 6))
+	bads := []uint32{0x7f800000, 0xff800000, 0x7fc00000, 0x7f800001, 0xffffffff}
+	for trial := range 300 {
+		v := make([]float32, r.IntN(2000))
+		for i := range v {
+			v[i] = math.Float32frombits(r.Uint32() & 0xbf7fffff) // exponent never all ones
+		}
+		if trial%3 > 0 && len(v) > 0 {
+			v[r.IntN(len(v))] = math.Float32frombits(bads[r.IntN(len(bads))])
+		}
+		if got, want := allFinite(v), allFiniteGo(v); got != want || want != (trial%3 == 0 || len(v) == 0) {
+			t.Fatalf("trial %d, %d values: allFinite %v, allFiniteGo %v", trial, len(v), got, want)
 		}
 	}
 }
