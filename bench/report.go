@@ -774,7 +774,8 @@ func sectionScale(r *results, w func(string, ...any)) {
 		w("A finding for the owners of `cmd/aggregator` and `internal/coord`: at the end of a job the aggregator exits before its connection writers have flushed the `done` frames (`Hub.Finish` only queues them), so many trainers see the connection drop instead of `done` (the *closed* column); a real trainer then reconnects with back-off to an aggregator that is gone instead of exiting. Waiting for the writers to drain (with a bound) before exiting would fix it.\n\n")
 	}
 	if reissued > 0 {
-		w("Another: with %d trainers and %d updates per round, %d tasks outlived the derived deadline (2 × the median task time, at least 50 ms) because the aggregator itself was the bottleneck, and were re-issued; their second copies arrive as duplicates or stale updates, adding load where there is least to spare. That run's task accounting: `%s`.\n\n", worst.Trainers, worst.PerRound, reissued, worst.Accounting)
+		w("Tasks issued again: with %d trainers and %d updates per round, %d tasks outlived the derived deadline (2 × the median task time, at least 50 ms) because the aggregator itself was the bottleneck, and were re-issued; their second copies arrive as duplicates or stale updates, adding load where there is least to spare. ", worst.Trainers, worst.PerRound, reissued)
+		w("The hub issues no copies while every update buffer is taken (the aggregator is then behind in reading results), but it does while it is behind in writing models: a copy held back then would also be held back from a trainer on a slow link, the straggler copies are for. That run's task accounting: `%s`.\n\n", worst.Accounting)
 	}
 }
 
