@@ -287,9 +287,7 @@ func dots[T Float](out, a, w []T, ldw int) {
 	if len(out) == 0 {
 		return
 	}
-	if len(a) > ldw || (len(out)-1)*ldw+len(a) > len(w) {
-		panic(fmt.Sprintf("model: dots: %d rows of %d values %d apart do not fit in %d values", len(out), len(a), ldw, len(w)))
-	}
+	checkRowsFit("dots", len(out), len(a), ldw, len(w))
 	switch o := any(out).(type) {
 	case []float32:
 		dots32(o, any(a).([]float32), any(w).([]float32), ldw)
@@ -308,15 +306,21 @@ func dots2[T Float](out0, out1, a0, a1, w []T, ldw int) {
 	if len(out0) == 0 {
 		return
 	}
-	if len(a0) > ldw || (len(out0)-1)*ldw+len(a0) > len(w) {
-		panic(fmt.Sprintf("model: dots2: %d rows of %d values %d apart do not fit in %d values", len(out0), len(a0), ldw, len(w)))
-	}
+	checkRowsFit("dots2", len(out0), len(a0), ldw, len(w))
 	switch o := any(out0).(type) {
 	case []float32:
 		dots2x32(o, any(out1).([]float32), any(a0).([]float32), any(a1).([]float32), any(w).([]float32), ldw)
 	case []float64:
 		dotsGo(o, any(a0).([]float64), any(w).([]float64), ldw)
 		dotsGo(any(out1).([]float64), any(a1).([]float64), any(w).([]float64), ldw)
+	}
+}
+
+// checkRowsFit panics, naming the kernel, unless rows rows of n values, ldw
+// apart, fit in a matrix of size values: the kernels index them unchecked.
+func checkRowsFit(kernel string, rows, n, ldw, size int) {
+	if n > ldw || (rows-1)*ldw+n > size {
+		panic(fmt.Sprintf("model: %s: %d rows of %d values %d apart do not fit in %d values", kernel, rows, n, ldw, size))
 	}
 }
 
