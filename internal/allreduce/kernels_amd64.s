@@ -331,29 +331,15 @@ TEXT ·scaleMeanAVX2(SB), NOSPLIT, $0-41
 	SHRQ         $5, CX
 	JZ           meandone
 	MOVBLZX      zero+40(FP), AX
-	TESTL        AX, AX
-	JNZ          meanzero
+	VPXOR        Y13, Y13, Y13
 
 meanloop:
 	MEAN8(0)
 	MEAN8(32)
 	MEAN8(64)
 	MEAN8(96)
-	ADDQ $128, SI
-	ADDQ $128, DX
-	ADDQ $128, DI
-	DECQ CX
-	JNZ  meanloop
-	JMP  meandone
-
-meanzero:
-	VPXOR Y13, Y13, Y13
-
-meanzeroloop:
-	MEAN8(0)
-	MEAN8(32)
-	MEAN8(64)
-	MEAN8(96)
+	TESTL   AX, AX
+	JZ      meannext
 	VMOVDQU Y13, (SI)
 	VMOVDQU Y13, 32(SI)
 	VMOVDQU Y13, 64(SI)
@@ -362,11 +348,13 @@ meanzeroloop:
 	VMOVDQU Y13, 32(DX)
 	VMOVDQU Y13, 64(DX)
 	VMOVDQU Y13, 96(DX)
-	ADDQ    $128, SI
-	ADDQ    $128, DX
-	ADDQ    $128, DI
-	DECQ    CX
-	JNZ     meanzeroloop
+
+meannext:
+	ADDQ $128, SI
+	ADDQ $128, DX
+	ADDQ $128, DI
+	DECQ CX
+	JNZ  meanloop
 
 meandone:
 	VZEROUPPER
