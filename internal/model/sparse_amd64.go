@@ -111,8 +111,8 @@ func dots2AVX2(out0, out1, a0, a1, w *float32, ldw, nout, nvec int)
 // dots2x32 is dots2 for float32 (already checked).
 func dots2x32(out0, out1, a0, a1, w []float32, ldw int) {
 	if !useAVX2 || len(a0) < 8 {
-		dotsGo(out0, a0, w, ldw)
-		dotsGo(out1, a1, w, ldw)
+		dots32(out0, a0, w, ldw)
+		dots32(out1, a1, w, ldw)
 		return
 	}
 	dots2AVX2(&out0[0], &out1[0], &a0[0], &a1[0], &w[0], ldw, len(out0), len(a0)/8)

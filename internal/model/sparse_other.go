@@ -16,10 +16,10 @@ func compact32(idx []int32, val, src, next []float32, cnt []int32) int {
 // dots32 is dots for float32 (already checked), in plain Go.
 func dots32(out, a, w []float32, ldw int) { dotsGo(out, a, w, ldw) }
 
-// dots2x32 is dots2 for float32 (already checked), in plain Go.
+// dots2x32 is dots2 for float32 (already checked): dots32 for each vector.
 func dots2x32(out0, out1, a0, a1, w []float32, ldw int) {
-	dotsGo(out0, a0, w, ldw)
-	dotsGo(out1, a1, w, ldw)
+	dots32(out0, a0, w, ldw)
+	dots32(out1, a1, w, ldw)
 }
 
 // scatterSegs32 is scatterSegs for float32 (already checked), in plain Go.
