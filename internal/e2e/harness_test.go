@@ -68,10 +68,17 @@ type proc struct {
 
 func start(t *testing.T, name, path string, args ...string) *proc {
 	t.Helper()
+	return startEnv(t, name, path, nil, args...)
+}
+
+// startEnv is start with env added to the process's environment, after
+// GOMAXPROCS=1, which it may therefore override.
+func startEnv(t *testing.T, name, path string, env []string, args ...string) *proc {
+	t.Helper()
 	p := &proc{t: t, name: name, newLn: make(chan struct{}, 1), exited: make(chan struct{})}
 	p.cmd = exec.Command(path, args...)
 	p.cmd.Dir = bin.root
-	p.cmd.Env = append(os.Environ(), "GOMAXPROCS=1")
+	p.cmd.Env = append(append(os.Environ(), "GOMAXPROCS=1"), env...)
 	p.cmd.Stderr = &syncWriter{mu: &p.mu, w: &p.stderr}
 	out, err := p.cmd.StdoutPipe()
 	if err != nil {

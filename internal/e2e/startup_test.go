@@ -1,13 +1,9 @@
 package e2e
 
 import (
-	"bufio"
-	"bytes"
 	"os"
-	"os/exec"
 	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 )
@@ -22,43 +18,9 @@ func TestStartupMemoryIsBounded(t *testing.T) {
 		t.Skip("needs /proc")
 	}
 	const limitMB = 600
-	cmd := exec.Command(bin.aggregator, "-listen", "127.0.0.1:0", "-rounds", "1")
-	cmd.Dir = bin.root
-	cmd.Env = append(os.Environ(), "GOMAXPROCS=16", "GOGC=100", "GOMEMLIMIT=off")
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer func() {
-		_ = cmd.Process.Signal(syscall.SIGKILL)
-		_ = cmd.Wait()
-	}()
-	listening := make(chan bool, 1)
-	go func() {
-		sc := bufio.NewScanner(out)
-		for sc.Scan() {
-			if listenRE.MatchString(sc.Text()) {
-				listening <- true
-				return
-			}
-		}
-		listening <- false
-	}()
-	select {
-	case ok := <-listening:
-		if !ok {
-			_ = cmd.Wait() // its output is all copied once it returns
-			t.Fatalf("the aggregator ended without listening; stderr:\n%s", stderr.String())
-		}
-	case <-time.After(60 * time.Second):
-		t.Fatal("the aggregator did not listen within 60 s")
-	}
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(cmd.Process.Pid) + "/status")
+	a := startEnv(t, "aggregator", bin.aggregator, []string{"GOMAXPROCS=16", "GOGC=100", "GOMEMLIMIT=off"}, "-listen", "127.0.0.1:0", "-rounds", "1")
+	a.waitLine(listenRE, 60*time.Second)
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(a.cmd.Process.Pid) + "/status")
 	if err != nil {
 		t.Fatal(err)
 	}
