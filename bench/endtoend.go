@@ -237,7 +237,7 @@ func measureParts(row *endToEndRow) error {
 		return err
 	}
 	if row.DecodeSeconds, err = timeIt(func() error {
-		_, err := data.DecodeShard(append([]byte(nil), enc...), train.Dim, train.Classes, 1<<22)
+		_, err := data.DecodeShard(enc, train.Dim, train.Classes, 1<<22)
 		return err
 	}); err != nil {
 		return err

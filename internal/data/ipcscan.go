@@ -59,8 +59,16 @@ const (
 
 // ipcStreamInfo summarises a scanned stream.
 type ipcStreamInfo struct {
-	batches int   // record batch messages
-	rows    int64 // total rows over all batches
+	schemaEnd int        // the schema message ends at b[schemaEnd]
+	batches   []ipcBatch // the record batch messages, in order
+	rows      int64      // total rows over all batches
+}
+
+// ipcBatch is a checked record batch message: its metadata, and its body,
+// inside which every buffer lies.
+type ipcBatch struct {
+	ipcMessage
+	body []byte
 }
 
 // scanShardStream checks that b is a framed IPC stream of one schema message
@@ -114,6 +122,8 @@ func scanShardStream(b []byte, maxRows int, maxBuffer int64) (ipcStreamInfo, err
 		pos += int(m.bodyLen)
 
 		switch {
+		case msg == 0 && m.header == fbHeaderSchema:
+			info.schemaEnd = pos
 		case msg == 0 && m.header != fbHeaderSchema:
 			return info, fmt.Errorf("message 0: expected a schema message, got %s", headerName(m.header))
 		case msg > 0 && m.header != fbHeaderRecordBatch:
@@ -121,13 +131,13 @@ func scanShardStream(b []byte, maxRows int, maxBuffer int64) (ipcStreamInfo, err
 		case m.header == fbHeaderRecordBatch:
 			if m.rows < 0 || m.rows > int64(maxRows)-info.rows {
 				return info, fmt.Errorf("record batch %d: expected at most %d rows in the shard, got %d after %d earlier rows",
-					info.batches, maxRows, m.rows, info.rows)
+					len(info.batches), maxRows, m.rows, info.rows)
 			}
 			if err := checkBatchBody(body, m, maxBuffer); err != nil {
-				return info, fmt.Errorf("record batch %d: %w", info.batches, err)
+				return info, fmt.Errorf("record batch %d: %w", len(info.batches), err)
 			}
 			info.rows += m.rows
-			info.batches++
+			info.batches = append(info.batches, ipcBatch{ipcMessage: m, body: body})
 		}
 	}
 }
@@ -157,6 +167,7 @@ type ipcMessage struct {
 	rows       int64      // RecordBatch.length
 	compressed bool       // RecordBatch.compression is present
 	codec      byte       // its codec
+	nodes      [][2]int64 // RecordBatch.nodes as (length, null count)
 	buffers    [][2]int64 // RecordBatch.buffers as (offset, length)
 }
 
@@ -561,27 +572,36 @@ func (v *fbVerifier) fieldTable(f fbTable, depth int) error {
 	return nil
 }
 
+// pairs reads field i of t, a vector of 16-byte structs of two int64s
+// (FieldNode, Buffer).
+func (v *fbVerifier) pairs(t fbTable, i int) ([][2]int64, error) {
+	start, n, err := v.vector(t, i, 16)
+	if err != nil {
+		return nil, err
+	}
+	out := make([][2]int64, n)
+	for j := range out {
+		p := start + 16*int64(j)
+		out[j] = [2]int64{
+			int64(binary.LittleEndian.Uint64(v.buf[p:])),
+			int64(binary.LittleEndian.Uint64(v.buf[p+8:])),
+		}
+	}
+	return out, nil
+}
+
 // recordBatch verifies a RecordBatch table and records its row count,
-// compression and buffers in m.
+// compression, field nodes and buffers in m.
 func (v *fbVerifier) recordBatch(rb fbTable, m *ipcMessage) error {
 	var err error
 	if m.rows, err = v.scalar64(rb, 0); err != nil {
 		return fmt.Errorf("RecordBatch.length: %w", err)
 	}
-	if _, _, err := v.vector(rb, 1, 16); err != nil {
+	if m.nodes, err = v.pairs(rb, 1); err != nil {
 		return fmt.Errorf("RecordBatch.nodes: %w", err)
 	}
-	start, n, err := v.vector(rb, 2, 16)
-	if err != nil {
+	if m.buffers, err = v.pairs(rb, 2); err != nil {
 		return fmt.Errorf("RecordBatch.buffers: %w", err)
-	}
-	m.buffers = make([][2]int64, n)
-	for j := range m.buffers {
-		p := start + 16*int64(j)
-		m.buffers[j] = [2]int64{
-			int64(binary.LittleEndian.Uint64(v.buf[p:])),
-			int64(binary.LittleEndian.Uint64(v.buf[p+8:])),
-		}
 	}
 	comp, ok, err := v.tableField(rb, 3)
 	if err != nil {

@@ -202,19 +202,3 @@ func TestCheckZstdFrame(t *testing.T) {
 		})
 	}
 }
-
-func TestBudgetAllocator(t *testing.T) {
-	a := &budgetAllocator{limit: 100}
-	b := a.Allocate(60)
-	b = a.Reallocate(30, b)
-	a.Free(b)
-	defer func() {
-		r := recover()
-		e, ok := r.(errBudget)
-		if !ok {
-			t.Fatalf("expected an errBudget panic, got %v", r)
-		}
-		wantErr(t, e, "needs a 20-byte buffer with 90 bytes already allocated, over the 100-byte limit")
-	}()
-	a.Allocate(20)
-}

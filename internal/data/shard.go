@@ -2,16 +2,19 @@ package data
 
 import (
 	"bytes"
+	"encoding/binary"
 	"fmt"
 	"math"
+	"slices"
 	"strconv"
-	"sync/atomic"
+	"sync"
 
 	"github.com/apache/arrow-go/v18/arrow"
 	"github.com/apache/arrow-go/v18/arrow/array"
-	"github.com/apache/arrow-go/v18/arrow/bitutil"
+	"github.com/apache/arrow-go/v18/arrow/endian"
 	"github.com/apache/arrow-go/v18/arrow/ipc"
 	"github.com/apache/arrow-go/v18/arrow/memory"
+	"github.com/klauspost/compress/zstd"
 )
 
 // Shard stream layout.
@@ -108,14 +111,15 @@ func shardRecord(schema *arrow.Schema, d *Dataset, lo, hi int) arrow.RecordBatch
 // the end-of-stream marker with nothing after it (so a stream cut at a
 // message boundary is not mistaken for a shorter shard). Any violation, and
 // any malformed input, is an error saying what was expected and what was seen.
+// The dataset does not share memory with b.
 //
-// Before the Arrow reader sees b, the stream's framing and FlatBuffers
-// metadata are verified (see scanShardStream), so that claimed sizes cannot
-// make the reader allocate without bound or recurse without end, and the row
-// limit is enforced before any body is decompressed. Buffers the Arrow reader
-// allocates, decompressed ones included, must then fit in about
-// 2·len(b) + maxRows·(dim+1)·4 bytes. A recover turns any panic that still
-// escapes the Arrow reader into an error.
+// First the stream's framing and FlatBuffers metadata are verified (see
+// scanShardStream), so that claimed sizes cannot make the decoder allocate
+// without bound or recurse without end, and the row limit is enforced
+// before any body is decompressed. Then Arrow's IPC reader reads the schema
+// message, which is checked; the record batches' bodies are decoded here
+// (decodeShardBatch) into the dataset, whose rows are the only large
+// allocation. A recover turns any panic that still escapes into an error.
 func DecodeShard(b []byte, dim, classes int, maxRows int) (d *Dataset, err error) {
 	if dim <= 0 || dim > math.MaxInt32 {
 		return nil, fmt.Errorf("decode shard: expected dim in [1, %d], got %d", math.MaxInt32, dim)
@@ -131,48 +135,181 @@ func DecodeShard(b []byte, dim, classes int, maxRows int) (d *Dataset, err error
 	if err != nil {
 		return nil, fmt.Errorf("decode shard: %w", err)
 	}
-	// Last line of defence: the scan above and the Arrow reader's own
-	// recovery should turn all bad input into errors.
+	// Last line of defence: the scan above, the Arrow reader's own recovery
+	// and the checks below should turn all bad input into errors.
 	defer func() {
 		if r := recover(); r != nil {
 			d, err = nil, fmt.Errorf("decode shard: malformed Arrow IPC stream (%v)", r)
 		}
 	}()
 
-	alloc := &budgetAllocator{limit: budget}
-	src := bytes.NewReader(b)
-	limit := int64(max(len(b), 1))
-	rdr, err := ipc.NewReader(src, ipc.WithAllocator(alloc),
-		ipc.WithMetadataSizeLimit(limit), ipc.WithBodySizeLimit(limit))
+	// The Arrow reader reads the schema message only. The record batches
+	// are decoded below, each buffer decompressed straight into the
+	// dataset with a reused decoder: Arrow's reader makes a new ZSTD
+	// decoder for every buffer, which allocates about seven times the
+	// shard's size and took half of the decoding time.
+	rdr, err := ipc.NewReader(bytes.NewReader(b[:info.schemaEnd]), ipc.WithMetadataSizeLimit(int64(info.schemaEnd)))
 	if err != nil {
 		return nil, fmt.Errorf("decode shard: reading the schema message: %w", err)
 	}
 	defer rdr.Release()
-
 	cols, err := checkShardSchema(rdr.Schema(), dim, classes)
 	if err != nil {
 		return nil, fmt.Errorf("decode shard: %w", err)
 	}
+
+	dec := zstdDecoders.Get().(*shardDecoders)
+	defer zstdDecoders.Put(dec)
 	// Rows are claimed by the metadata, not yet backed by data: grow the
 	// output per decoded batch rather than reserving for the claim.
-	rows := int(info.rows) // ≤ maxRows
 	out := &Dataset{X: []float32{}, Y: []int32{}, Dim: dim, Classes: classes}
-	for batch := 0; rdr.Next(); batch++ {
-		if err := appendShardBatch(out, rdr.RecordBatch(), cols, maxRows); err != nil {
-			return nil, fmt.Errorf("decode shard: record batch %d: %w", batch, err)
+	for i := range info.batches {
+		if err := decodeShardBatch(out, &info.batches[i], cols, dec); err != nil {
+			return nil, fmt.Errorf("decode shard: record batch %d: %w", i, err)
 		}
-	}
-	if err := rdr.Err(); err != nil {
-		return nil, fmt.Errorf("decode shard: after %d rows: %w", out.Len(), err)
-	}
-	if out.Len() != rows {
-		return nil, fmt.Errorf("decode shard: expected %d rows in %d record batches, decoded %d", rows, info.batches, out.Len())
 	}
 	return out, nil
 }
 
-// shardCols holds the positions of the shard columns in a checked schema.
-type shardCols struct{ label, features int }
+// shardDecoders are the ZSTD decoders of one DecodeShard call. Both decode
+// whole buffers on the calling goroutine into memory they are given. sized
+// decodes frames that state their content size, which the scan has checked
+// against the buffer's: the decoder stops at it. capped decodes frames that
+// do not, and writes no further than its output's capacity; that limit
+// makes it use slower copies, so sized, which may write up to zstdSlack
+// bytes past the end of its output, takes the frames Arrow writes.
+type shardDecoders struct{ sized, capped *zstd.Decoder }
+
+// zstdDecoders holds *shardDecoders for reuse.
+var zstdDecoders = sync.Pool{New: func() any {
+	sized, err := zstd.NewReader(nil, zstd.WithDecoderConcurrency(1))
+	if err != nil {
+		panic(err) // only for invalid options
+	}
+	capped, err := zstd.NewReader(nil, zstd.WithDecoderConcurrency(1), zstd.WithDecodeAllCapLimit(true))
+	if err != nil {
+		panic(err)
+	}
+	return &shardDecoders{sized: sized, capped: capped}
+}}
+
+// decodeShardBatch checks one scanned record batch against the shard
+// schema (whose columns are at cols) and appends its rows to out,
+// decompressing the label and feature buffers into out's new rows. Like
+// Arrow's reader, it skips the validity bitmap of a column whose field node
+// declares no nulls, and it reads a column's values from the start of its
+// buffer.
+func decodeShardBatch(out *Dataset, rb *ipcBatch, cols shardCols, dec *shardDecoders) error {
+	rows, dim := int(rb.rows), out.Dim // the scan bounds rows by maxRows
+	// Field nodes and buffers come in schema order, depth first: label
+	// (validity, values), features (validity), its float32 elements
+	// (validity, values).
+	if len(rb.nodes) != 3 || len(rb.buffers) != 5 {
+		return fmt.Errorf("expected 3 field nodes and 5 buffers (the shard schema's), got %d and %d", len(rb.nodes), len(rb.buffers))
+	}
+	label, list, elems, labelBuf, elemBuf := 0, 1, 2, 1, 4
+	if cols.features < cols.label {
+		label, list, elems, labelBuf, elemBuf = 2, 0, 1, 4, 2
+	}
+	switch {
+	case rb.nodes[label][1] != 0:
+		return fmt.Errorf("column %q: expected no nulls, got %d", ShardLabelColumn, rb.nodes[label][1])
+	case rb.nodes[list][1] != 0:
+		return fmt.Errorf("column %q: expected no null rows, got %d", ShardFeaturesColumn, rb.nodes[list][1])
+	case rb.nodes[elems][1] != 0:
+		return fmt.Errorf("column %q: expected no null features, got %d", ShardFeaturesColumn, rb.nodes[elems][1])
+	case rb.nodes[label][0] != int64(rows):
+		return fmt.Errorf("column %q: expected %d values, got %d", ShardLabelColumn, rows, rb.nodes[label][0])
+	case rb.nodes[list][0] != int64(rows):
+		return fmt.Errorf("column %q: expected %d rows, got %d", ShardFeaturesColumn, rows, rb.nodes[list][0])
+	case rb.nodes[elems][0] < int64(rows)*int64(dim):
+		return fmt.Errorf("column %q: expected %d×%d feature values, got %d", ShardFeaturesColumn, rows, dim, rb.nodes[elems][0])
+	}
+
+	// zstdSlack more bytes of capacity let the decoder use its fast
+	// copies, which may write up to that far past the end.
+	n, nx := out.Len(), len(out.X)
+	out.Y = slices.Grow(out.Y, rows+zstdSlack/4)[:n+rows]
+	out.X = slices.Grow(out.X, rows*dim+zstdSlack/4)[:nx+rows*dim]
+	ys, xs := out.Y[n:], out.X[nx:]
+	if err := readShardBuffer(int32Bytes(ys), rb, labelBuf, dec); err != nil {
+		return fmt.Errorf("column %q: %w", ShardLabelColumn, err)
+	}
+	if err := readShardBuffer(float32Bytes(xs), rb, elemBuf, dec); err != nil {
+		return fmt.Errorf("column %q: %w", ShardFeaturesColumn, err)
+	}
+	if cols.swap {
+		swap32(int32Bytes(ys))
+		swap32(float32Bytes(xs))
+	}
+	for i, y := range ys {
+		if y < 0 || int(y) >= out.Classes {
+			return fmt.Errorf("row %d: expected a label in [0, %d), got %d", i, out.Classes, y)
+		}
+	}
+	return checkFeatures(xs, dim)
+}
+
+// zstdStatesSize reports whether the ZSTD frame header at the start of
+// frame (checked by the scan) states the frame's content size.
+func zstdStatesSize(frame []byte) bool {
+	fhd := frame[4]
+	return fhd>>6 != 0 || fhd&0x20 != 0 // a size field, or a single segment
+}
+
+// zstdSlack is how far past the end of its output the ZSTD decoder may
+// write when it has the room: with it, it copies in 16-byte blocks.
+const zstdSlack = 16
+
+// readShardBuffer fills dst with the first len(dst) bytes of buffer j of
+// rb, decompressing it if the batch is compressed; the decoder may write
+// into dst's capacity beyond that. The scan has checked that the buffer
+// lies in the body and that a compressed one is a single bounded ZSTD
+// frame.
+func readShardBuffer(dst []byte, rb *ipcBatch, j int, dec *shardDecoders) error {
+	off, n := rb.buffers[j][0], rb.buffers[j][1]
+	src := rb.body[off : off+n]
+	if rb.compressed && n > 0 {
+		size := int64(binary.LittleEndian.Uint64(src))
+		src = src[8:]
+		if size != -1 { // -1: stored uncompressed
+			if size < int64(len(dst)) {
+				return fmt.Errorf("buffer %d: expected at least %d bytes, got %d uncompressed", j, len(dst), size)
+			}
+			to := dst[:0:min(cap(dst), len(dst)+zstdSlack)]
+			if size > int64(len(dst)) {
+				to = make([]byte, 0, size+zstdSlack) // bounded by the scan's budget
+			}
+			d := dec.sized
+			if !zstdStatesSize(src) {
+				d, to = dec.capped, to[:0:size]
+			}
+			got, err := d.DecodeAll(src, to)
+			if err != nil {
+				return fmt.Errorf("buffer %d: ZSTD: %w", j, err)
+			}
+			if int64(len(got)) != size {
+				return fmt.Errorf("buffer %d: expected %d uncompressed bytes, got %d", j, size, len(got))
+			}
+			if len(dst) > 0 && &got[0] != &dst[0] {
+				copy(dst, got)
+			}
+			return nil
+		}
+	}
+	if len(src) < len(dst) {
+		return fmt.Errorf("buffer %d: expected at least %d bytes, got %d", j, len(dst), len(src))
+	}
+	copy(dst, src)
+	return nil
+}
+
+// shardCols holds the positions of the shard columns in a checked schema,
+// and whether the stream's byte order differs from this machine's.
+type shardCols struct {
+	label, features int
+	swap            bool
+}
 
 // checkShardSchema checks that s is exactly the shard schema for dim and
 // classes, and returns where its columns are.
@@ -211,6 +348,7 @@ func checkShardSchema(s *arrow.Schema, dim, classes int) (shardCols, error) {
 		return cols, fmt.Errorf("column %q: expected list size %d (the model's input dimension), got %d", ShardFeaturesColumn, dim, fsl.Len())
 	}
 
+	cols.swap = s.Endianness() != endian.NativeEndian
 	md := s.Metadata()
 	at := md.FindKey(ShardClassesKey)
 	if at < 0 {
@@ -222,81 +360,10 @@ func checkShardSchema(s *arrow.Schema, dim, classes int) (shardCols, error) {
 	return cols, nil
 }
 
-// appendShardBatch checks one record batch and appends its rows to out.
-func appendShardBatch(out *Dataset, rec arrow.RecordBatch, cols shardCols, maxRows int) error {
-	rows64 := rec.NumRows()
-	if rows64 < 0 || rows64 > int64(maxRows-out.Len()) {
-		return fmt.Errorf("expected at most %d rows in the shard, got %d after %d earlier rows", maxRows, rows64, out.Len())
-	}
-	rows, dim := int(rows64), out.Dim
-
-	labels, ok := rec.Column(cols.label).(*array.Int32)
-	if !ok {
-		return fmt.Errorf("column %q: expected an int32 array, got %T", ShardLabelColumn, rec.Column(cols.label))
-	}
-	if n, err := nullCount(labels); err != nil || n != 0 {
-		return fmt.Errorf("column %q: expected no nulls, got %d (%v)", ShardLabelColumn, n, err)
-	}
-	ys := labels.Int32Values()
-	if labels.Len() != rows || len(ys) != rows {
-		return fmt.Errorf("column %q: expected %d values, got %d", ShardLabelColumn, rows, len(ys))
-	}
-
-	lists, ok := rec.Column(cols.features).(*array.FixedSizeList)
-	if !ok {
-		return fmt.Errorf("column %q: expected a fixed-size list array, got %T", ShardFeaturesColumn, rec.Column(cols.features))
-	}
-	if n, err := nullCount(lists); err != nil || n != 0 {
-		return fmt.Errorf("column %q: expected no null rows, got %d (%v)", ShardFeaturesColumn, n, err)
-	}
-	values, ok := lists.ListValues().(*array.Float32)
-	if !ok {
-		return fmt.Errorf("column %q: expected float32 list values, got %T", ShardFeaturesColumn, lists.ListValues())
-	}
-	if n, err := nullCount(values); err != nil || n != 0 {
-		return fmt.Errorf("column %q: expected no null features, got %d (%v)", ShardFeaturesColumn, n, err)
-	}
-	xs := values.Float32Values()
-	start := lists.Offset() * dim
-	if lists.Len() != rows || start < 0 || len(xs)-start < rows*dim {
-		return fmt.Errorf("column %q: expected %d×%d feature values, got %d", ShardFeaturesColumn, rows, dim, len(xs)-start)
-	}
-	xs = xs[start : start+rows*dim]
-
-	for i, y := range ys {
-		if y < 0 || int(y) >= out.Classes {
-			return fmt.Errorf("row %d: expected a label in [0, %d), got %d", i, out.Classes, y)
-		}
-	}
-	if err := checkFeatures(xs, dim); err != nil {
-		return err
-	}
-	out.Y = append(out.Y, ys...)
-	out.X = append(out.X, xs...)
-	return nil
-}
-
-// nullCount counts the nulls of arr from its validity bitmap. Unlike
-// arr.NullN, it checks that the bitmap covers the array before reading it:
-// a stream may declare a null count with a bitmap too short for the array.
-func nullCount(arr arrow.Array) (int, error) {
-	data := arr.Data()
-	bufs := data.Buffers()
-	if len(bufs) == 0 || bufs[0] == nil || bufs[0].Len() == 0 {
-		return 0, nil // the IPC reader omits the bitmap when the null count is 0
-	}
-	bits := bufs[0].Bytes()
-	off, n := data.Offset(), data.Len()
-	if off < 0 || n < 0 || int64(len(bits))*8 < int64(off)+int64(n) {
-		return 0, fmt.Errorf("validity bitmap of %d bytes is too short for %d values at offset %d", len(bits), n, off)
-	}
-	return n - bitutil.CountSetBits(bits, off, n), nil
-}
-
-// shardDecodeBudget is the most the Arrow reader may allocate while decoding
-// a len-byte stream of at most maxRows rows of dim features: the message
-// bodies (at most len bytes together), the decompressed label and feature
-// buffers, and slack for 64-byte rounding. It saturates at math.MaxInt.
+// shardDecodeBudget bounds the uncompressed length any one buffer of a
+// len-byte stream of at most maxRows rows of dim features may claim: the
+// message bodies (at most len bytes together), the label and feature
+// buffers, and slack for padding. It saturates at math.MaxInt64/2.
 func shardDecodeBudget(n, dim, maxRows int) int64 {
 	const slack = 1 << 20
 	rowBytes := (float64(dim) + 1) * 4
@@ -306,46 +373,3 @@ func shardDecodeBudget(n, dim, maxRows int) int64 {
 	}
 	return int64(total)
 }
-
-// budgetAllocator is a memory.Allocator that refuses, by panicking with an
-// error that the Arrow reader recovers into its own error, to hand out more
-// than limit bytes in total. It guards against streams whose headers claim
-// huge (decompressed) buffers.
-type budgetAllocator struct {
-	limit int64
-	used  atomic.Int64
-}
-
-// errBudget is the panic value of an over-budget allocation.
-type errBudget struct{ want, used, limit int64 }
-
-func (e errBudget) Error() string {
-	return fmt.Sprintf("stream needs a %d-byte buffer with %d bytes already allocated, over the %d-byte limit for this shard size", e.want, e.used, e.limit)
-}
-
-// charge counts n more bytes, panicking if that exceeds the budget.
-func (a *budgetAllocator) charge(n int) {
-	if n < 0 {
-		panic(fmt.Errorf("stream needs a buffer of negative size %d", n))
-	}
-	used := a.used.Add(int64(n))
-	if used > a.limit {
-		panic(errBudget{want: int64(n), used: used - int64(n), limit: a.limit})
-	}
-}
-
-// Allocate implements memory.Allocator.
-func (a *budgetAllocator) Allocate(size int) []byte {
-	a.charge(size)
-	return memory.DefaultAllocator.Allocate(size)
-}
-
-// Reallocate implements memory.Allocator; it charges the full new size.
-func (a *budgetAllocator) Reallocate(size int, b []byte) []byte {
-	a.charge(size)
-	return memory.DefaultAllocator.Reallocate(size, b)
-}
-
-// Free implements memory.Allocator. Freed bytes are not credited back: the
-// budget bounds the total allocated over one decode.
-func (a *budgetAllocator) Free(b []byte) { memory.DefaultAllocator.Free(b) }

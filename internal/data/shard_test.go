@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"math"
+	"runtime"
 	"slices"
 	"strings"
 	"testing"
@@ -11,6 +12,7 @@ import (
 	"github.com/apache/arrow-go/v18/arrow"
 	"github.com/apache/arrow-go/v18/arrow/array"
 	"github.com/apache/arrow-go/v18/arrow/ipc"
+	"github.com/klauspost/compress/zstd"
 )
 
 // mnistShard returns the first n MNIST training rows as a dataset.
@@ -462,10 +464,18 @@ func FuzzDecodeShard(f *testing.F) {
 	f.Add([]byte{0xff, 0xff, 0xff, 0xff, 0x10, 0, 0, 0})
 	f.Fuzz(func(t *testing.T, b []byte) {
 		d, err := DecodeShard(b, dim, classes, maxRows)
+		od, oerr := decodeShardArrow(b, dim, classes, maxRows)
+		switch {
+		case err != nil && strings.Contains(err.Error(), "malformed Arrow IPC stream ("):
+			t.Fatalf("DecodeShard's last-resort recover fired: %v", err)
+		case err != nil && oerr == nil && !strictlyRejected(err):
+			t.Fatalf("DecodeShard failed (%v) where Arrow's reader decoded %d rows", err, od.Len())
+		case err == nil && oerr != nil:
+			t.Fatalf("DecodeShard decoded %d rows where Arrow's reader failed: %v", d.Len(), oerr)
+		case err == nil && !bitEqual(d, od):
+			t.Fatalf("DecodeShard and Arrow's reader decoded different shards:\n%+v\n%+v", d, od)
+		}
 		if err != nil {
-			if strings.Contains(err.Error(), "malformed Arrow IPC stream (") {
-				t.Fatalf("DecodeShard's last-resort recover fired: %v", err)
-			}
 			return
 		}
 		if d.Dim != dim || d.Classes != classes || d.Len() > maxRows {
@@ -485,6 +495,73 @@ func FuzzDecodeShard(f *testing.F) {
 	})
 }
 
+// strictlyRejected reports whether DecodeShard's error is one it may give
+// where Arrow's reader, which DecodeShard otherwise matches, decodes: a
+// column whose field node declares nulls although its validity bitmap marks
+// none (Arrow's reader trusts the bitmap).
+func strictlyRejected(err error) bool {
+	return strings.Contains(err.Error(), "expected no null")
+}
+
+// TestDecodeShardMatchesArrowReader decodes shards of real MNIST rows, in
+// one and in several record batches, compressed and not, with the columns
+// in either order, and compares every value with Arrow's own reader.
+func TestDecodeShardMatchesArrowReader(t *testing.T) {
+	d := mnistShard(t, 600)
+	one, err := EncodeShard(d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	several, err := encodeShard(d, 250) // batches of 250, 250 and 100 rows
+	if err != nil {
+		t.Fatal(err)
+	}
+	rows := func(rb *array.RecordBuilder, labelCol, featCol int) {
+		rb.Field(labelCol).(*array.Int32Builder).AppendValues(d.Y[:50], nil)
+		lb := rb.Field(featCol).(*array.FixedSizeListBuilder)
+		for i := range 50 {
+			lb.Append(true)
+			lb.ValueBuilder().(*array.Float32Builder).AppendValues(d.X[i*d.Dim:(i+1)*d.Dim], nil)
+		}
+	}
+	feat := arrow.Field{Name: "features", Type: arrow.FixedSizeListOf(int32(d.Dim), arrow.PrimitiveTypes.Float32)}
+	swapped := buildIPC(t, false, schemaOf("10", feat, labelField), func(rb *array.RecordBuilder) { rows(rb, 1, 0) })
+	var plain bytes.Buffer
+	w := ipc.NewWriter(&plain, ipc.WithSchema(shardSchema(d.Dim, d.Classes)))
+	rec := shardRecord(shardSchema(d.Dim, d.Classes), d, 0, 50)
+	if err := w.Write(rec); err != nil {
+		t.Fatal(err)
+	}
+	rec.Release()
+	if err := w.Close(); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name string
+		b    []byte
+		rows int
+	}{{"one batch", one, 600}, {"three batches", several, 600}, {"columns swapped", swapped, 50}, {"uncompressed", plain.Bytes(), 50}} {
+		t.Run(tc.name, func(t *testing.T) {
+			b := slices.Clone(tc.b)
+			got, err := DecodeShard(b, d.Dim, d.Classes, 600)
+			if err != nil {
+				t.Fatal(err)
+			}
+			clear(b) // the dataset must not share memory with the input
+			want, err := decodeShardArrow(tc.b, d.Dim, d.Classes, 600)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got.Len() != tc.rows || !bitEqual(got, want) {
+				t.Fatalf("decoded %d rows, Arrow's reader %d; want %d rows, bit for bit the same", got.Len(), want.Len(), tc.rows)
+			}
+			if !slices.Equal(got.Y, d.Y[:tc.rows]) || !slices.Equal(got.X, d.X[:tc.rows*d.Dim]) {
+				t.Fatal("decoded rows differ from the encoded dataset's")
+			}
+		})
+	}
+}
+
 func BenchmarkEncodeShard(b *testing.B) {
 	d := mnistShard(b, 600)
 	raw := int64(len(d.X)*4 + len(d.Y)*4)
@@ -501,17 +578,101 @@ func BenchmarkEncodeShard(b *testing.B) {
 	b.ReportMetric(float64(raw), "raw_bytes")
 }
 
+// BenchmarkDecodeShard decodes a 600-row MNIST shard (a demo client's) with
+// DecodeShard and, as the anchor, with Arrow's reader (decodeShardArrow).
 func BenchmarkDecodeShard(b *testing.B) {
 	d := mnistShard(b, 600)
 	enc, err := EncodeShard(d)
 	if err != nil {
 		b.Fatal(err)
 	}
-	b.SetBytes(int64(len(d.X)*4 + len(d.Y)*4))
-	for b.Loop() {
-		if _, err := DecodeShard(enc, d.Dim, d.Classes, d.Len()); err != nil {
-			b.Fatal(err)
-		}
+	for _, bc := range []struct {
+		name   string
+		decode func([]byte, int, int, int) (*Dataset, error)
+	}{{"ours", DecodeShard}, {"arrow", decodeShardArrow}} {
+		b.Run(bc.name, func(b *testing.B) {
+			b.SetBytes(int64(len(d.X)*4 + len(d.Y)*4))
+			for b.Loop() {
+				if _, err := bc.decode(enc, d.Dim, d.Classes, d.Len()); err != nil {
+					b.Fatal(err)
+				}
+			}
+			b.ReportMetric(float64(len(enc)), "encoded_bytes")
+		})
 	}
-	b.ReportMetric(float64(len(enc)), "encoded_bytes")
+}
+
+// TestReadShardBuffer decodes buffers DecodeShard's own encoder does not
+// write: ZSTD frames that do not state their content size (as a streaming
+// encoder writes them), one decoding to more than its stated length, a
+// buffer longer than the column needs, and one stored uncompressed.
+func TestReadShardBuffer(t *testing.T) {
+	want := make([]byte, 3000)
+	for i := range want {
+		want[i] = byte(i % 7)
+	}
+	stream := func(b []byte) []byte { // a frame without a content size
+		var buf bytes.Buffer
+		w, err := zstd.NewWriter(&buf, zstd.WithEncoderConcurrency(1))
+		if err != nil {
+			t.Fatal(err)
+		}
+		// Flushing part of it first starts the frame before its size
+		// is known.
+		if _, err := w.Write(b[:len(b)/2]); err != nil {
+			t.Fatal(err)
+		}
+		if err := w.Flush(); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := w.Write(b[len(b)/2:]); err != nil {
+			t.Fatal(err)
+		}
+		if err := w.Close(); err != nil {
+			t.Fatal(err)
+		}
+		if fhd := buf.Bytes()[4]; fhd>>6 != 0 || fhd&0x20 != 0 {
+			t.Fatalf("frame header descriptor %#x states a content size", fhd)
+		}
+		return buf.Bytes()
+	}
+	batch := func(size int64, payload []byte) *ipcBatch {
+		body := binary.LittleEndian.AppendUint64(nil, uint64(size))
+		body = append(body, payload...)
+		return &ipcBatch{ipcMessage: ipcMessage{compressed: true, codec: fbCompressionZSTD, buffers: [][2]int64{{0, int64(len(body))}}}, body: body}
+	}
+	dec := zstdDecoders.Get().(*shardDecoders)
+	defer zstdDecoders.Put(dec)
+	for _, tc := range []struct {
+		name string
+		rb   *ipcBatch
+		want string // error, or "" to expect want[:len(dst)]
+	}{
+		{"no content size", batch(3000, stream(want)), ""},
+		{"longer than needed", batch(6000, stream(append(slices.Clone(want), want...))), ""},
+		{"stored uncompressed", batch(-1, want), ""},
+		{"more than stated", batch(3000, stream(make([]byte, 64<<20))), "ZSTD"},
+		{"less than stated", batch(4000, stream(want)), "expected 4000 uncompressed bytes, got 3000"},
+		{"less than needed", batch(2000, stream(want[:2000])), "expected at least 3000 bytes, got 2000 uncompressed"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dst := make([]byte, 3000, 3000+zstdSlack)
+			var before, after runtime.MemStats
+			runtime.ReadMemStats(&before)
+			err := readShardBuffer(dst, tc.rb, 0, dec)
+			runtime.ReadMemStats(&after)
+			// A 64 MiB frame stated as 3,000 bytes is refused within
+			// its output buffer.
+			if grew := after.TotalAlloc - before.TotalAlloc; grew > 1<<20 {
+				t.Errorf("decoding allocated %d bytes", grew)
+			}
+			if tc.want != "" {
+				wantErr(t, err, tc.want)
+				return
+			}
+			if err != nil || !bytes.Equal(dst, want) {
+				t.Fatalf("err %v, bytes equal %v", err, bytes.Equal(dst, want))
+			}
+		})
+	}
 }

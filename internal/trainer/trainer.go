@@ -5,7 +5,6 @@
 package trainer
 
 import (
-	"bytes"
 	"cmp"
 	"context"
 	"crypto/sha256"
@@ -441,7 +440,7 @@ func (t *Trainer) shard(s *wire.Shard, payload []byte) error {
 		return fmt.Errorf("shard payload hashes to %s, header says %s", got, s.Hash)
 	}
 	dim, classes := t.spec.Sizes[0], t.spec.Sizes[len(t.spec.Sizes)-1]
-	ds, err := data.DecodeShard(bytes.Clone(payload), dim, classes, t.cfg.MaxRows)
+	ds, err := data.DecodeShard(payload, dim, classes, t.cfg.MaxRows)
 	if err != nil {
 		return fmt.Errorf("shard %s: %w", s.Hash[:12], err)
 	}
