@@ -118,3 +118,23 @@ func nullCount(arr arrow.Array) (int, error) {
 	}
 	return n - bitutil.CountSetBits(bits, off, n), nil
 }
+
+// shardRecord wraps rows [lo, hi) of d in a record batch without copying,
+// for Arrow's own writer.
+func shardRecord(schema *arrow.Schema, d *Dataset, lo, hi int) arrow.RecordBatch {
+	rows := hi - lo
+	labels := array.NewData(arrow.PrimitiveTypes.Int32, rows,
+		[]*memory.Buffer{nil, memory.NewBufferBytes(arrow.Int32Traits.CastToBytes(d.Y[lo:hi]))}, nil, 0, 0)
+	defer labels.Release()
+	values := array.NewData(arrow.PrimitiveTypes.Float32, rows*d.Dim,
+		[]*memory.Buffer{nil, memory.NewBufferBytes(arrow.Float32Traits.CastToBytes(d.X[lo*d.Dim : hi*d.Dim]))}, nil, 0, 0)
+	defer values.Release()
+	lists := array.NewData(schema.Field(1).Type, rows, []*memory.Buffer{nil}, []arrow.ArrayData{values}, 0, 0)
+	defer lists.Release()
+
+	labelArr := array.MakeFromData(labels)
+	defer labelArr.Release()
+	listArr := array.MakeFromData(lists)
+	defer listArr.Release()
+	return array.NewRecordBatch(schema, []arrow.Array{labelArr, listArr}, int64(rows))
+}

@@ -10,10 +10,9 @@ import (
 	"sync"
 
 	"github.com/apache/arrow-go/v18/arrow"
-	"github.com/apache/arrow-go/v18/arrow/array"
 	"github.com/apache/arrow-go/v18/arrow/endian"
 	"github.com/apache/arrow-go/v18/arrow/ipc"
-	"github.com/apache/arrow-go/v18/arrow/memory"
+	flatbuffers "github.com/google/flatbuffers/go"
 	"github.com/klauspost/compress/zstd"
 )
 
@@ -46,8 +45,7 @@ func shardSchema(dim, classes int) *arrow.Schema {
 // "classes" = Classes in decimal, and ZSTD body compression. Rows are split
 // into record batches of at most 16 MiB of uncompressed features; a shard of
 // a few thousand MNIST rows is one batch. The stream ends with the IPC
-// end-of-stream marker. The encoding does not copy d's slices before
-// compressing them.
+// end-of-stream marker. The same dataset always encodes to the same bytes.
 func EncodeShard(d *Dataset) ([]byte, error) {
 	if err := d.Validate(); err != nil {
 		return nil, fmt.Errorf("encode shard: %w", err)
@@ -56,51 +54,142 @@ func EncodeShard(d *Dataset) ([]byte, error) {
 }
 
 // encodeShard encodes a validated dataset in record batches of at most step
-// rows.
+// rows. Arrow's writer writes the schema message; the record batches are
+// written here, each buffer compressed with a reused ZSTD encoder into one
+// frame that states its size. (Arrow's writer makes a new encoder, and
+// about eleven times the shard's size in garbage, for every shard; its
+// frames do not state their size.)
 func encodeShard(d *Dataset, step int) ([]byte, error) {
 	if d.Dim > math.MaxInt32 {
 		return nil, fmt.Errorf("encode shard: expected Dim ≤ %d, got %d", math.MaxInt32, d.Dim)
 	}
-	schema := shardSchema(d.Dim, d.Classes)
-	var buf bytes.Buffer
-	w := ipc.NewWriter(&buf, ipc.WithSchema(schema), ipc.WithZstd(), ipc.WithAllocator(memory.DefaultAllocator))
+	var schema bytes.Buffer
+	w := ipc.NewWriter(&schema, ipc.WithSchema(shardSchema(d.Dim, d.Classes)))
+	if err := w.Close(); err != nil { // the schema message and the end-of-stream marker
+		return nil, fmt.Errorf("encode shard: writing the schema: %w", err)
+	}
+	out, found := bytes.CutSuffix(schema.Bytes(), ipcEndOfStream)
+	if !found {
+		return nil, fmt.Errorf("encode shard: Arrow's writer did not end the schema-only stream with the end-of-stream marker")
+	}
+	out = slices.Clip(out) // appending must not overwrite the marker
+	enc := zstdEncoders.Get().(*shardEncoder)
+	defer zstdEncoders.Put(enc)
 	n := d.Len()
 	for lo := 0; ; lo += step { // an empty dataset still gets one empty batch
 		hi := min(lo+step, n)
-		rec := shardRecord(schema, d, lo, hi)
-		err := w.Write(rec)
-		rec.Release()
-		if err != nil {
-			w.Close()
-			return nil, fmt.Errorf("encode shard: writing rows %d..%d: %w", lo, hi, err)
-		}
+		out = enc.appendBatch(out, d, lo, hi)
 		if hi >= n {
 			break
 		}
 	}
-	if err := w.Close(); err != nil {
-		return nil, fmt.Errorf("encode shard: closing stream: %w", err)
-	}
-	return buf.Bytes(), nil
+	return append(out, ipcEndOfStream...), nil
 }
 
-// shardRecord wraps rows [lo, hi) of d in a record batch without copying.
-func shardRecord(schema *arrow.Schema, d *Dataset, lo, hi int) arrow.RecordBatch {
-	rows := hi - lo
-	labels := array.NewData(arrow.PrimitiveTypes.Int32, rows,
-		[]*memory.Buffer{nil, memory.NewBufferBytes(arrow.Int32Traits.CastToBytes(d.Y[lo:hi]))}, nil, 0, 0)
-	defer labels.Release()
-	values := array.NewData(arrow.PrimitiveTypes.Float32, rows*d.Dim,
-		[]*memory.Buffer{nil, memory.NewBufferBytes(arrow.Float32Traits.CastToBytes(d.X[lo*d.Dim : hi*d.Dim]))}, nil, 0, 0)
-	defer values.Release()
-	lists := array.NewData(schema.Field(1).Type, rows, []*memory.Buffer{nil}, []arrow.ArrayData{values}, 0, 0)
-	defer lists.Release()
+// ipcEndOfStream is the Arrow IPC stream's end-of-stream marker.
+var ipcEndOfStream = []byte{0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0}
 
-	labelArr := array.MakeFromData(labels)
-	defer labelArr.Release()
-	listArr := array.MakeFromData(lists)
-	defer listArr.Release()
-	return array.NewRecordBatch(schema, []arrow.Array{labelArr, listArr}, int64(rows))
+// shardEncoder writes record batch messages of the shard schema.
+type shardEncoder struct {
+	zstd *zstd.Encoder
+	fb   *flatbuffers.Builder
+	body []byte
+}
+
+// zstdEncoders holds *shardEncoder for reuse.
+var zstdEncoders = sync.Pool{New: func() any {
+	e, err := zstd.NewWriter(nil, zstd.WithEncoderConcurrency(1))
+	if err != nil {
+		panic(err) // only for invalid options
+	}
+	return &shardEncoder{zstd: e, fb: flatbuffers.NewBuilder(512)}
+}}
+
+// Arrow IPC format constants (Message.fbs).
+const (
+	fbMetadataV5 = 4 // MetadataVersion.V5
+	ipcBodyAlign = 8 // buffers start at multiples of this in a body
+)
+
+// appendBatch appends to out the record batch message of rows [lo, hi) of
+// d: its metadata and its body, the label and feature buffers compressed.
+func (e *shardEncoder) appendBatch(out []byte, d *Dataset, lo, hi int) []byte {
+	rows := hi - lo
+	// Buffers in schema order, depth first, as the reader expects them:
+	// label validity and values, features validity, its elements'
+	// validity and values. No column has nulls: no bitmaps.
+	e.body = e.body[:0]
+	var bufs [5][2]int64
+	for i, src := range [5][]byte{nil, e.littleEndian(int32Bytes(d.Y[lo:hi])), nil, nil, nil} {
+		if i == 4 {
+			src = e.littleEndian(float32Bytes(d.X[lo*d.Dim : hi*d.Dim]))
+		}
+		off := len(e.body)
+		if src != nil {
+			e.body = binary.LittleEndian.AppendUint64(e.body, uint64(len(src)))
+			e.body = e.zstd.EncodeAll(src, e.body)
+		}
+		bufs[i] = [2]int64{int64(off), int64(len(e.body) - off)}
+		for len(e.body)%ipcBodyAlign != 0 {
+			e.body = append(e.body, 0)
+		}
+	}
+	nodes := [3][2]int64{{int64(rows), 0}, {int64(rows), 0}, {int64(rows * d.Dim), 0}}
+	meta := e.batchMetadata(rows, nodes[:], bufs[:], len(e.body))
+
+	// Framing: the continuation marker, the padded metadata length, the
+	// metadata, padding to 8 bytes, the body.
+	padded := (len(meta) + 8 + ipcBodyAlign - 1) / ipcBodyAlign * ipcBodyAlign
+	out = binary.LittleEndian.AppendUint32(out, ipcContinuation)
+	out = binary.LittleEndian.AppendUint32(out, uint32(padded-8))
+	out = append(out, meta...)
+	out = append(out, make([]byte, padded-8-len(meta))...)
+	return append(out, e.body...)
+}
+
+// littleEndian returns b, or on a big-endian machine a copy of it with
+// each 4-byte value's bytes reversed, as the stream stores them.
+func (e *shardEncoder) littleEndian(b []byte) []byte {
+	if !endian.IsBigEndian {
+		return b
+	}
+	c := slices.Clone(b)
+	swap32(c)
+	return c
+}
+
+// batchMetadata builds the FlatBuffers Message of a record batch with ZSTD
+// buffer compression.
+func (e *shardEncoder) batchMetadata(rows int, nodes, bufs [][2]int64, bodyLen int) []byte {
+	b := e.fb
+	b.Reset()
+	b.StartObject(2) // BodyCompression
+	b.PrependByteSlot(0, fbCompressionZSTD, 0)
+	comp := b.EndObject()
+	structs := func(v [][2]int64) flatbuffers.UOffsetT { // FieldNode or Buffer vector
+		b.StartVector(16, len(v), 8)
+		for i := len(v) - 1; i >= 0; i-- {
+			b.Prep(8, 16)
+			b.PrependInt64(v[i][1])
+			b.PrependInt64(v[i][0])
+		}
+		return b.EndVector(len(v))
+	}
+	nodeVec := structs(nodes)
+	bufVec := structs(bufs)
+	b.StartObject(5) // RecordBatch
+	b.PrependInt64Slot(0, int64(rows), 0)
+	b.PrependUOffsetTSlot(1, nodeVec, 0)
+	b.PrependUOffsetTSlot(2, bufVec, 0)
+	b.PrependUOffsetTSlot(3, comp, 0)
+	rb := b.EndObject()
+	b.StartObject(5) // Message
+	b.PrependInt16Slot(0, fbMetadataV5, 0)
+	b.PrependByteSlot(1, fbHeaderRecordBatch, 0)
+	b.PrependUOffsetTSlot(2, rb, 0)
+	b.PrependInt64Slot(3, int64(bodyLen), 0)
+	b.Finish(b.EndObject())
+	return b.FinishedBytes()
 }
 
 // DecodeShard decodes a shard encoded by EncodeShard, checking it strictly

@@ -293,7 +293,9 @@ func TestDecodeShardErrors(t *testing.T) {
 			want: []string{"record batch 0: buffer 4: expected an uncompressed length in [0, ", "got 1099511627776"}},
 		{name: "negative decompressed size", b: patchUncompressedSize(t, mnist600, 600*784*4, -7), dim: 784, classes: 10, maxRows: 600,
 			want: []string{"buffer 4", "got -7"}},
-		{name: "huge ZSTD window", b: patchZstdHeader(t, mnist600, 600*784*4, 1, 0xf0), dim: 784, classes: 10, maxRows: 600,
+		// A frame of several segments (header descriptor 0) whose window
+		// descriptor claims 1 TiB.
+		{name: "huge ZSTD window", b: patchZstdHeader(t, patchZstdHeader(t, mnist600, 600*784*4, 0, 0), 600*784*4, 1, 0xf0), dim: 784, classes: 10, maxRows: 600,
 			want: []string{"buffer 4: ZSTD frame window of 1099511627776 bytes exceeds 8388608"}},
 		{name: "ZSTD reserved bit", b: patchZstdHeader(t, mnist600, 600*784*4, 0, 0x0c), dim: 784, classes: 10, maxRows: 600,
 			want: []string{"reserved bit"}},
