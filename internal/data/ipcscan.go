@@ -8,24 +8,24 @@ import (
 )
 
 // This file checks the framing and FlatBuffers metadata of an Arrow IPC
-// stream before the Arrow reader sees it. The reader trusts vector lengths
-// and offsets in the metadata: a 300-byte message can make it allocate
-// gigabytes (it sizes slices from claimed vector lengths) or recurse forever
-// (a field whose children point back at itself), and neither out-of-memory
-// nor stack exhaustion can be recovered. scanShardStream walks exactly the
-// tables the reader will walk, checks that every table, vector and string
-// lies inside its message, bounds the nesting depth and the total bytes the
-// walk visits (so shared sub-objects cannot amplify the work), and enforces
-// the message sequence a shard may have.
+// stream before anything else reads it. Arrow's reader, which reads a
+// shard's schema message, trusts vector lengths and offsets in the
+// metadata: a 300-byte message can make it allocate gigabytes (it sizes
+// slices from claimed vector lengths) or recurse forever (a field whose
+// children point back at itself), and neither out-of-memory nor stack
+// exhaustion can be recovered. scanShardStream walks exactly the tables a
+// reader walks, checks that every table, vector and string lies inside its
+// message, bounds the nesting depth and the total bytes the walk visits (so
+// shared sub-objects cannot amplify the work), and enforces the message
+// sequence a shard may have. It returns each record batch's field nodes and
+// buffers for DecodeShard.
 //
-// Compressed bodies get the same treatment. Arrow decompresses each buffer
-// with a default ZSTD decoder, which reserves twice the frame's window size
-// up front (up to 1 GiB for a window, or twice the frame content size for a
-// single-segment frame, up to 128 GiB), whatever the buffer's real size. So
-// every compressed buffer must hold exactly one ZSTD frame whose content
-// size is at most the buffer's stated uncompressed length and whose window
-// is at most max(8 MiB, 2 × that length), and the stated length itself must
-// fit the decode budget.
+// Compressed bodies are checked too: every compressed buffer must hold
+// exactly one ZSTD frame whose content size is at most the buffer's stated
+// uncompressed length and whose window is at most max(8 MiB, 2 × that
+// length), and the stated length itself must fit the decode budget, so
+// that no frame header can make a decoder reserve more than the buffer
+// claims.
 
 // IPC stream framing and metadata limits.
 const (

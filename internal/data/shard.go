@@ -3,6 +3,7 @@ package data
 import (
 	"bytes"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"math"
 	"slices"
@@ -203,11 +204,12 @@ func (e *shardEncoder) batchMetadata(rows int, nodes, bufs [][2]int64, bodyLen i
 // The dataset does not share memory with b.
 //
 // First the stream's framing and FlatBuffers metadata are verified (see
-// scanShardStream), so that claimed sizes cannot make the decoder allocate
-// without bound or recurse without end, and the row limit is enforced
-// before any body is decompressed. Then Arrow's IPC reader reads the schema
-// message, which is checked; the record batches' bodies are decoded here
-// (decodeShardBatch) into the dataset, whose rows are the only large
+// scanShardStream), so that nothing in them can make the decoder recurse
+// without end, and the row limit is enforced. Then Arrow's IPC reader reads
+// the schema message, which is checked, and every record batch's field
+// nodes and buffer sizes are checked against its rows (checkShardBatch).
+// Only then is the dataset allocated, for the rows claimed (at most
+// maxRows), and each buffer decoded into it; that is the only large
 // allocation. A recover turns any panic that still escapes into an error.
 func DecodeShard(b []byte, dim, classes int, maxRows int) (d *Dataset, err error) {
 	if dim <= 0 || dim > math.MaxInt32 {
@@ -232,12 +234,11 @@ func DecodeShard(b []byte, dim, classes int, maxRows int) (d *Dataset, err error
 		}
 	}()
 
-	// The Arrow reader reads the schema message only. The record batches
-	// are decoded below, each buffer decompressed straight into the
-	// dataset with a reused decoder: Arrow's reader makes a new ZSTD
-	// decoder for every buffer, which allocates about seven times the
-	// shard's size and took half of the decoding time.
-	rdr, err := ipc.NewReader(bytes.NewReader(b[:info.schemaEnd]), ipc.WithMetadataSizeLimit(int64(info.schemaEnd)))
+	// The Arrow reader reads the schema message only, keeping its byte
+	// order. The record batches are decoded below, each buffer
+	// decompressed straight into the dataset with a reused decoder.
+	rdr, err := ipc.NewReader(bytes.NewReader(b[:info.schemaEnd]),
+		ipc.WithMetadataSizeLimit(int64(info.schemaEnd)), ipc.WithEnsureNativeEndian(false))
 	if err != nil {
 		return nil, fmt.Errorf("decode shard: reading the schema message: %w", err)
 	}
@@ -247,15 +248,33 @@ func DecodeShard(b []byte, dim, classes int, maxRows int) (d *Dataset, err error
 		return nil, fmt.Errorf("decode shard: %w", err)
 	}
 
-	dec := zstdDecoders.Get().(*shardDecoders)
-	defer zstdDecoders.Put(dec)
-	// Rows are claimed by the metadata, not yet backed by data: grow the
-	// output per decoded batch rather than reserving for the claim.
-	out := &Dataset{X: []float32{}, Y: []int32{}, Dim: dim, Classes: classes}
+	// Rows are claimed by the metadata. Every batch's field nodes and
+	// buffer sizes must agree with its claim before anything is reserved.
+	rows := 0
 	for i := range info.batches {
-		if err := decodeShardBatch(out, &info.batches[i], cols, dec); err != nil {
+		if err := checkShardBatch(&info.batches[i], cols, dim); err != nil {
 			return nil, fmt.Errorf("decode shard: record batch %d: %w", i, err)
 		}
+		rows += int(info.batches[i].rows)
+	}
+	// zstdSlack more bytes of capacity let the decoder use its fast
+	// copies, which may write up to that far past a buffer's end: into
+	// the next batch's rows, decoded after it, or into this slack.
+	const slack = zstdSlack / 4
+	out := &Dataset{X: make([]float32, rows*dim, rows*dim+slack), Y: make([]int32, rows, rows+slack), Dim: dim, Classes: classes}
+	dec := zstdDecoders.Get().(*shardDecoders)
+	defer zstdDecoders.Put(dec)
+	at := 0
+	for i := range info.batches {
+		rb := &info.batches[i]
+		n := int(rb.rows)
+		if err := decodeShardBatch(out.Y[at:at+n], out.X[at*dim:(at+n)*dim], rb, cols, dec); err != nil {
+			return nil, fmt.Errorf("decode shard: record batch %d: %w", i, err)
+		}
+		if err := out.checkRows(at, n); err != nil {
+			return nil, fmt.Errorf("decode shard: record batch %d: %w", i, err)
+		}
+		at += n
 	}
 	return out, nil
 }
@@ -266,7 +285,9 @@ func DecodeShard(b []byte, dim, classes int, maxRows int) (d *Dataset, err error
 // against the buffer's: the decoder stops at it. capped decodes frames that
 // do not, and writes no further than its output's capacity; that limit
 // makes it use slower copies, so sized, which may write up to zstdSlack
-// bytes past the end of its output, takes the frames Arrow writes.
+// bytes past the end of its output, takes the frames EncodeShard writes.
+// A pooled decoder refers to the last dataset it decoded into until it is
+// used again or the pool drops it (at the second garbage collection).
 type shardDecoders struct{ sized, capped *zstd.Decoder }
 
 // zstdDecoders holds *shardDecoders for reuse.
@@ -282,24 +303,26 @@ var zstdDecoders = sync.Pool{New: func() any {
 	return &shardDecoders{sized: sized, capped: capped}
 }}
 
-// decodeShardBatch checks one scanned record batch against the shard
-// schema (whose columns are at cols) and appends its rows to out,
-// decompressing the label and feature buffers into out's new rows. Like
-// Arrow's reader, it skips the validity bitmap of a column whose field node
-// declares no nulls, and it reads a column's values from the start of its
-// buffer.
-func decodeShardBatch(out *Dataset, rb *ipcBatch, cols shardCols, dec *shardDecoders) error {
-	rows, dim := int(rb.rows), out.Dim // the scan bounds rows by maxRows
-	// Field nodes and buffers come in schema order, depth first: label
-	// (validity, values), features (validity), its float32 elements
-	// (validity, values).
+// shardLayout says where a shard batch's columns are among its field nodes
+// and buffers, which come in schema order, depth first: label (validity,
+// values), features (validity), its float32 elements (validity, values).
+func shardLayout(cols shardCols) (label, list, elems, labelBuf, elemBuf int) {
+	if cols.features < cols.label {
+		return 2, 0, 1, 4, 2
+	}
+	return 0, 1, 2, 1, 4
+}
+
+// checkShardBatch checks a scanned record batch's field nodes and buffer
+// sizes against the shard schema (whose columns are at cols) and its row
+// count. Like Arrow's reader, it ignores the validity bitmap of a column
+// whose field node declares no nulls, and the buffers of a batch of no rows.
+func checkShardBatch(rb *ipcBatch, cols shardCols, dim int) error {
+	rows := rb.rows // the scan bounds it by maxRows
 	if len(rb.nodes) != 3 || len(rb.buffers) != 5 {
 		return fmt.Errorf("expected 3 field nodes and 5 buffers (the shard schema's), got %d and %d", len(rb.nodes), len(rb.buffers))
 	}
-	label, list, elems, labelBuf, elemBuf := 0, 1, 2, 1, 4
-	if cols.features < cols.label {
-		label, list, elems, labelBuf, elemBuf = 2, 0, 1, 4, 2
-	}
+	label, list, elems, labelBuf, elemBuf := shardLayout(cols)
 	switch {
 	case rb.nodes[label][1] != 0:
 		return fmt.Errorf("column %q: expected no nulls, got %d", ShardLabelColumn, rb.nodes[label][1])
@@ -307,20 +330,32 @@ func decodeShardBatch(out *Dataset, rb *ipcBatch, cols shardCols, dec *shardDeco
 		return fmt.Errorf("column %q: expected no null rows, got %d", ShardFeaturesColumn, rb.nodes[list][1])
 	case rb.nodes[elems][1] != 0:
 		return fmt.Errorf("column %q: expected no null features, got %d", ShardFeaturesColumn, rb.nodes[elems][1])
-	case rb.nodes[label][0] != int64(rows):
+	case rb.nodes[label][0] != rows:
 		return fmt.Errorf("column %q: expected %d values, got %d", ShardLabelColumn, rows, rb.nodes[label][0])
-	case rb.nodes[list][0] != int64(rows):
+	case rb.nodes[list][0] != rows:
 		return fmt.Errorf("column %q: expected %d rows, got %d", ShardFeaturesColumn, rows, rb.nodes[list][0])
-	case rb.nodes[elems][0] < int64(rows)*int64(dim):
+	case rb.nodes[elems][0] != rows*int64(dim):
 		return fmt.Errorf("column %q: expected %d×%d feature values, got %d", ShardFeaturesColumn, rows, dim, rb.nodes[elems][0])
+	case rows == 0:
+		return nil
 	}
+	if err := checkShardBuffer(rb, labelBuf, 4*rows); err != nil {
+		return fmt.Errorf("column %q: %w", ShardLabelColumn, err)
+	}
+	if err := checkShardBuffer(rb, elemBuf, 4*rows*int64(dim)); err != nil {
+		return fmt.Errorf("column %q: %w", ShardFeaturesColumn, err)
+	}
+	return nil
+}
 
-	// zstdSlack more bytes of capacity let the decoder use its fast
-	// copies, which may write up to that far past the end.
-	n, nx := out.Len(), len(out.X)
-	out.Y = slices.Grow(out.Y, rows+zstdSlack/4)[:n+rows]
-	out.X = slices.Grow(out.X, rows*dim+zstdSlack/4)[:nx+rows*dim]
-	ys, xs := out.Y[n:], out.X[nx:]
+// decodeShardBatch decodes a batch checked by checkShardBatch into ys and
+// xs, its rows' labels and features, whose capacity the decoder may write
+// into up to zstdSlack bytes past their ends.
+func decodeShardBatch(ys []int32, xs []float32, rb *ipcBatch, cols shardCols, dec *shardDecoders) error {
+	if len(ys) == 0 {
+		return nil
+	}
+	_, _, _, labelBuf, elemBuf := shardLayout(cols)
 	if err := readShardBuffer(int32Bytes(ys), rb, labelBuf, dec); err != nil {
 		return fmt.Errorf("column %q: %w", ShardLabelColumn, err)
 	}
@@ -331,65 +366,90 @@ func decodeShardBatch(out *Dataset, rb *ipcBatch, cols shardCols, dec *shardDeco
 		swap32(int32Bytes(ys))
 		swap32(float32Bytes(xs))
 	}
-	for i, y := range ys {
-		if y < 0 || int(y) >= out.Classes {
-			return fmt.Errorf("row %d: expected a label in [0, %d), got %d", i, out.Classes, y)
-		}
-	}
-	return checkFeatures(xs, dim)
+	return nil
 }
 
-// zstdStatesSize reports whether the ZSTD frame header at the start of
-// frame (checked by the scan) states the frame's content size.
-func zstdStatesSize(frame []byte) bool {
+// checkRows checks the labels and features of rows [at, at+n).
+func (d *Dataset) checkRows(at, n int) error {
+	for i, y := range d.Y[at : at+n] {
+		if y < 0 || int(y) >= d.Classes {
+			return fmt.Errorf("row %d: expected a label in [0, %d), got %d", i, d.Classes, y)
+		}
+	}
+	return checkFeatures(d.X[at*d.Dim:(at+n)*d.Dim], d.Dim)
+}
+
+// shardBuffer returns buffer j of rb (which the scan has checked lies in
+// the body): the bytes stored, whether they are a ZSTD frame, and how many
+// bytes they stand for.
+func shardBuffer(rb *ipcBatch, j int) (src []byte, frame bool, size int64) {
+	off, n := rb.buffers[j][0], rb.buffers[j][1]
+	src = rb.body[off : off+n]
+	if !rb.compressed || n == 0 {
+		return src, false, n
+	}
+	size = int64(binary.LittleEndian.Uint64(src)) // the scan checked n ≥ 8
+	if size == -1 {                               // stored uncompressed
+		return src[8:], false, n - 8
+	}
+	return src[8:], true, size
+}
+
+// checkShardBuffer checks that buffer j of rb holds need bytes: a ZSTD
+// frame must be stated to decode to exactly that many, and bytes stored
+// as they are may be more (padding).
+func checkShardBuffer(rb *ipcBatch, j int, need int64) error {
+	_, frame, size := shardBuffer(rb, j)
+	switch {
+	case frame && size != need:
+		return fmt.Errorf("buffer %d: expected %d uncompressed bytes, got %d", j, need, size)
+	case !frame && size < need:
+		return fmt.Errorf("buffer %d: expected at least %d bytes, got %d", j, need, size)
+	}
+	return nil
+}
+
+// forFrame returns the decoder for frame (checked by the scan): the
+// sized one if its header states the content size, else the capped one.
+func (dec *shardDecoders) forFrame(frame []byte) *zstd.Decoder {
 	fhd := frame[4]
-	return fhd>>6 != 0 || fhd&0x20 != 0 // a size field, or a single segment
+	if fhd>>6 != 0 || fhd&0x20 != 0 { // a size field, or a single segment
+		return dec.sized
+	}
+	return dec.capped
 }
 
 // zstdSlack is how far past the end of its output the ZSTD decoder may
 // write when it has the room: with it, it copies in 16-byte blocks.
 const zstdSlack = 16
 
-// readShardBuffer fills dst with the first len(dst) bytes of buffer j of
-// rb, decompressing it if the batch is compressed; the decoder may write
-// into dst's capacity beyond that. The scan has checked that the buffer
-// lies in the body and that a compressed one is a single bounded ZSTD
-// frame.
+// readShardBuffer fills dst with buffer j of rb, which checkShardBuffer
+// has checked holds len(dst) > 0 bytes, decompressing it if it is a ZSTD
+// frame. The decoder may write into dst's capacity up to zstdSlack bytes
+// past its end.
 func readShardBuffer(dst []byte, rb *ipcBatch, j int, dec *shardDecoders) error {
-	off, n := rb.buffers[j][0], rb.buffers[j][1]
-	src := rb.body[off : off+n]
-	if rb.compressed && n > 0 {
-		size := int64(binary.LittleEndian.Uint64(src))
-		src = src[8:]
-		if size != -1 { // -1: stored uncompressed
-			if size < int64(len(dst)) {
-				return fmt.Errorf("buffer %d: expected at least %d bytes, got %d uncompressed", j, len(dst), size)
-			}
-			to := dst[:0:min(cap(dst), len(dst)+zstdSlack)]
-			if size > int64(len(dst)) {
-				to = make([]byte, 0, size+zstdSlack) // bounded by the scan's budget
-			}
-			d := dec.sized
-			if !zstdStatesSize(src) {
-				d, to = dec.capped, to[:0:size]
-			}
-			got, err := d.DecodeAll(src, to)
-			if err != nil {
-				return fmt.Errorf("buffer %d: ZSTD: %w", j, err)
-			}
-			if int64(len(got)) != size {
-				return fmt.Errorf("buffer %d: expected %d uncompressed bytes, got %d", j, size, len(got))
-			}
-			if len(dst) > 0 && &got[0] != &dst[0] {
-				copy(dst, got)
-			}
-			return nil
-		}
+	src, frame, _ := shardBuffer(rb, j)
+	if !frame {
+		copy(dst, src)
+		return nil
 	}
-	if len(src) < len(dst) {
-		return fmt.Errorf("buffer %d: expected at least %d bytes, got %d", j, len(dst), len(src))
+	d := dec.forFrame(src)
+	to := dst[:0:min(cap(dst), len(dst)+zstdSlack)]
+	if d == dec.capped {
+		to = dst[:0:len(dst)]
 	}
-	copy(dst, src)
+	got, err := d.DecodeAll(src, to)
+	switch {
+	case errors.Is(err, zstd.ErrDecoderSizeExceeded) || errors.Is(err, zstd.ErrFrameSizeExceeded) || len(got) > len(dst):
+		return fmt.Errorf("buffer %d: ZSTD frame decodes to more than the stated %d bytes", j, len(dst))
+	case err != nil:
+		return fmt.Errorf("buffer %d: corrupt ZSTD frame (%w)", j, err)
+	case len(got) < len(dst):
+		return fmt.Errorf("buffer %d: ZSTD frame decodes to %d bytes, %d stated", j, len(got), len(dst))
+	}
+	if &got[0] != &dst[0] {
+		copy(dst, got)
+	}
 	return nil
 }
 

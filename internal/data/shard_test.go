@@ -464,6 +464,9 @@ func FuzzDecodeShard(f *testing.F) {
 	f.Add(enc[:len(enc)/2])
 	f.Add([]byte{})
 	f.Add([]byte{0xff, 0xff, 0xff, 0xff, 0x10, 0, 0, 0})
+	for _, h := range handmadeStreams(f) {
+		f.Add(h.b)
+	}
 	f.Fuzz(func(t *testing.T, b []byte) {
 		d, err := DecodeShard(b, dim, classes, maxRows)
 		od, oerr := decodeShardArrow(b, dim, classes, maxRows)
@@ -498,11 +501,24 @@ func FuzzDecodeShard(f *testing.F) {
 }
 
 // strictlyRejected reports whether DecodeShard's error is one it may give
-// where Arrow's reader, which DecodeShard otherwise matches, decodes: a
-// column whose field node declares nulls although its validity bitmap marks
-// none (Arrow's reader trusts the bitmap).
+// where Arrow's reader, which DecodeShard otherwise matches, decodes:
+//   - a field node that declares nulls its validity bitmap does not have
+//     (Arrow's reader trusts the bitmap);
+//   - a feature-values node longer than rows × dim, or a compressed buffer
+//     stated to hold more bytes than its column needs (Arrow's reader uses
+//     the first ones);
+//   - a ZSTD frame that decodes to more than its stated size, or whose
+//     checksum is wrong (Arrow's reader reads the stated size and stops);
+//   - a batch of no rows without the schema's field nodes and buffers
+//     (Arrow's reader takes some).
 func strictlyRejected(err error) bool {
-	return strings.Contains(err.Error(), "expected no null")
+	for _, s := range []string{"expected no null", "feature values, got", "uncompressed bytes, got",
+		"ZSTD frame decodes to more than", "corrupt ZSTD frame", "expected 3 field nodes and 5 buffers"} {
+		if strings.Contains(err.Error(), s) {
+			return true
+		}
+	}
+	return false
 }
 
 // TestDecodeShardMatchesArrowReader decodes shards of real MNIST rows, in
@@ -604,10 +620,11 @@ func BenchmarkDecodeShard(b *testing.B) {
 	}
 }
 
-// TestReadShardBuffer decodes buffers DecodeShard's own encoder does not
-// write: ZSTD frames that do not state their content size (as a streaming
-// encoder writes them), one decoding to more than its stated length, a
-// buffer longer than the column needs, and one stored uncompressed.
+// TestReadShardBuffer checks and decodes buffers DecodeShard's own encoder
+// does not write: ZSTD frames that do not state their content size (as a
+// streaming encoder writes them), ones that decode to more or less than
+// they are stated to, stated sizes other than the column's, and buffers
+// stored uncompressed.
 func TestReadShardBuffer(t *testing.T) {
 	want := make([]byte, 3000)
 	for i := range want {
@@ -638,6 +655,13 @@ func TestReadShardBuffer(t *testing.T) {
 		}
 		return buf.Bytes()
 	}
+	sized := func(b []byte) []byte { // a frame stating its content size
+		e, err := zstd.NewWriter(nil, zstd.WithEncoderConcurrency(1))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return e.EncodeAll(b, nil)
+	}
 	batch := func(size int64, payload []byte) *ipcBatch {
 		body := binary.LittleEndian.AppendUint64(nil, uint64(size))
 		body = append(body, payload...)
@@ -648,20 +672,26 @@ func TestReadShardBuffer(t *testing.T) {
 	for _, tc := range []struct {
 		name string
 		rb   *ipcBatch
-		want string // error, or "" to expect want[:len(dst)]
+		want string // error, or "" to expect want's bytes
 	}{
+		{"content size stated", batch(3000, sized(want)), ""},
 		{"no content size", batch(3000, stream(want)), ""},
-		{"longer than needed", batch(6000, stream(append(slices.Clone(want), want...))), ""},
 		{"stored uncompressed", batch(-1, want), ""},
-		{"more than stated", batch(3000, stream(make([]byte, 64<<20))), "ZSTD"},
-		{"less than stated", batch(4000, stream(want)), "expected 4000 uncompressed bytes, got 3000"},
-		{"less than needed", batch(2000, stream(want[:2000])), "expected at least 3000 bytes, got 2000 uncompressed"},
+		{"stored uncompressed, padded", batch(-1, append(slices.Clone(want), 0, 0, 0, 0)), ""},
+		{"stored uncompressed, too short", batch(-1, want[:2000]), "buffer 0: expected at least 3000 bytes, got 2000"},
+		{"stated larger", batch(4000, stream(want)), "buffer 0: expected 3000 uncompressed bytes, got 4000"},
+		{"stated smaller", batch(2000, stream(want[:2000])), "buffer 0: expected 3000 uncompressed bytes, got 2000"},
+		{"frame longer than stated", batch(3000, stream(make([]byte, 64<<20))), "buffer 0: ZSTD frame decodes to more than the stated 3000 bytes"},
+		{"frame shorter than stated", batch(3000, stream(want[:2000])), "buffer 0: ZSTD frame decodes to 2000 bytes, 3000 stated"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			dst := make([]byte, 3000, 3000+zstdSlack)
 			var before, after runtime.MemStats
 			runtime.ReadMemStats(&before)
-			err := readShardBuffer(dst, tc.rb, 0, dec)
+			err := checkShardBuffer(tc.rb, 0, int64(len(dst)))
+			if err == nil {
+				err = readShardBuffer(dst, tc.rb, 0, dec)
+			}
 			runtime.ReadMemStats(&after)
 			// A 64 MiB frame stated as 3,000 bytes is refused within
 			// its output buffer.

@@ -439,8 +439,12 @@ func (t *Trainer) shard(s *wire.Shard, payload []byte) error {
 	if got := hex.EncodeToString(sum[:]); got != s.Hash {
 		return fmt.Errorf("shard payload hashes to %s, header says %s", got, s.Hash)
 	}
+	if s.Rows < 0 || s.Rows > t.cfg.MaxRows {
+		return fmt.Errorf("shard %s: header says %d rows, expected 0 to %d", s.Hash[:12], s.Rows, t.cfg.MaxRows)
+	}
+	// The header's row count bounds what decoding may reserve.
 	dim, classes := t.spec.Sizes[0], t.spec.Sizes[len(t.spec.Sizes)-1]
-	ds, err := data.DecodeShard(payload, dim, classes, t.cfg.MaxRows)
+	ds, err := data.DecodeShard(payload, dim, classes, s.Rows)
 	if err != nil {
 		return fmt.Errorf("shard %s: %w", s.Hash[:12], err)
 	}

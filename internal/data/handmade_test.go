@@ -1,0 +1,301 @@
+package data
+
+import (
+	"bytes"
+	"encoding/binary"
+	"math"
+	"runtime"
+	"testing"
+
+	"github.com/apache/arrow-go/v18/arrow"
+	"github.com/apache/arrow-go/v18/arrow/array"
+	"github.com/apache/arrow-go/v18/arrow/endian"
+	"github.com/apache/arrow-go/v18/arrow/ipc"
+	"github.com/apache/arrow-go/v18/arrow/memory"
+	flatbuffers "github.com/google/flatbuffers/go"
+	"github.com/klauspost/compress/zstd"
+)
+
+// This file builds record batch messages by hand, for streams no Arrow
+// writer makes, and holds DecodeShard to Arrow's reader on them.
+
+// batchMessage frames one hand-made record batch message (compressed: with
+// ZSTD buffer compression) with the given field nodes, buffers and body.
+func batchMessage(rows int64, nodes, bufs [][2]int64, compressed bool, body []byte) []byte {
+	for len(body)%8 != 0 {
+		body = append(body, 0)
+	}
+	b := flatbuffers.NewBuilder(256)
+	var comp flatbuffers.UOffsetT
+	if compressed {
+		b.StartObject(2)
+		b.PrependByteSlot(0, fbCompressionZSTD, 0)
+		comp = b.EndObject()
+	}
+	vec := func(v [][2]int64) flatbuffers.UOffsetT {
+		b.StartVector(16, len(v), 8)
+		for i := len(v) - 1; i >= 0; i-- {
+			b.Prep(8, 16)
+			b.PrependInt64(v[i][1])
+			b.PrependInt64(v[i][0])
+		}
+		return b.EndVector(len(v))
+	}
+	nv, bv := vec(nodes), vec(bufs)
+	b.StartObject(5)
+	b.PrependInt64Slot(0, rows, 0)
+	b.PrependUOffsetTSlot(1, nv, 0)
+	b.PrependUOffsetTSlot(2, bv, 0)
+	if compressed {
+		b.PrependUOffsetTSlot(3, comp, 0)
+	}
+	rb := b.EndObject()
+	b.StartObject(5)
+	b.PrependInt16Slot(0, fbMetadataV5, 0)
+	b.PrependByteSlot(1, fbHeaderRecordBatch, 0)
+	b.PrependUOffsetTSlot(2, rb, 0)
+	b.PrependInt64Slot(3, int64(len(body)), 0)
+	b.Finish(b.EndObject())
+	meta := b.FinishedBytes()
+	for len(meta)%8 != 0 {
+		meta = append(meta, 0)
+	}
+	out := binary.LittleEndian.AppendUint32(nil, ipcContinuation)
+	out = binary.LittleEndian.AppendUint32(out, uint32(len(meta)))
+	out = append(out, meta...)
+	return append(out, body...)
+}
+
+// schemaMessage is the schema message EncodeShard writes for dim, classes.
+func schemaMessage(t testing.TB, dim, classes int) []byte {
+	t.Helper()
+	enc, err := EncodeShard(&Dataset{X: []float32{}, Y: []int32{}, Dim: dim, Classes: classes})
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := scanShardStream(enc, 1, 1<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return enc[:info.schemaEnd]
+}
+
+// ipcStream joins messages and ends the stream.
+func ipcStream(msgs ...[]byte) []byte {
+	return append(bytes.Join(msgs, nil), ipcEndOfStream...)
+}
+
+func int32LE(v ...int32) []byte {
+	var b []byte
+	for _, x := range v {
+		b = binary.LittleEndian.AppendUint32(b, uint32(x))
+	}
+	return b
+}
+
+func float32LE(v ...float32) []byte {
+	var b []byte
+	for _, x := range v {
+		b = binary.LittleEndian.AppendUint32(b, math.Float32bits(x))
+	}
+	return b
+}
+
+// compressedBuffer is a compressed buffer's bytes: the stated size and the
+// frame.
+func compressedBuffer(size int64, frame []byte) []byte {
+	return append(binary.LittleEndian.AppendUint64(nil, uint64(size)), frame...)
+}
+
+// twoRowBatch is a batch of rows {1: 1 2 3 4} and {2: 5 6 7 8} whose label
+// buffer is lab (compressed) and whose features are stored uncompressed.
+func twoRowBatch(lab []byte) []byte {
+	feats := compressedBuffer(-1, float32LE(1, 2, 3, 4, 5, 6, 7, 8))
+	body := append(bytes.Clone(lab), make([]byte, (8-len(lab)%8)%8)...)
+	off := int64(len(body))
+	body = append(body, feats...)
+	nodes := [][2]int64{{2, 0}, {2, 0}, {8, 0}}
+	bufs := [][2]int64{{0, 0}, {0, int64(len(lab))}, {0, 0}, {0, 0}, {off, int64(len(feats))}}
+	return batchMessage(2, nodes, bufs, true, body)
+}
+
+// streamingFrame compresses b into a frame that does not state its size.
+func streamingFrame(t testing.TB, parts ...[]byte) []byte {
+	var buf bytes.Buffer
+	w, err := zstd.NewWriter(&buf, zstd.WithEncoderConcurrency(1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range parts {
+		if _, err := w.Write(p); err != nil {
+			t.Fatal(err)
+		}
+		if err := w.Flush(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := w.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return buf.Bytes()
+}
+
+// handmadeStreams are streams no Arrow writer makes, by name, with what
+// DecodeShard (dim 4, classes 3, maxRows 64) must say of them: "" to
+// decode (want rows), or its error. arrowToo says whether Arrow's reader
+// agrees.
+func handmadeStreams(t testing.TB) []struct {
+	name, err string
+	b         []byte
+	rows      int
+	arrowToo  bool
+} {
+	schema := schemaMessage(t, 4, 3)
+	enc, err := zstd.NewWriter(nil, zstd.WithEncoderConcurrency(1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	uncompressed := append(int32LE(1, 2), float32LE(1, 2, 3, 4, 5, 6, 7, 8)...)
+	okBufs := [][2]int64{{0, 0}, {0, 8}, {8, 0}, {8, 0}, {8, 32}}
+	corrupt := enc.EncodeAll(bytes.Repeat([]byte{7}, 100), nil)
+	corrupt[len(corrupt)-1] ^= 0xff // the content checksum
+	badSum := enc.EncodeAll(int32LE(1, 2), nil)
+	badSum[len(badSum)-1] ^= 0xff
+	zeroRows := [][2]int64{{0, 0}, {0, 0}, {0, 0}}
+	return []struct {
+		name, err string
+		b         []byte
+		rows      int
+		arrowToo  bool
+	}{
+		{name: "uncompressed", b: ipcStream(schema, batchMessage(2, [][2]int64{{2, 0}, {2, 0}, {8, 0}}, okBufs, false, uncompressed)), rows: 2, arrowToo: true},
+		{name: "label frame without a content size", b: ipcStream(schema, twoRowBatch(compressedBuffer(8, streamingFrame(t, int32LE(1), int32LE(2))))), rows: 2, arrowToo: true},
+		{name: "element node longer than the rows", b: ipcStream(schema, batchMessage(2, [][2]int64{{2, 0}, {2, 0}, {1 << 40, 0}}, okBufs, false, uncompressed)),
+			err: `column "features": expected 2×4 feature values, got 1099511627776`, arrowToo: true},
+		// Arrow's reader reads no buffer of a batch of no rows.
+		{name: "no rows, corrupt frame", b: ipcStream(schema, batchMessage(0, zeroRows, [][2]int64{{0, 0}, {0, int64(len(corrupt) + 8)}, {0, 0}, {0, 0}, {0, 0}}, true, compressedBuffer(100, corrupt))), rows: 0, arrowToo: true},
+		// Arrow's reader takes the stated number of bytes and ignores
+		// the rest of the frame, or its checksum.
+		{name: "frame longer than stated", b: ipcStream(schema, twoRowBatch(compressedBuffer(8, streamingFrame(t, int32LE(1, 2), int32LE(1, 2, 0, 0))))),
+			err: `column "label": buffer 1: ZSTD frame decodes to more than the stated 8 bytes`},
+		{name: "bad checksum", b: ipcStream(schema, twoRowBatch(compressedBuffer(8, badSum))), err: `column "label": buffer 1: corrupt ZSTD frame`},
+		// Rows claimed with no data behind them are refused before any
+		// is reserved.
+		{name: "rows without buffers", b: ipcStream(schema, batchMessage(60, [][2]int64{{60, 0}, {60, 0}, {240, 0}}, [][2]int64{{0, 0}, {0, 0}, {0, 0}, {0, 0}, {0, 0}}, false, nil)),
+			err: `column "label": buffer 1: expected at least 240 bytes, got 0`, arrowToo: true},
+	}
+}
+
+func TestDecodeShardHandmade(t *testing.T) {
+	for _, tc := range handmadeStreams(t) {
+		t.Run(tc.name, func(t *testing.T) {
+			d, err := DecodeShard(tc.b, 4, 3, 64)
+			od, oerr := decodeShardArrow(tc.b, 4, 3, 64)
+			if tc.err != "" {
+				wantErr(t, err, tc.err)
+				if tc.arrowToo && oerr == nil {
+					t.Errorf("Arrow's reader decoded it")
+				}
+				return
+			}
+			if err != nil || d.Len() != tc.rows {
+				t.Fatalf("decoded %v rows, err %v; want %d rows", rowsOrNone(d), err, tc.rows)
+			}
+			if tc.rows == 2 && (d.Y[0] != 1 || d.Y[1] != 2 || d.X[7] != 8) {
+				t.Fatalf("decoded labels %v, features %v", d.Y, d.X)
+			}
+			if oerr != nil || !bitEqual(d, od) {
+				t.Fatalf("Arrow's reader: %v", oerr)
+			}
+		})
+	}
+}
+
+func rowsOrNone(d *Dataset) int {
+	if d == nil {
+		return -1
+	}
+	return d.Len()
+}
+
+// TestDecodeShardNoAmplification: many batches of no rows, each with
+// buffers stated as large (legal: their frames are a few kB of RLE
+// blocks), decode as Arrow's reader does, to nothing, without decoding
+// the buffers.
+func TestDecodeShardNoAmplification(t *testing.T) {
+	const dim, classes, maxRows = 784, 10, 60000
+	size := int64(128<<10) * 1000
+	frame := binary.LittleEndian.AppendUint32(nil, zstdMagic)
+	frame = append(frame, 0x80, 0x70) // a 4-byte content size; window 2^24
+	frame = binary.LittleEndian.AppendUint32(frame, uint32(size))
+	for i := range 1000 { // 128 KiB RLE blocks
+		h := uint32(128<<10)<<3 | 1<<1
+		if i == 999 {
+			h |= 1
+		}
+		frame = append(frame, byte(h), byte(h>>8), byte(h>>16), 0)
+	}
+	buf := compressedBuffer(size, frame)
+	msg := batchMessage(0, [][2]int64{{0, 0}, {0, 0}, {0, 0}}, [][2]int64{{0, 0}, {0, int64(len(buf))}, {0, 0}, {0, 0}, {0, int64(len(buf))}}, true, buf)
+	msgs := [][]byte{schemaMessage(t, dim, classes)}
+	for range 150 {
+		msgs = append(msgs, msg)
+	}
+	b := ipcStream(msgs...)
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	d, err := DecodeShard(b, dim, classes, maxRows)
+	runtime.ReadMemStats(&after)
+	if err != nil || d.Len() != 0 {
+		t.Fatalf("decoded %v rows, err %v; want 0 rows", rowsOrNone(d), err)
+	}
+	if grew := after.TotalAlloc - before.TotalAlloc; grew > 8<<20 {
+		t.Fatalf("decoding a %d-byte stream allocated %d bytes", len(b), grew)
+	}
+}
+
+// TestDecodeShardOtherByteOrder decodes a stream whose schema says
+// big-endian, as a big-endian writer makes it, and compares with Arrow's
+// reader, which swaps the values to this machine's order.
+func TestDecodeShardOtherByteOrder(t *testing.T) {
+	if endian.IsBigEndian {
+		t.Skip("the test writes big-endian values by swapping little-endian ones")
+	}
+	dim, classes := 4, 3
+	md := arrow.NewMetadata([]string{ShardClassesKey}, []string{"3"})
+	s := arrow.NewSchemaWithEndian(shardSchema(dim, classes).Fields(), &md, endian.BigEndian)
+	rb := array.NewRecordBuilder(memory.DefaultAllocator, shardSchema(dim, classes))
+	defer rb.Release()
+	swap := func(v uint32) uint32 { return v>>24 | v>>8&0xff00 | v<<8&0xff0000 | v<<24 }
+	rb.Field(0).(*array.Int32Builder).AppendValues([]int32{int32(swap(1)), int32(swap(2))}, nil)
+	lb := rb.Field(1).(*array.FixedSizeListBuilder)
+	for i := range 2 {
+		lb.Append(true)
+		for j := range 4 {
+			lb.ValueBuilder().(*array.Float32Builder).Append(math.Float32frombits(swap(math.Float32bits(float32(i*4 + j)))))
+		}
+	}
+	rec := rb.NewRecordBatch()
+	defer rec.Release()
+	big := array.NewRecordBatch(s, rec.Columns(), rec.NumRows())
+	defer big.Release()
+	var buf bytes.Buffer
+	w := ipc.NewWriter(&buf, ipc.WithSchema(s), ipc.WithZstd())
+	if err := w.Write(big); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Close(); err != nil {
+		t.Fatal(err)
+	}
+	d, err := DecodeShard(buf.Bytes(), dim, classes, 64)
+	if err != nil {
+		t.Fatal(err)
+	}
+	od, err := decodeShardArrow(buf.Bytes(), dim, classes, 64)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d.Y[0] != 1 || d.Y[1] != 2 || d.X[5] != 5 || !bitEqual(d, od) {
+		t.Fatalf("decoded labels %v features %v; Arrow's reader %v %v", d.Y, d.X, od.Y, od.X)
+	}
+}
