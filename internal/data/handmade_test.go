@@ -177,7 +177,10 @@ func handmadeStreams(t testing.TB) []struct {
 		// Arrow's reader takes the stated number of bytes and ignores
 		// the rest of the frame, or its checksum.
 		{name: "frame longer than stated", b: ipcStream(schema, twoRowBatch(compressedBuffer(8, streamingFrame(t, int32LE(1, 2), int32LE(1, 2, 0, 0))))),
-			err: `column "label": buffer 1: ZSTD frame decodes to more than the stated 8 bytes`},
+			err: `record batch 0: buffer 1: ZSTD frame's raw and RLE blocks decode to more than 8 bytes`},
+		// A frame whose header says 4 bytes holding a raw block of 8.
+		{name: "raw block past the content size", b: ipcStream(schema, twoRowBatch(compressedBuffer(8, rawFrame(4, int32LE(1, 2))))),
+			err: `record batch 0: buffer 1: ZSTD frame's raw and RLE blocks decode to more than 4 bytes`},
 		{name: "bad checksum", b: ipcStream(schema, twoRowBatch(compressedBuffer(8, badSum))), err: `column "label": buffer 1: corrupt ZSTD frame`},
 		// Rows claimed with no data behind them are refused before any
 		// is reserved.
@@ -218,24 +221,42 @@ func rowsOrNone(d *Dataset) int {
 	return d.Len()
 }
 
-// TestDecodeShardNoAmplification: many batches of no rows, each with
-// buffers stated as large (legal: their frames are a few kB of RLE
-// blocks), decode as Arrow's reader does, to nothing, without decoding
-// the buffers.
-func TestDecodeShardNoAmplification(t *testing.T) {
-	const dim, classes, maxRows = 784, 10, 60000
-	size := int64(128<<10) * 1000
+// rawFrame is a single-segment ZSTD frame stating content bytes and
+// holding b as one raw block, without a checksum.
+func rawFrame(content uint32, b []byte) []byte {
+	frame := binary.LittleEndian.AppendUint32(nil, zstdMagic)
+	frame = append(frame, 0xa0) // single segment, a 4-byte content size
+	frame = binary.LittleEndian.AppendUint32(frame, content)
+	h := uint32(len(b))<<3 | 1 // raw, last
+	frame = append(frame, byte(h), byte(h>>8), byte(h>>16))
+	return append(frame, b...)
+}
+
+// rleFrame is a ZSTD frame stating content bytes (window 2^24) and
+// holding blocks RLE blocks of 128 KiB of zeros: 4 bytes each.
+func rleFrame(content uint32, blocks int) []byte {
 	frame := binary.LittleEndian.AppendUint32(nil, zstdMagic)
 	frame = append(frame, 0x80, 0x70) // a 4-byte content size; window 2^24
-	frame = binary.LittleEndian.AppendUint32(frame, uint32(size))
-	for i := range 1000 { // 128 KiB RLE blocks
+	frame = binary.LittleEndian.AppendUint32(frame, content)
+	for i := range blocks {
 		h := uint32(128<<10)<<3 | 1<<1
-		if i == 999 {
+		if i == blocks-1 {
 			h |= 1
 		}
 		frame = append(frame, byte(h), byte(h>>8), byte(h>>16), 0)
 	}
-	buf := compressedBuffer(size, frame)
+	return frame
+}
+
+// TestDecodeShardNoAmplification: small streams whose frames are stated
+// to decode to a lot (legal: RLE blocks) cost no more than the rows they
+// claim. Many batches of no rows decode as Arrow's reader does, to nothing,
+// without decoding their buffers; a frame whose RLE blocks pass the size
+// it states is refused before the rows are reserved.
+func TestDecodeShardNoAmplification(t *testing.T) {
+	const dim, classes, maxRows = 784, 10, 60000
+	size := int64(128<<10) * 1000
+	buf := compressedBuffer(size, rleFrame(uint32(size), 1000))
 	msg := batchMessage(0, [][2]int64{{0, 0}, {0, 0}, {0, 0}}, [][2]int64{{0, 0}, {0, int64(len(buf))}, {0, 0}, {0, 0}, {0, int64(len(buf))}}, true, buf)
 	msgs := [][]byte{schemaMessage(t, dim, classes)}
 	for range 150 {
@@ -249,6 +270,25 @@ func TestDecodeShardNoAmplification(t *testing.T) {
 	if err != nil || d.Len() != 0 {
 		t.Fatalf("decoded %v rows, err %v; want 0 rows", rowsOrNone(d), err)
 	}
+	if grew := after.TotalAlloc - before.TotalAlloc; grew > 8<<20 {
+		t.Fatalf("decoding a %d-byte stream allocated %d bytes", len(b), grew)
+	}
+
+	// 20,000 rows whose features frame states their 62,720,000 bytes but
+	// holds one RLE block more.
+	const rows = 20000
+	need := uint32(rows * dim * 4)
+	feats := compressedBuffer(int64(need), rleFrame(need, int(need/(128<<10))+2))
+	labels := compressedBuffer(4*rows, rawFrame(4*rows, make([]byte, 4*rows)))
+	body := append(bytes.Clone(labels), make([]byte, (8-len(labels)%8)%8)...)
+	off := int64(len(body))
+	body = append(body, feats...)
+	b = ipcStream(schemaMessage(t, dim, classes), batchMessage(rows, [][2]int64{{rows, 0}, {rows, 0}, {rows * dim, 0}},
+		[][2]int64{{0, 0}, {0, int64(len(labels))}, {0, 0}, {0, 0}, {off, int64(len(feats))}}, true, body))
+	runtime.ReadMemStats(&before)
+	_, err = DecodeShard(b, dim, classes, maxRows)
+	runtime.ReadMemStats(&after)
+	wantErr(t, err, "buffer 4: ZSTD frame's raw and RLE blocks decode to more than 62720000 bytes")
 	if grew := after.TotalAlloc - before.TotalAlloc; grew > 8<<20 {
 		t.Fatalf("decoding a %d-byte stream allocated %d bytes", len(b), grew)
 	}

@@ -52,8 +52,8 @@ const (
 	zstdMagic     = 0xfd2fb528
 	zstdMinWindow = 1 << 10
 	// zstdMaxWindow is the largest window accepted regardless of the
-	// buffer's size: the klauspost encoder behind arrow-go's writer uses
-	// 8 MiB windows at its default level.
+	// buffer's size: klauspost's streaming encoder (behind arrow-go's
+	// writer) uses 8 MiB windows at its default level.
 	zstdMaxWindow = 8 << 20
 )
 
@@ -265,6 +265,14 @@ func checkZstdFrame(data []byte, size int64) error {
 	if limit := max(uint64(zstdMaxWindow), 2*uint64(size)); window > limit {
 		return fmt.Errorf("ZSTD frame window of %d bytes exceeds %d for a %d-byte buffer", window, limit, size)
 	}
+	// Raw and RLE blocks say how much they decode to; their sum may not
+	// pass the frame's content size or the buffer's length (a decoder
+	// would grow its output for them before checking either).
+	bound := uint64(size)
+	if hasContent {
+		bound = content
+	}
+	var plain uint64
 	for last := false; !last; {
 		if err := need(3); err != nil {
 			return err
@@ -274,8 +282,13 @@ func checkZstdFrame(data []byte, size int64) error {
 		last = h&1 != 0
 		n := int(h >> 3)
 		switch (h >> 1) & 3 {
-		case 1: // RLE block: one byte repeated n times
-			n = 1
+		case 0, 1: // raw: n bytes; RLE: one byte repeated n times
+			if plain += uint64(n); plain > bound {
+				return fmt.Errorf("ZSTD frame's raw and RLE blocks decode to more than %d bytes, its content size or the buffer's length", bound)
+			}
+			if (h>>1)&3 == 1 {
+				n = 1
+			}
 		case 3:
 			return fmt.Errorf("ZSTD block at byte %d has the reserved block type", p-3)
 		}
@@ -612,8 +625,12 @@ func (v *fbVerifier) recordBatch(rb fbTable, m *ipcMessage) error {
 		if m.codec, err = v.scalar8(comp, 0); err != nil {
 			return fmt.Errorf("RecordBatch.compression.codec: %w", err)
 		}
-		if method, err := v.scalar8(comp, 1); err != nil || method != 0 {
-			return fmt.Errorf("RecordBatch.compression.method: expected BUFFER (0), got %d (%v)", method, err)
+		method, err := v.scalar8(comp, 1)
+		if err != nil {
+			return fmt.Errorf("RecordBatch.compression.method: %w", err)
+		}
+		if method != 0 {
+			return fmt.Errorf("RecordBatch.compression.method: expected BUFFER (0), got %d", method)
 		}
 	}
 	if _, _, err := v.vector(rb, 4, 8); err != nil {

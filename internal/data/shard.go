@@ -32,13 +32,15 @@ const (
 	shardBatchBytes = 16 << 20
 )
 
-// shardSchema returns the schema of an encoded shard.
+// shardSchema returns the schema of an encoded shard, whose data is
+// little-endian on every machine: the same dataset encodes to the same
+// bytes everywhere.
 func shardSchema(dim, classes int) *arrow.Schema {
 	md := arrow.NewMetadata([]string{ShardClassesKey}, []string{strconv.Itoa(classes)})
-	return arrow.NewSchema([]arrow.Field{
+	return arrow.NewSchemaWithEndian([]arrow.Field{
 		{Name: ShardLabelColumn, Type: arrow.PrimitiveTypes.Int32},
 		{Name: ShardFeaturesColumn, Type: arrow.FixedSizeListOfNonNullable(int32(dim), arrow.PrimitiveTypes.Float32)},
-	}, &md)
+	}, &md, endian.LittleEndian)
 }
 
 // EncodeShard validates d and encodes it as an Arrow IPC stream with schema
@@ -57,9 +59,9 @@ func EncodeShard(d *Dataset) ([]byte, error) {
 // encodeShard encodes a validated dataset in record batches of at most step
 // rows. Arrow's writer writes the schema message; the record batches are
 // written here, each buffer compressed with a reused ZSTD encoder into one
-// frame that states its size. (Arrow's writer makes a new encoder, and
-// about eleven times the shard's size in garbage, for every shard; its
-// frames do not state their size.)
+// frame, which states its size unless the buffer is under 256 bytes.
+// (Arrow's writer makes a new encoder, and about eleven times the shard's
+// size in garbage, for every shard; its frames do not state their size.)
 func encodeShard(d *Dataset, step int) ([]byte, error) {
 	if d.Dim > math.MaxInt32 {
 		return nil, fmt.Errorf("encode shard: expected Dim ≤ %d, got %d", math.MaxInt32, d.Dim)
@@ -126,7 +128,7 @@ func (e *shardEncoder) appendBatch(out []byte, d *Dataset, lo, hi int) []byte {
 			src = e.littleEndian(float32Bytes(d.X[lo*d.Dim : hi*d.Dim]))
 		}
 		off := len(e.body)
-		if src != nil {
+		if len(src) > 0 { // an empty buffer is {offset, 0}, whatever src's capacity
 			e.body = binary.LittleEndian.AppendUint64(e.body, uint64(len(src)))
 			e.body = e.zstd.EncodeAll(src, e.body)
 		}
@@ -285,7 +287,8 @@ func DecodeShard(b []byte, dim, classes int, maxRows int) (d *Dataset, err error
 // against the buffer's: the decoder stops at it. capped decodes frames that
 // do not, and writes no further than its output's capacity; that limit
 // makes it use slower copies, so sized, which may write up to zstdSlack
-// bytes past the end of its output, takes the frames EncodeShard writes.
+// bytes past the end of its output, takes the frames EncodeShard writes
+// (all but those of buffers under 256 bytes).
 // A pooled decoder refers to the last dataset it decoded into until it is
 // used again or the pool drops it (at the second garbage collection).
 type shardDecoders struct{ sized, capped *zstd.Decoder }
@@ -316,7 +319,8 @@ func shardLayout(cols shardCols) (label, list, elems, labelBuf, elemBuf int) {
 // checkShardBatch checks a scanned record batch's field nodes and buffer
 // sizes against the shard schema (whose columns are at cols) and its row
 // count. Like Arrow's reader, it ignores the validity bitmap of a column
-// whose field node declares no nulls, and the buffers of a batch of no rows.
+// whose field node declares no nulls, and what the buffers of a batch of
+// no rows hold (the scan has checked that they are well-formed frames).
 func checkShardBatch(rb *ipcBatch, cols shardCols, dim int) error {
 	rows := rb.rows // the scan bounds it by maxRows
 	if len(rb.nodes) != 3 || len(rb.buffers) != 5 {
@@ -440,7 +444,9 @@ func readShardBuffer(dst []byte, rb *ipcBatch, j int, dec *shardDecoders) error 
 	}
 	got, err := d.DecodeAll(src, to)
 	switch {
-	case errors.Is(err, zstd.ErrDecoderSizeExceeded) || errors.Is(err, zstd.ErrFrameSizeExceeded) || len(got) > len(dst):
+	case errors.Is(err, zstd.ErrFrameSizeExceeded):
+		return fmt.Errorf("buffer %d: ZSTD frame decodes to more than its header's content size", j)
+	case errors.Is(err, zstd.ErrDecoderSizeExceeded) || len(got) > len(dst):
 		return fmt.Errorf("buffer %d: ZSTD frame decodes to more than the stated %d bytes", j, len(dst))
 	case err != nil:
 		return fmt.Errorf("buffer %d: corrupt ZSTD frame (%w)", j, err)
