@@ -49,20 +49,51 @@ func shardSchema(dim, classes int) *arrow.Schema {
 // into record batches of at most 16 MiB of uncompressed features; a shard of
 // a few thousand MNIST rows is one batch. The stream ends with the IPC
 // end-of-stream marker. The same dataset always encodes to the same bytes.
+// EncodeShard borrows a ShardEncoder from a pool.
 func EncodeShard(d *Dataset) ([]byte, error) {
+	enc := shardEncoders.Get().(*ShardEncoder)
+	defer shardEncoders.Put(enc)
+	return enc.Encode(d)
+}
+
+// A ShardEncoder encodes datasets as EncodeShard does, reusing its ZSTD
+// encoder (about 17 MB of state) and buffers from one call to the next. It
+// is not safe for concurrent use. A caller that encodes many shards and
+// then no more, as the aggregator does at start-up, holds its own and
+// drops it after, so that its memory goes too.
+type ShardEncoder struct {
+	zstd *zstd.Encoder
+	fb   *flatbuffers.Builder
+	body []byte
+}
+
+// NewShardEncoder returns a ShardEncoder.
+func NewShardEncoder() *ShardEncoder {
+	e, err := zstd.NewWriter(nil, zstd.WithEncoderConcurrency(1))
+	if err != nil {
+		panic(err) // only for invalid options
+	}
+	return &ShardEncoder{zstd: e, fb: flatbuffers.NewBuilder(512)}
+}
+
+// shardEncoders holds *ShardEncoder for EncodeShard.
+var shardEncoders = sync.Pool{New: func() any { return NewShardEncoder() }}
+
+// Encode validates d and encodes it; see EncodeShard.
+func (e *ShardEncoder) Encode(d *Dataset) ([]byte, error) {
 	if err := d.Validate(); err != nil {
 		return nil, fmt.Errorf("encode shard: %w", err)
 	}
-	return encodeShard(d, max(1, shardBatchBytes/(4*d.Dim)))
+	return e.encode(d, max(1, shardBatchBytes/(4*d.Dim)))
 }
 
-// encodeShard encodes a validated dataset in record batches of at most step
+// encode encodes a validated dataset in record batches of at most step
 // rows. Arrow's writer writes the schema message; the record batches are
-// written here, each buffer compressed with a reused ZSTD encoder into one
-// frame, which states its size unless the buffer is under 256 bytes.
+// written here, each buffer compressed with the reused ZSTD encoder into
+// one frame, which states its size unless the buffer is under 256 bytes.
 // (Arrow's writer makes a new encoder, and about eleven times the shard's
 // size in garbage, for every shard; its frames do not state their size.)
-func encodeShard(d *Dataset, step int) ([]byte, error) {
+func (e *ShardEncoder) encode(d *Dataset, step int) ([]byte, error) {
 	if d.Dim > math.MaxInt32 {
 		return nil, fmt.Errorf("encode shard: expected Dim ≤ %d, got %d", math.MaxInt32, d.Dim)
 	}
@@ -76,12 +107,10 @@ func encodeShard(d *Dataset, step int) ([]byte, error) {
 		return nil, fmt.Errorf("encode shard: Arrow's writer did not end the schema-only stream with the end-of-stream marker")
 	}
 	out = slices.Clip(out) // appending must not overwrite the marker
-	enc := zstdEncoders.Get().(*shardEncoder)
-	defer zstdEncoders.Put(enc)
 	n := d.Len()
 	for lo := 0; ; lo += step { // an empty dataset still gets one empty batch
 		hi := min(lo+step, n)
-		out = enc.appendBatch(out, d, lo, hi)
+		out = e.appendBatch(out, d, lo, hi)
 		if hi >= n {
 			break
 		}
@@ -92,22 +121,6 @@ func encodeShard(d *Dataset, step int) ([]byte, error) {
 // ipcEndOfStream is the Arrow IPC stream's end-of-stream marker.
 var ipcEndOfStream = []byte{0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0}
 
-// shardEncoder writes record batch messages of the shard schema.
-type shardEncoder struct {
-	zstd *zstd.Encoder
-	fb   *flatbuffers.Builder
-	body []byte
-}
-
-// zstdEncoders holds *shardEncoder for reuse.
-var zstdEncoders = sync.Pool{New: func() any {
-	e, err := zstd.NewWriter(nil, zstd.WithEncoderConcurrency(1))
-	if err != nil {
-		panic(err) // only for invalid options
-	}
-	return &shardEncoder{zstd: e, fb: flatbuffers.NewBuilder(512)}
-}}
-
 // Arrow IPC format constants (Message.fbs).
 const (
 	fbMetadataV5 = 4 // MetadataVersion.V5
@@ -116,7 +129,7 @@ const (
 
 // appendBatch appends to out the record batch message of rows [lo, hi) of
 // d: its metadata and its body, the label and feature buffers compressed.
-func (e *shardEncoder) appendBatch(out []byte, d *Dataset, lo, hi int) []byte {
+func (e *ShardEncoder) appendBatch(out []byte, d *Dataset, lo, hi int) []byte {
 	rows := hi - lo
 	// Buffers in schema order, depth first, as the reader expects them:
 	// label validity and values, features validity, its elements'
@@ -152,7 +165,7 @@ func (e *shardEncoder) appendBatch(out []byte, d *Dataset, lo, hi int) []byte {
 
 // littleEndian returns b, or on a big-endian machine a copy of it with
 // each 4-byte value's bytes reversed, as the stream stores them.
-func (e *shardEncoder) littleEndian(b []byte) []byte {
+func (e *ShardEncoder) littleEndian(b []byte) []byte {
 	if !endian.IsBigEndian {
 		return b
 	}
@@ -163,7 +176,7 @@ func (e *shardEncoder) littleEndian(b []byte) []byte {
 
 // batchMetadata builds the FlatBuffers Message of a record batch with ZSTD
 // buffer compression.
-func (e *shardEncoder) batchMetadata(rows int, nodes, bufs [][2]int64, bodyLen int) []byte {
+func (e *ShardEncoder) batchMetadata(rows int, nodes, bufs [][2]int64, bodyLen int) []byte {
 	b := e.fb
 	b.Reset()
 	b.StartObject(2) // BodyCompression

@@ -66,7 +66,7 @@ func TestShardRoundTrip(t *testing.T) {
 			var b []byte
 			var err error
 			if tc.batchRow > 0 {
-				b, err = encodeShard(tc.d, tc.batchRow)
+				b, err = NewShardEncoder().encode(tc.d, tc.batchRow)
 			} else {
 				b, err = EncodeShard(tc.d)
 			}
@@ -535,7 +535,7 @@ func TestDecodeShardMatchesArrowReader(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	several, err := encodeShard(d, 250) // batches of 250, 250 and 100 rows
+	several, err := NewShardEncoder().encode(d, 250) // batches of 250, 250 and 100 rows
 	if err != nil {
 		t.Fatal(err)
 	}

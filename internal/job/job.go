@@ -234,13 +234,12 @@ func evenSplit(n, k int) [][]int {
 	return parts
 }
 
-// maxEncoders bounds how many shards are encoded at once. When arrow-go's
-// writer compressed the shards, each encoding made about 20 MB of
-// short-lived garbage and the peak of start-up memory grew with the
-// workers: on MNIST with 100 clients, about 400 MB with 2 workers, 470 MB
-// with 4, 600 MB with 8 and 1 GB with 32. EncodeShard now reuses its
-// encoders (about 0.2 MB of garbage a shard); the cap stays as a bound on
-// the encoders held.
+// maxEncoders bounds how many shards are encoded at once, each worker
+// holding a data.ShardEncoder (about 17 MB) until the shards are done. (When
+// arrow-go's writer compressed the shards, each encoding made about 20 MB of
+// garbage and the peak of start-up memory grew with the workers: on MNIST
+// with 100 clients, about 400 MB with 2 workers, 470 MB with 4, 600 MB with
+// 8 and 1 GB with 32.)
 const maxEncoders = 4
 
 // encodeShards encodes every client's shard once, as it will travel, on up
@@ -254,8 +253,9 @@ func encodeShards(train *data.Dataset, split [][]int) ([]coord.Shard, error) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
+			enc := data.NewShardEncoder() // garbage once the shards are encoded
 			for k := range next {
-				b, err := data.EncodeShard(train.Subset(split[k]))
+				b, err := enc.Encode(train.Subset(split[k]))
 				if err != nil {
 					errs[k] = fmt.Errorf("encode client %d's shard: %w", k, err)
 					continue
