@@ -25,45 +25,8 @@ func batchMessage(rows int64, nodes, bufs [][2]int64, compressed bool, body []by
 	for len(body)%8 != 0 {
 		body = append(body, 0)
 	}
-	b := flatbuffers.NewBuilder(256)
-	var comp flatbuffers.UOffsetT
-	if compressed {
-		b.StartObject(2)
-		b.PrependByteSlot(0, fbCompressionZSTD, 0)
-		comp = b.EndObject()
-	}
-	vec := func(v [][2]int64) flatbuffers.UOffsetT {
-		b.StartVector(16, len(v), 8)
-		for i := len(v) - 1; i >= 0; i-- {
-			b.Prep(8, 16)
-			b.PrependInt64(v[i][1])
-			b.PrependInt64(v[i][0])
-		}
-		return b.EndVector(len(v))
-	}
-	nv, bv := vec(nodes), vec(bufs)
-	b.StartObject(5)
-	b.PrependInt64Slot(0, rows, 0)
-	b.PrependUOffsetTSlot(1, nv, 0)
-	b.PrependUOffsetTSlot(2, bv, 0)
-	if compressed {
-		b.PrependUOffsetTSlot(3, comp, 0)
-	}
-	rb := b.EndObject()
-	b.StartObject(5)
-	b.PrependInt16Slot(0, fbMetadataV5, 0)
-	b.PrependByteSlot(1, fbHeaderRecordBatch, 0)
-	b.PrependUOffsetTSlot(2, rb, 0)
-	b.PrependInt64Slot(3, int64(len(body)), 0)
-	b.Finish(b.EndObject())
-	meta := b.FinishedBytes()
-	for len(meta)%8 != 0 {
-		meta = append(meta, 0)
-	}
-	out := binary.LittleEndian.AppendUint32(nil, ipcContinuation)
-	out = binary.LittleEndian.AppendUint32(out, uint32(len(meta)))
-	out = append(out, meta...)
-	return append(out, body...)
+	meta := batchMetadata(flatbuffers.NewBuilder(256), int(rows), nodes, bufs, len(body), compressed)
+	return appendMessage(nil, meta, body)
 }
 
 // schemaMessage is the schema message EncodeShard writes for dim, classes.

@@ -151,16 +151,20 @@ func (e *ShardEncoder) appendBatch(out []byte, d *Dataset, lo, hi int) []byte {
 		}
 	}
 	nodes := [3][2]int64{{int64(rows), 0}, {int64(rows), 0}, {int64(rows * d.Dim), 0}}
-	meta := e.batchMetadata(rows, nodes[:], bufs[:], len(e.body))
+	meta := batchMetadata(e.fb, rows, nodes[:], bufs[:], len(e.body), true)
+	return appendMessage(out, meta, e.body)
+}
 
-	// Framing: the continuation marker, the padded metadata length, the
-	// metadata, padding to 8 bytes, the body.
+// appendMessage appends an IPC message to out: the continuation marker, the
+// metadata's length padded so that the body starts at a multiple of 8, the
+// metadata and its padding, the body (a multiple of 8 bytes long).
+func appendMessage(out, meta, body []byte) []byte {
 	padded := (len(meta) + 8 + ipcBodyAlign - 1) / ipcBodyAlign * ipcBodyAlign
 	out = binary.LittleEndian.AppendUint32(out, ipcContinuation)
 	out = binary.LittleEndian.AppendUint32(out, uint32(padded-8))
 	out = append(out, meta...)
 	out = append(out, make([]byte, padded-8-len(meta))...)
-	return append(out, e.body...)
+	return append(out, body...)
 }
 
 // littleEndian returns b, or on a big-endian machine a copy of it with
@@ -174,14 +178,16 @@ func (e *ShardEncoder) littleEndian(b []byte) []byte {
 	return c
 }
 
-// batchMetadata builds the FlatBuffers Message of a record batch with ZSTD
-// buffer compression.
-func (e *ShardEncoder) batchMetadata(rows int, nodes, bufs [][2]int64, bodyLen int) []byte {
-	b := e.fb
+// batchMetadata builds in b the FlatBuffers Message of a record batch,
+// with ZSTD buffer compression if compressed.
+func batchMetadata(b *flatbuffers.Builder, rows int, nodes, bufs [][2]int64, bodyLen int, compressed bool) []byte {
 	b.Reset()
-	b.StartObject(2) // BodyCompression
-	b.PrependByteSlot(0, fbCompressionZSTD, 0)
-	comp := b.EndObject()
+	var comp flatbuffers.UOffsetT
+	if compressed {
+		b.StartObject(2) // BodyCompression
+		b.PrependByteSlot(0, fbCompressionZSTD, 0)
+		comp = b.EndObject()
+	}
 	structs := func(v [][2]int64) flatbuffers.UOffsetT { // FieldNode or Buffer vector
 		b.StartVector(16, len(v), 8)
 		for i := len(v) - 1; i >= 0; i-- {
@@ -197,7 +203,9 @@ func (e *ShardEncoder) batchMetadata(rows int, nodes, bufs [][2]int64, bodyLen i
 	b.PrependInt64Slot(0, int64(rows), 0)
 	b.PrependUOffsetTSlot(1, nodeVec, 0)
 	b.PrependUOffsetTSlot(2, bufVec, 0)
-	b.PrependUOffsetTSlot(3, comp, 0)
+	if compressed {
+		b.PrependUOffsetTSlot(3, comp, 0)
+	}
 	rb := b.EndObject()
 	b.StartObject(5) // Message
 	b.PrependInt16Slot(0, fbMetadataV5, 0)
