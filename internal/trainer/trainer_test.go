@@ -16,6 +16,7 @@ import (
 	"github.com/gorilla/websocket"
 
 	"fedgather/internal/data"
+	"fedgather/internal/model"
 	"fedgather/internal/wire"
 )
 
@@ -195,5 +196,41 @@ func TestHelloAnnouncesRecentShardsWithinMaxHeader(t *testing.T) {
 	}
 	if _, err := wire.Prefix(wire.TypeHello, wire.Hello{Name: "many-shards", Token: strings.Repeat("t", 256), Shards: got}); err != nil {
 		t.Errorf("hello does not fit: %v", err)
+	}
+}
+
+// A shard is decoded with its header's row count as the limit: a header
+// over the trainer's MaxRows, or under the rows the payload holds, is
+// refused before the rows are reserved, naming both counts.
+func TestShardRowsAreBoundedByTheHeader(t *testing.T) {
+	tr, err := New(Config{Aggregator: "127.0.0.1:1", Name: "rows", MaxRows: 5})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr.spec = model.Spec{Name: "logreg", Sizes: []int{4, 3}}
+	payload, err := data.EncodeShard(&data.Dataset{X: []float32{1, 2, 3, 4, 5, 6, 7, 8}, Y: []int32{0, 2}, Dim: 4, Classes: 3})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sum := sha256.Sum256(payload)
+	hash := hex.EncodeToString(sum[:])
+	for _, tc := range []struct {
+		rows int
+		want string
+	}{
+		{9, "header says 9 rows, expected 0 to 5"},
+		{1, "expected at most 1 rows in the shard, got 2"},
+		{2, ""},
+	} {
+		err := tr.shard(&wire.Shard{Hash: hash, Rows: tc.rows}, payload)
+		switch {
+		case tc.want == "" && err != nil:
+			t.Errorf("header of %d rows: %v", tc.rows, err)
+		case tc.want != "" && (err == nil || !strings.Contains(err.Error(), tc.want)):
+			t.Errorf("header of %d rows: got %v, want an error containing %q", tc.rows, err, tc.want)
+		}
+	}
+	if c := tr.shards[hash]; c == nil || c.ds.Len() != 2 {
+		t.Fatal("the shard with the right header is not cached")
 	}
 }
