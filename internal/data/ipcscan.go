@@ -188,18 +188,35 @@ func checkBatchBody(body []byte, m ipcMessage, maxBuffer int64) error {
 		if n < 8 {
 			return fmt.Errorf("buffer %d: expected an 8-byte uncompressed-length prefix, got %d bytes", j, n)
 		}
-		size := int64(binary.LittleEndian.Uint64(body[off:]))
-		if size == -1 { // stored uncompressed
+		src, frame, size := bufferBytes(body, true, off, n)
+		if !frame {
 			continue
 		}
 		if size < 0 || size > maxBuffer {
 			return fmt.Errorf("buffer %d: expected an uncompressed length in [0, %d] for this shard size, got %d", j, maxBuffer, size)
 		}
-		if err := checkZstdFrame(body[off+8:off+n], size); err != nil {
+		if err := checkZstdFrame(src, size); err != nil {
 			return fmt.Errorf("buffer %d: %w", j, err)
 		}
 	}
 	return nil
+}
+
+// bufferBytes reads the n bytes at off in a record batch's body (inside it,
+// and at least 8 long if compressed and not empty): the bytes stored,
+// whether they are a ZSTD frame, and how many bytes they stand for. A
+// compressed buffer starts with its uncompressed length, -1 when it is
+// stored uncompressed after all.
+func bufferBytes(body []byte, compressed bool, off, n int64) (src []byte, frame bool, size int64) {
+	src = body[off : off+n]
+	if !compressed || n == 0 {
+		return src, false, n
+	}
+	size = int64(binary.LittleEndian.Uint64(src))
+	if size == -1 {
+		return src[8:], false, n - 8
+	}
+	return src[8:], true, size
 }
 
 // checkZstdFrame checks that data is exactly one ZSTD frame (RFC 8878,

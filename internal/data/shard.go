@@ -404,20 +404,10 @@ func (d *Dataset) checkRows(at, n int) error {
 	return checkFeatures(d.X[at*d.Dim:(at+n)*d.Dim], d.Dim)
 }
 
-// shardBuffer returns buffer j of rb (which the scan has checked lies in
-// the body): the bytes stored, whether they are a ZSTD frame, and how many
-// bytes they stand for.
+// shardBuffer returns buffer j of rb, as bufferBytes reads it (the scan
+// has checked that it lies in the body and has its length prefix).
 func shardBuffer(rb *ipcBatch, j int) (src []byte, frame bool, size int64) {
-	off, n := rb.buffers[j][0], rb.buffers[j][1]
-	src = rb.body[off : off+n]
-	if !rb.compressed || n == 0 {
-		return src, false, n
-	}
-	size = int64(binary.LittleEndian.Uint64(src)) // the scan checked n ≥ 8
-	if size == -1 {                               // stored uncompressed
-		return src[8:], false, n - 8
-	}
-	return src[8:], true, size
+	return bufferBytes(rb.body, rb.compressed, rb.buffers[j][0], rb.buffers[j][1])
 }
 
 // checkShardBuffer checks that buffer j of rb holds need bytes: a ZSTD
