@@ -339,6 +339,9 @@ func checkMessage(meta []byte) (ipcMessage, error) {
 	if err != nil {
 		return m, fmt.Errorf("Message: %w", err)
 	}
+	if _, _, err := v.field(msg, 0, 2); err != nil {
+		return m, fmt.Errorf("Message.version: %w", err)
+	}
 	if m.header, err = v.scalar8(msg, 1); err != nil {
 		return m, fmt.Errorf("Message.header_type: %w", err)
 	}
@@ -542,8 +545,12 @@ func (v *fbVerifier) keyValues(t fbTable, i int) error {
 	})
 }
 
-// schema verifies a Schema table: fields, custom_metadata, features.
+// schema verifies a Schema table: endianness, fields, custom_metadata,
+// features.
 func (v *fbVerifier) schema(s fbTable) error {
+	if _, _, err := v.field(s, 0, 2); err != nil {
+		return fmt.Errorf("Schema.endianness: %w", err)
+	}
 	if err := v.tables(s, 1, func(_ int64, f fbTable) error { return v.fieldTable(f, 1) }); err != nil {
 		return fmt.Errorf("Schema.fields: %w", err)
 	}
