@@ -28,10 +28,12 @@ import (
 	"runtime"
 	"runtime/debug"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
 	"fedgather/internal/cli"
+	"fedgather/internal/coord"
 	"fedgather/internal/job"
 	"fedgather/internal/trainer"
 )
@@ -103,14 +105,33 @@ func flags(stderr io.Writer) (*flag.FlagSet, *options) {
 	return fs, o
 }
 
+// checkHubFlags refuses the hub's flag values that the hub would read as
+// "use the default" (zero) or ignore (negative).
+func checkHubFlags(h *coord.Config) error {
+	switch {
+	case h.MaxMessage <= 0:
+		return fmt.Errorf("-max-message %d: want a positive number of bytes", h.MaxMessage)
+	case h.PingPeriod <= 0:
+		return fmt.Errorf("-ping %v: want a positive duration, such as 5s", h.PingPeriod)
+	case h.TaskDeadline < 0:
+		return fmt.Errorf("-task-deadline %v: want a positive duration, or 0 to derive it from recent tasks", h.TaskDeadline)
+	}
+	return nil
+}
+
 func run(args []string, stdout, stderr io.Writer) int {
 	fs, o := flags(stderr)
+	// usage reports a bad flag value or input file, naming the
+	// environment variables that set the flags it names.
+	usage := func(err error) int {
+		fmt.Fprintf(stderr, "aggregator: %v\n", cli.Explain(fs, err))
+		return 2
+	}
 	if err := cli.Parse(fs, args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return 0
 		}
-		fmt.Fprintf(stderr, "aggregator: %v\n", err)
-		return 2
+		return usage(err)
 	}
 	if o.demo {
 		if !cli.Given(fs, "listen") {
@@ -123,14 +144,18 @@ func run(args []string, stdout, stderr io.Writer) int {
 			o.job.Rounds = 300
 		}
 		if o.trainers < 1 {
-			fmt.Fprintf(stderr, "aggregator: -trainers %d: want at least 1\n", o.trainers)
-			return 2
+			return usage(fmt.Errorf("-trainers %d: want at least 1", o.trainers))
 		}
+		if o.job.MinTrainers > o.trainers {
+			return usage(fmt.Errorf("-min-trainers %d with -demo -trainers %d: the demo would wait for trainers it never starts", o.job.MinTrainers, o.trainers))
+		}
+	}
+	if err := checkHubFlags(&o.job.Hub); err != nil {
+		return usage(err)
 	}
 	log, err := cli.Logger(stderr, o.level, "component", "aggregator")
 	if err != nil {
-		fmt.Fprintf(stderr, "aggregator: %v\n", err)
-		return 2
+		return usage(err)
 	}
 	o.job.Seed = o.seed
 	o.job.Hub.Token = o.token
@@ -138,8 +163,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	o.job.Logger = log
 
 	if err := o.export.loadInit(&o.job); err != nil {
-		fmt.Fprintf(stderr, "aggregator: %v\n", err)
-		return 2
+		return usage(err)
 	}
 	// Loading the dataset and encoding its shards make many times the
 	// dataset's size in short-lived garbage (copies of each client's rows,
@@ -155,8 +179,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	j, err := job.New(o.job)
 	debug.SetGCPercent(prev)
 	if err != nil {
-		fmt.Fprintf(stderr, "aggregator: %v\n", err)
-		return 2
+		return usage(err)
 	}
 	// The decoded training set is garbage now (about 190 MB for MNIST):
 	// hand it back to the system now rather than whenever the runtime gets
@@ -164,17 +187,14 @@ func run(args []string, stdout, stderr io.Writer) int {
 	debug.FreeOSMemory()
 	mux := j.Handler()
 	if err := setupMetrics(mux, j, o.metrics); err != nil {
-		fmt.Fprintf(stderr, "aggregator: %v\n", err)
-		return 2
+		return usage(err)
 	}
 	if err := setupExport(mux, j, o.export); err != nil {
-		fmt.Fprintf(stderr, "aggregator: %v\n", err)
-		return 2
+		return usage(err)
 	}
 	ln, err := net.Listen("tcp", o.listen)
 	if err != nil {
-		fmt.Fprintf(stderr, "aggregator: -listen %s: %v\n", o.listen, err)
-		return 2
+		return usage(fmt.Errorf("-listen %s: %v", o.listen, err))
 	}
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 	go func() {
@@ -185,8 +205,21 @@ func run(args []string, stdout, stderr io.Writer) int {
 	addr := ln.Addr().String()
 	fmt.Fprintf(stdout, "listening on %s (trainers: ws://%s/v1/train)\n", addr, addr)
 
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	// SIGINT or SIGTERM stops the job; the exit code says which (128+N).
+	ctx, stop := context.WithCancel(context.Background())
 	defer stop()
+	var caught atomic.Int32
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
+	defer signal.Stop(sigs)
+	go func() {
+		select {
+		case s := <-sigs:
+			caught.Store(int32(s.(syscall.Signal)))
+			stop()
+		case <-ctx.Done():
+		}
+	}()
 
 	var children sync.WaitGroup
 	childCtx, stopChildren := context.WithCancel(ctx)
@@ -199,8 +232,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 	}
 
 	sum, runErr := j.Run(ctx)
-	// Run has told the trainers the job is done; let those frames reach
-	// them (they then disconnect) before the server goes away.
+	// Run has told the trainers the job is done, or closed their
+	// connections if it is not; let those frames reach them (they then
+	// disconnect) before the server goes away.
 	gone, cancelGone := context.WithTimeout(context.Background(), 3*time.Second)
 	_ = j.Hub().WaitGone(gone)
 	cancelGone()
@@ -221,8 +255,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "aggregator: %v\n", exportErr)
 		return 1
 	case runErr != nil && ctx.Err() != nil:
-		fmt.Fprintln(stderr, "aggregator: interrupted")
-		return 130
+		sig := syscall.Signal(caught.Load())
+		fmt.Fprintf(stderr, "aggregator: stopped by %v before the job was done\n", sig)
+		return 128 + int(sig)
 	case runErr != nil:
 		fmt.Fprintf(stderr, "aggregator: %v\n", runErr)
 		return 1
@@ -241,13 +276,14 @@ func startTrainers(ctx context.Context, wg *sync.WaitGroup, addr string, o *opti
 	}
 	for i := 1; i <= o.trainers; i++ {
 		args := []string{"trainer", "-aggregator", addr, "-name", fmt.Sprintf("trainer-%d", i), "-log-level", "warn"}
-		if o.token != "" {
-			args = append(args, "-token", o.token)
-		}
 		cmd := exec.Command(exe, args...)
 		cmd.Stdout, cmd.Stderr = stderr, stderr
 		// One compute thread per trainer: more trainers, not more threads.
 		cmd.Env = append(os.Environ(), "GOMAXPROCS=1", "OPENBLAS_NUM_THREADS=1", "OMP_NUM_THREADS=1")
+		if o.token != "" {
+			// In the environment, not the arguments: process listings show those.
+			cmd.Env = append(cmd.Env, cli.EnvName("token")+"="+o.token)
+		}
 		if err := cmd.Start(); err != nil {
 			return fmt.Errorf("start trainer %d: %w", i, err)
 		}

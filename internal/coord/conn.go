@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"sync"
 	"time"
@@ -35,7 +36,8 @@ const writeWait = 30 * time.Second
 type outFrame struct {
 	prefix  []byte // the frame's prefix and header, or a whole model frame
 	payload []byte
-	close   bool      // close the connection after writing
+	close   int       // after writing, close the connection with this close code (0: keep it open)
+	reason  string    // the close frame's text
 	model   *modelBuf // the buffer a model frame lies in, released once written or dropped
 	reuse   bool      // prefix came from frameBuf and goes back to it once written
 }
@@ -127,6 +129,9 @@ func (h *Hub) serve(ws *websocket.Conn, remote string) {
 	if err == nil && f.Type == wire.TypeHello {
 		err = wire.ExpectEnd(r, f.Type)
 	}
+	if ne := net.Error(nil); errors.As(err, &ne) && ne.Timeout() {
+		err = fmt.Errorf("no hello within %v: %w", helloWait, err)
+	}
 	if err != nil {
 		log.Warn("trainer refused", "err", err)
 		refuse(ws, codeOf(err), err.Error())
@@ -163,9 +168,12 @@ func (h *Hub) serve(ws *websocket.Conn, remote string) {
 	c.id = fmt.Sprintf("%s#%d", hello.Name, h.nextConn)
 	welcome, _ := wire.Prefix(wire.TypeWelcome, wire.Welcome{ID: c.id, Model: h.cfg.Model, Params: h.cfg.Params, MaxMessage: h.cfg.MaxMessage})
 	c.out <- outFrame{prefix: welcome}
-	if h.finished != nil {
+	switch {
+	case h.finished != nil:
 		p, _ := wire.Prefix(wire.TypeDone, h.finished)
 		c.out <- outFrame{prefix: p}
+	case h.leaving != "":
+		c.out <- outFrame{close: websocket.CloseGoingAway, reason: h.leaving}
 	}
 	h.conns[c] = struct{}{}
 	h.stats.TrainersJoined++
@@ -319,7 +327,7 @@ func (c *conn) fatal(code, msg string) {
 		return
 	}
 	c.hub.mu.Lock()
-	if c.send(outFrame{prefix: p, close: true}) {
+	if c.send(outFrame{prefix: p, close: websocket.ClosePolicyViolation}) {
 		c.dead = true
 	}
 	c.hub.mu.Unlock()
@@ -343,7 +351,10 @@ func (c *conn) writer() {
 				_ = c.ws.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(websocket.CloseNormalClosure, ""), time.Now().Add(time.Second))
 				return
 			}
-			err := c.write(f)
+			var err error
+			if len(f.prefix) > 0 { // a going-away frame only closes
+				err = c.write(f)
+			}
 			f.model.release()
 			if err != nil {
 				_ = c.ws.Close()
@@ -357,8 +368,8 @@ func (c *conn) writer() {
 				default:
 				}
 			}
-			if f.close {
-				_ = c.ws.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(websocket.ClosePolicyViolation, ""), time.Now().Add(time.Second))
+			if f.close != 0 {
+				_ = c.ws.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(f.close, f.reason), time.Now().Add(time.Second))
 				_ = c.ws.Close()
 				drain(c.out)
 				return

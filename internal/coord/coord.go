@@ -27,6 +27,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/gorilla/websocket"
+
 	"fedgather/internal/allreduce"
 	"fedgather/internal/wire"
 )
@@ -104,6 +106,7 @@ type Hub struct {
 	idle      []*conn
 	round     *round
 	finished  *wire.Done
+	leaving   string // set by GoAway: why every connection is closed
 	nextTask  int64
 	nextConn  int
 	changed   chan struct{}      // closed and replaced whenever the set of trainers changes
@@ -893,6 +896,22 @@ func (h *Hub) Finish(reason string) {
 	p, _ := wire.Prefix(wire.TypeDone, h.finished)
 	for cn := range h.conns {
 		cn.send(outFrame{prefix: p})
+	}
+}
+
+// GoAway closes every trainer's connection, and every one that connects
+// later, with a "going away" close frame whose text is reason: the
+// aggregator is stopping before the job is done, and a restarted
+// aggregator (-state) will carry it on. Unlike after Finish, trainers
+// keep reconnecting.
+func (h *Hub) GoAway(reason string) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.leaving = truncate(reason, 120)
+	for cn := range h.conns {
+		if cn.send(outFrame{close: websocket.CloseGoingAway, reason: h.leaving}) {
+			cn.dead = true
+		}
 	}
 }
 

@@ -5,6 +5,7 @@ import (
 	"math"
 	"path/filepath"
 	"regexp"
+	"strings"
 	"testing"
 	"time"
 
@@ -184,11 +185,39 @@ func TestBadFlagsAndMissingDataset(t *testing.T) {
 		{[]string{"-dataset", filepath.Join("no", "such", "dir")}, "no such file or directory"},
 		{[]string{"-partition", "dirichlet:-1"}, "dirichlet"},
 		{[]string{"-model", "cnn9"}, "cnn9"},
+		{[]string{"-max-message", "100000"}, "-max-message 100000: model 2nn(784-200-200-10)'s updates take up to 862382 bytes"},
+		{[]string{"-max-message", "0"}, "-max-message 0: want a positive number of bytes"},
+		{[]string{"-ping", "0"}, "-ping 0s: want a positive duration"},
+		{[]string{"-task-deadline", "5"}, `invalid value "5" for flag -task-deadline: parse error (want a duration such as 5s or 1m30s)`},
+		{[]string{"-demo", "-trainers", "2", "-min-trainers", "3"}, "-min-trainers 3 with -demo -trainers 2: the demo would wait for trainers it never starts"},
+		{[]string{"FEDGATHER_ROUNDS=-3"}, "-rounds -3: want at least 1 (set in the environment: FEDGATHER_ROUNDS=-3)"},
 	} {
-		p := start(t, "aggregator", bin.aggregator, append([]string{"-listen", "127.0.0.1:0"}, tc.args...)...)
+		var env, args []string
+		for _, a := range tc.args {
+			if strings.HasPrefix(a, "FEDGATHER_") {
+				env = append(env, a)
+			} else {
+				args = append(args, a)
+			}
+		}
+		p := startEnv(t, "aggregator", bin.aggregator, env, append([]string{"-listen", "127.0.0.1:0"}, args...)...)
 		code := p.wait(time.Minute)
-		if code != 2 || !regexp.MustCompile(regexp.QuoteMeta(tc.want)).MatchString(p.Stderr()) {
+		if code != 2 || !strings.Contains(p.Stderr(), tc.want) {
 			t.Errorf("%v: exit %d, stderr %q; want exit 2 naming %q", tc.args, code, p.Stderr(), tc.want)
+		}
+	}
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"-slowdown", "0"}, "-slowdown 0: want a factor between 1 and 1000"},
+		{[]string{"-max-backoff", "0s"}, "-max-backoff 0s: want a positive duration"},
+		{[]string{"-max-message", "-1"}, "-max-message -1: want a positive number of bytes"},
+	} {
+		p := start(t, "trainer", bin.trainer, tc.args...)
+		code := p.wait(time.Minute)
+		if code != 2 || !strings.Contains(p.Stderr(), tc.want) {
+			t.Errorf("trainer %v: exit %d, stderr %q; want exit 2 naming %q", tc.args, code, p.Stderr(), tc.want)
 		}
 	}
 }

@@ -152,48 +152,77 @@ func TestSlowTrainerDoesNotHoldUpTheRound(t *testing.T) {
 	}
 }
 
-// TestAggregatorKilledAndRestarted kills the aggregator with SIGKILL mid-run
-// and restarts it on the same state directory: every round runs exactly
-// once and the final model is the one an uninterrupted run gives.
+// TestAggregatorKilledAndRestarted stops the aggregator twice mid-run and
+// restarts it on the same state directory and address each time: first
+// with SIGTERM (a graceful stop: exit 143, and the trainers are told to
+// reconnect, not that the job is done), then with SIGKILL. The same two
+// trainer processes carry the job to its end and then exit 0; every round
+// runs exactly once and the final model is the one an uninterrupted run
+// gives.
 func TestAggregatorKilledAndRestarted(t *testing.T) {
 	const nRounds = 8
 	state := t.TempDir()
 	listen := freeAddr(t)
 	args := []string{"-listen", listen, "-rounds", fmt.Sprint(nRounds), "-seed", "11", "-state", state}
 	a1, addr := aggregator(t, args...)
+	var ts []*proc
 	for i := 1; i <= 2; i++ {
-		trainer(t, addr, fmt.Sprintf("t%d", i))
+		ts = append(ts, trainer(t, addr, fmt.Sprintf("t%d", i)))
 	}
-	a1.waitLine(regexp.MustCompile(`^round 3/`), time.Minute)
-	a1.kill(syscall.SIGKILL)
-	a1.wait(10 * time.Second)
+	a1.waitLine(regexp.MustCompile(`^round 2/`), time.Minute)
+	a1.kill(syscall.SIGTERM)
+	if code := a1.wait(20 * time.Second); code != 143 || !strings.Contains(a1.Stderr(), "stopped by terminated before the job was done") {
+		t.Errorf("after SIGTERM the aggregator exited %d, stderr %q; want 143 saying it stopped", code, tail(a1.Stderr(), 300))
+	}
 
 	a2, _ := aggregator(t, args...)
-	a2.waitLine(doneRE, 3*time.Minute)
-	resumed := a2.waitLine(regexp.MustCompile(`^resumed at round (\d+) `), time.Second)
+	a2.waitLine(regexp.MustCompile(`^round [45]/`), 2*time.Minute)
+	a2.kill(syscall.SIGKILL)
+	a2.wait(10 * time.Second)
+
+	a3, _ := aggregator(t, args...)
+	got := a3.waitLine(doneRE, 3*time.Minute)
+	if code := a3.wait(30 * time.Second); code != 0 {
+		t.Errorf("the last aggregator exited %d", code)
+	}
+	for _, tr := range ts {
+		if code := tr.wait(30 * time.Second); code != 0 || !strings.Contains(tr.Stderr(), `reason="job complete"`) {
+			t.Errorf("trainer %s exited %d; want 0, told by the last aggregator that the job is complete; stderr:\n%s", tr.name, code, tail(tr.Stderr(), 600))
+		}
+		if strings.Count(tr.Stderr(), "aggregator says the job is done") != 1 {
+			t.Errorf("trainer %s was told the job is done %d times; want once, at its end", tr.name, strings.Count(tr.Stderr(), "aggregator says the job is done"))
+		}
+	}
 
 	seen := map[int]int{}
-	for _, r := range append(rounds(a1.Lines()), rounds(a2.Lines())...) {
-		seen[r.round]++
+	var resumed []string
+	for _, a := range []*proc{a1, a2, a3} {
+		for _, r := range rounds(a.Lines()) {
+			seen[r.round]++
+		}
+		for _, l := range a.Lines() {
+			if strings.HasPrefix(l, "resumed at round") {
+				resumed = append(resumed, l)
+			}
+		}
 	}
 	for r := 1; r <= nRounds; r++ {
 		if seen[r] != 1 {
-			t.Errorf("round %d ran %d times across the kill; want exactly once (resumed at %s)", r, seen[r], resumed[1])
+			t.Errorf("round %d ran %d times across the stops; want exactly once (%q)", r, seen[r], resumed)
 		}
 	}
-	if len(seen) != nRounds {
-		t.Errorf("rounds seen: %v", seen)
+	if len(seen) != nRounds || len(resumed) != 2 {
+		t.Errorf("rounds seen: %v; resumed lines %q, want 2", seen, resumed)
 	}
-	got := a2.waitLine(doneRE, time.Second)
 
-	// The same job without the kill.
+	// The same job without the stops.
 	ref, raddr := aggregator(t, "-rounds", fmt.Sprint(nRounds), "-seed", "11", "-state", t.TempDir())
 	trainer(t, raddr, "r1")
 	want := ref.waitLine(doneRE, 3*time.Minute)
 	if got[1] != want[1] || got[2] != want[2] || got[3] != want[3] {
-		t.Errorf("after the kill: rounds=%s accuracy=%s loss=%s; uninterrupted: rounds=%s accuracy=%s loss=%s", got[1], got[2], got[3], want[1], want[2], want[3])
+		t.Errorf("after the stops: rounds=%s accuracy=%s loss=%s; uninterrupted: rounds=%s accuracy=%s loss=%s", got[1], got[2], got[3], want[1], want[2], want[3])
 	}
-	t.Logf("killed after round %d, resumed at round %s; final accuracy %s (uninterrupted run: %s)", len(rounds(a1.Lines())), resumed[1], got[2], want[2])
+	t.Logf("stopped (SIGTERM) after round %d, killed after round %d; %q; final accuracy %s (uninterrupted run: %s)", len(rounds(a1.Lines())), len(rounds(a2.Lines())), resumed, got[2], want[2])
 }
 
 // TestTrainersGoneForTenSeconds kills every trainer, waits ten seconds and

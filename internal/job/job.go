@@ -148,6 +148,9 @@ func New(cfg Config) (*Job, error) {
 	if err != nil {
 		return nil, err
 	}
+	if m, need := cfg.Hub.MaxMessage, wire.TensorFrameMax(spec.NumParams()); m > 0 && m < need {
+		return nil, fmt.Errorf("-max-message %d: model %s's updates take up to %d bytes (%d parameters × 4, plus a header of at most %d); want at least that", m, spec, need, spec.NumParams(), wire.MaxHeader)
+	}
 	part, err := data.ParsePartition(cfg.Partition)
 	if err != nil {
 		return nil, err
@@ -444,8 +447,11 @@ type trained struct {
 	norm  float64 // L2 norm of the applied mean update
 }
 
-// Run runs the remaining rounds and returns the summary. Trainers are told
-// the job is done when it ends, for whatever reason.
+// Run runs the remaining rounds and returns the summary. When the job is
+// over (its rounds run, or its target reached) trainers are told it is
+// done and exit; when Run ends otherwise (ctx ended, or an error) their
+// connections are closed as "going away", and they keep reconnecting, so
+// that an aggregator restarted on the same -state carries on with them.
 //
 // With evaluation on the trainers, each version is evaluated in the same
 // round as the next version is trained from it: round r+1's training tasks
@@ -456,7 +462,14 @@ type trained struct {
 // versions, and so every figure, are those of evaluating before training.
 func (j *Job) Run(ctx context.Context) (Summary, error) {
 	cfg := &j.cfg
-	defer j.hub.Finish("job complete")
+	complete := false
+	defer func() {
+		if complete {
+			j.hub.Finish("job complete")
+		} else {
+			j.hub.GoAway("aggregator stopping before the job is done")
+		}
+	}()
 	start := time.Now()
 	m := cfg.PerRound()
 	if j.next == 0 {
@@ -517,6 +530,7 @@ func (j *Job) Run(ctx context.Context) (Summary, error) {
 			held = nil
 		}
 	}
+	complete = true
 	return j.summary(j.next, start), nil
 }
 

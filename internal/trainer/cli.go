@@ -26,8 +26,8 @@ func Main(args []string, stderr io.Writer) int {
 	fs.StringVar(&cfg.Token, "token", "", "shared secret the aggregator requires, if any")
 	fs.Float64Var(&cfg.Slowdown, "slowdown", 1, "make every task take this many times longer (a straggler, for tests and demos)")
 	fs.Int64Var(&cfg.MaxMessage, "max-message", 256<<20, "largest message accepted from the aggregator, in bytes")
-	fs.DurationVar(&cfg.MaxBackoff, "max-backoff", 0, "longest wait between reconnect attempts (default 5s)")
-	fs.DurationVar(&cfg.Report, "report", 0, "how often to log progress (default 10s)")
+	fs.DurationVar(&cfg.MaxBackoff, "max-backoff", 5*time.Second, "longest wait between reconnect attempts")
+	fs.DurationVar(&cfg.Report, "report", 10*time.Second, "how often to log progress")
 	level := fs.String("log-level", "info", "log level: debug, info, warn, error")
 	metricsAddr := fs.String("metrics", "", "serve Prometheus metrics at http://ADDR/metrics, e.g. :9101 (default: off)")
 	fs.Usage = func() {
@@ -39,6 +39,10 @@ func Main(args []string, stderr io.Writer) int {
 			return 0
 		}
 		fmt.Fprintf(stderr, "trainer: %v\n", err)
+		return 2
+	}
+	if err := checkFlags(&cfg); err != nil {
+		fmt.Fprintf(stderr, "trainer: %v\n", cli.Explain(fs, err))
 		return 2
 	}
 	log, err := cli.Logger(stderr, *level, "trainer", cfg.Name)
@@ -84,4 +88,20 @@ func Main(args []string, stderr io.Writer) int {
 		return 1
 	}
 	return 0
+}
+
+// checkFlags refuses the flag values that Config would read as "use the
+// default" (zero) or ignore (negative).
+func checkFlags(cfg *Config) error {
+	switch {
+	case !(cfg.Slowdown >= 1 && cfg.Slowdown <= 1000):
+		return fmt.Errorf("-slowdown %v: want a factor between 1 and 1000 (1 = full speed)", cfg.Slowdown)
+	case cfg.MaxMessage <= 0:
+		return fmt.Errorf("-max-message %d: want a positive number of bytes", cfg.MaxMessage)
+	case cfg.MaxBackoff <= 0:
+		return fmt.Errorf("-max-backoff %v: want a positive duration, such as 5s", cfg.MaxBackoff)
+	case cfg.Report <= 0:
+		return fmt.Errorf("-report %v: want a positive duration, such as 10s", cfg.Report)
+	}
+	return nil
 }

@@ -53,6 +53,11 @@ type Config struct {
 // protocol version) after which reconnecting cannot help.
 var ErrRefused = errors.New("refused by the aggregator")
 
+// ErrMismatch wraps a welcome this trainer cannot work with (a model too
+// large for one side's message limit), after which reconnecting cannot
+// help either.
+var ErrMismatch = errors.New("cannot train for this aggregator")
+
 // URL turns the -aggregator argument into the websocket URL to dial.
 func URL(addr string) (string, error) {
 	if addr == "" {
@@ -148,15 +153,20 @@ func (t *Trainer) Run(ctx context.Context) error {
 		case ctx.Err() != nil:
 			log.Info("stopping", "tasks", t.done.tasks)
 			return nil
-		case errors.Is(err, ErrRefused):
+		case errors.Is(err, ErrRefused), errors.Is(err, ErrMismatch):
 			return err
 		}
 		if time.Since(start) > 10*time.Second {
 			backoff = t.cfg.MinBackoff // it worked for a while: start over
 		}
-		wait := backoff/2 + time.Duration(jitter.Int64N(int64(backoff)))
+		// Between half the back-off and all of it: never past MaxBackoff.
+		wait := backoff/2 + time.Duration(jitter.Int64N(int64(backoff/2)+1))
 		t.cfg.Metrics.reconnect()
-		log.Warn("connection lost; reconnecting", "err", err, "in", wait.Round(time.Millisecond))
+		if de := (*dialError)(nil); errors.As(err, &de) {
+			log.Warn("cannot reach the aggregator; retrying", "err", de.err, "in", wait.Round(time.Millisecond))
+		} else {
+			log.Warn("connection lost; reconnecting", "err", err, "in", wait.Round(time.Millisecond))
+		}
 		select {
 		case <-time.After(wait):
 		case <-ctx.Done():
@@ -165,6 +175,13 @@ func (t *Trainer) Run(ctx context.Context) error {
 		backoff = min(2*backoff, t.cfg.MaxBackoff)
 	}
 }
+
+// dialError is a failure to open the websocket: the aggregator was not
+// reached, or refused the upgrade.
+type dialError struct{ err error }
+
+func (e *dialError) Error() string { return e.err.Error() }
+func (e *dialError) Unwrap() error { return e.err }
 
 // taskTotals are the figures of the tasks a trainer trained.
 type taskTotals struct {
@@ -208,9 +225,9 @@ func (t *Trainer) session(ctx context.Context) error {
 	ws, resp, err := dialer.DialContext(ctx, t.url, http.Header{})
 	if err != nil {
 		if resp != nil {
-			return fmt.Errorf("dial %s: %w (HTTP %s)", t.url, err, resp.Status)
+			return &dialError{fmt.Errorf("dial %s: %w (HTTP %s)", t.url, err, resp.Status)}
 		}
-		return fmt.Errorf("dial %s: %w", t.url, err)
+		return &dialError{fmt.Errorf("dial %s: %w", t.url, err)}
 	}
 	defer ws.Close()
 	defer t.cfg.Metrics.setConnected(false)
@@ -415,6 +432,13 @@ func (t *Trainer) welcome(w *wire.Welcome) error {
 	}
 	if spec.NumParams() != w.Params {
 		return fmt.Errorf("welcome says %d parameters, model %v has %d", w.Params, w.Model.Sizes, spec.NumParams())
+	}
+	need := wire.TensorFrameMax(w.Params)
+	if t.cfg.MaxMessage < need {
+		return fmt.Errorf("%w: its model %s's frames take up to %d bytes, more than this trainer's -max-message %d", ErrMismatch, spec, need, t.cfg.MaxMessage)
+	}
+	if w.MaxMessage > 0 && w.MaxMessage < need {
+		return fmt.Errorf("%w: its model %s's updates take up to %d bytes, more than the %d bytes it accepts (its -max-message)", ErrMismatch, spec, need, w.MaxMessage)
 	}
 	if t.ws != nil && t.spec.Equal(spec) {
 		return nil // same job as before the reconnect

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"log/slog"
 	"math"
 	"net"
@@ -232,5 +233,41 @@ func TestShardRowsAreBoundedByTheHeader(t *testing.T) {
 	}
 	if c := tr.shards[hash]; c == nil || c.ds.Len() != 2 {
 		t.Fatal("the shard with the right header is not cached")
+	}
+}
+
+// A welcome whose model's frames do not fit the aggregator's message limit,
+// or this trainer's, ends Run with ErrMismatch naming both sizes, at once:
+// reconnecting would only meet the same welcome.
+func TestModelTooLargeForAMessageLimitEndsTheTrainer(t *testing.T) {
+	sizes := []int{784, 10}
+	params := 784*10 + 10 // 31,400 bytes a tensor, 96,942 a frame at most
+	for _, tc := range []struct {
+		name       string
+		aggregator int64 // the welcome's max_message
+		trainer    int64 // the trainer's own
+		want       string
+	}{
+		{"aggregator's", 50_000, 1 << 20, "updates take up to 96942 bytes, more than the 50000 bytes it accepts"},
+		{"trainer's", 1 << 20, 50_000, "frames take up to 96942 bytes, more than this trainer's -max-message 50000"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			addr := fakeAggregator(t, func(ws *websocket.Conn, send sendFunc) {
+				send(wire.TypeWelcome, wire.Welcome{ID: "t1", Model: wire.ModelSpec{Name: "logreg", Sizes: sizes}, Params: params, MaxMessage: tc.aggregator}, nil)
+			})
+			tr, err := New(Config{Aggregator: addr, Name: "limit-test", Report: time.Hour, MinBackoff: 10 * time.Millisecond, MaxMessage: tc.trainer, Logger: slog.New(slog.DiscardHandler)})
+			if err != nil {
+				t.Fatal(err)
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			err = tr.Run(ctx)
+			if !errors.Is(err, ErrMismatch) || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("Run returned %v; want ErrMismatch naming %q", err, tc.want)
+			}
+			if ctx.Err() != nil {
+				t.Fatal("Run returned only when its context ended")
+			}
+		})
 	}
 }

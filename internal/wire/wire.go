@@ -35,6 +35,14 @@ const PrefixLen = 6
 // before it is read.
 const MaxHeader = 64 << 10
 
+// TensorFrameMax is the largest frame that carries a tensor of params
+// float32 values (a model or an update): its prefix, a header of at most
+// MaxHeader bytes and the values. A side whose message limit is below it
+// cannot carry the job's model.
+func TensorFrameMax(params int) int64 {
+	return PrefixLen + MaxHeader + 4*int64(params)
+}
+
 // Type identifies a frame's meaning and so its header and payload.
 type Type uint8
 
