@@ -470,11 +470,19 @@ func FuzzDecodeShard(f *testing.F) {
 	}
 	f.Fuzz(func(t *testing.T, b []byte) {
 		d, err := DecodeShard(b, dim, classes, maxRows)
+		if err != nil && strings.Contains(err.Error(), "malformed Arrow IPC stream (") {
+			t.Fatalf("DecodeShard's last-resort recover fired: %v", err)
+		}
+		if err != nil && strictlyRejected(err) {
+			// Whatever Arrow's reader makes of it is not compared, and it
+			// is not run: on some of these streams (buffers missing from
+			// the metadata, which it reads past the vector's end) it
+			// allocates what garbage sizes say, up to terabytes.
+			return
+		}
 		od, oerr := decodeShardArrow(b, dim, classes, maxRows)
 		switch {
-		case err != nil && strings.Contains(err.Error(), "malformed Arrow IPC stream ("):
-			t.Fatalf("DecodeShard's last-resort recover fired: %v", err)
-		case err != nil && oerr == nil && !strictlyRejected(err):
+		case err != nil && oerr == nil:
 			t.Fatalf("DecodeShard failed (%v) where Arrow's reader decoded %d rows", err, od.Len())
 		case err == nil && oerr != nil:
 			t.Fatalf("DecodeShard decoded %d rows where Arrow's reader failed: %v", d.Len(), oerr)
