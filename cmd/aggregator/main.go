@@ -232,6 +232,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 	}
 
 	sum, runErr := j.Run(ctx)
+	if !sum.Done {
+		// The job is not over: the demo's trainers would only reconnect.
+		stopChildren()
+	}
 	// Run has told the trainers the job is done, or closed their
 	// connections if it is not; let those frames reach them (they then
 	// disconnect) before the server goes away.

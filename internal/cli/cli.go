@@ -42,6 +42,7 @@ func Parse(fs *flag.FlagSet, args []string) error {
 			return
 		}
 		if v, ok := os.LookupEnv(EnvName(f.Name)); ok {
+			f.Value = &fromEnv{Value: f.Value, text: EnvName(f.Name) + "=" + v}
 			if e := fs.Set(f.Name, v); e != nil {
 				err = fmt.Errorf("environment variable %s=%q: %v", EnvName(f.Name), v, e)
 				if isDuration(f) {
@@ -51,6 +52,20 @@ func Parse(fs *flag.FlagSet, args []string) error {
 		}
 	})
 	return err
+}
+
+// fromEnv marks a flag whose value Parse took from the environment.
+type fromEnv struct {
+	flag.Value
+	text string // NAME=value, as it was in the environment
+}
+
+// Get passes on the value's own Get, if it has one.
+func (e *fromEnv) Get() any {
+	if g, ok := e.Value.(flag.Getter); ok {
+		return g.Get()
+	}
+	return e.Value.String()
 }
 
 func isDuration(f *flag.Flag) bool {
@@ -63,8 +78,8 @@ func isDuration(f *flag.Flag) bool {
 }
 
 // Explain adds to err, a check of the flags' values that names them as
-// "-NAME ...", which environment variables set the flags it names, for a
-// user who gave no such flag on the command line.
+// "-NAME ..." or "-NAME: ...", the environment variables that set the
+// flags it names, when Parse took their values from there.
 func Explain(fs *flag.FlagSet, err error) error {
 	if err == nil {
 		return nil
@@ -72,15 +87,36 @@ func Explain(fs *flag.FlagSet, err error) error {
 	msg := err.Error()
 	var from []string
 	fs.VisitAll(func(f *flag.Flag) {
-		v, ok := os.LookupEnv(EnvName(f.Name))
-		if ok && v == f.Value.String() && (strings.Contains(msg, "-"+f.Name+" ") || strings.Contains(msg, "-"+f.Name+":")) {
-			from = append(from, fmt.Sprintf("%s=%s", EnvName(f.Name), v))
+		if e, ok := f.Value.(*fromEnv); ok && names(msg, f.Name) {
+			from = append(from, e.text)
 		}
 	})
 	if len(from) == 0 {
 		return err
 	}
 	return fmt.Errorf("%w (set in the environment: %s)", err, strings.Join(from, ", "))
+}
+
+// names reports whether msg names flag name: "-NAME" followed by a space
+// or a colon, and not the end of a longer name (-trainers in -min-trainers).
+func names(msg, name string) bool {
+	for i := 0; ; {
+		j := strings.Index(msg[i:], "-"+name)
+		if j < 0 {
+			return false
+		}
+		start, end := i+j, i+j+1+len(name)
+		before := start == 0 || !isNameByte(msg[start-1])
+		after := end < len(msg) && (msg[end] == ' ' || msg[end] == ':')
+		if before && after {
+			return true
+		}
+		i = end
+	}
+}
+
+func isNameByte(c byte) bool {
+	return c == '-' || c == '_' || '0' <= c && c <= '9' || 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z'
 }
 
 // Given reports whether the flag was set on the command line or through

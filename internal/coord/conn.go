@@ -174,6 +174,7 @@ func (h *Hub) serve(ws *websocket.Conn, remote string) {
 		c.out <- outFrame{prefix: p}
 	case h.leaving != "":
 		c.out <- outFrame{close: websocket.CloseGoingAway, reason: h.leaving}
+		c.dead = true // as GoAway leaves the others: no task goes to it
 	}
 	h.conns[c] = struct{}{}
 	h.stats.TrainersJoined++

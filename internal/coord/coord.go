@@ -16,6 +16,7 @@
 package coord
 
 import (
+	"cmp"
 	"context"
 	"crypto/subtle"
 	"errors"
@@ -907,7 +908,7 @@ func (h *Hub) Finish(reason string) {
 func (h *Hub) GoAway(reason string) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	h.leaving = truncate(reason, 120)
+	h.leaving = truncate(cmp.Or(reason, "going away"), 120) // an ASCII reason: truncate cuts bytes
 	for cn := range h.conns {
 		if cn.send(outFrame{close: websocket.CloseGoingAway, reason: h.leaving}) {
 			cn.dead = true

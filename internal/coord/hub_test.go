@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -13,6 +14,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/gorilla/websocket"
 
 	"fedgather/internal/coord"
 	"fedgather/internal/data"
@@ -234,6 +237,79 @@ func TestFinishTellsTrainersToExit(t *testing.T) {
 	// One that connects afterwards is told at once, too.
 	if err := <-f.startTrainer(t, ctx, "late", 1); err != nil {
 		t.Fatalf("late trainer ended with %v", err)
+	}
+}
+
+// GoAway closes every connection with close code 1001 and its reason, and
+// so every one made afterwards, just after welcome; trainers are not told
+// the job is done, and keep reconnecting.
+func TestGoAwayClosesConnectionsAndTrainersReconnect(t *testing.T) {
+	f := newFixture(t, 2, coord.Config{})
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	url := "ws" + strings.TrimPrefix(f.srv.URL, "http") + "/v1/train"
+	dial := func() *websocket.Conn {
+		ws, _, err := websocket.DefaultDialer.DialContext(ctx, url, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = ws.Close() })
+		b, err := wire.Encode(wire.TypeHello, wire.Hello{Name: "raw"}, nil)
+		if err == nil {
+			err = ws.WriteMessage(websocket.BinaryMessage, b)
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		return ws
+	}
+	// closedAway reads until the connection ends and checks how.
+	closedAway := func(ws *websocket.Conn, what string) {
+		t.Helper()
+		_ = ws.SetReadDeadline(time.Now().Add(10 * time.Second))
+		var types []wire.Type
+		for {
+			_, b, err := ws.ReadMessage()
+			if err != nil {
+				var ce *websocket.CloseError
+				if !errors.As(err, &ce) || ce.Code != websocket.CloseGoingAway || ce.Text != "test stopping" {
+					t.Fatalf("%s: connection ended with %v after %v; want close 1001 \"test stopping\"", what, err, types)
+				}
+				break
+			}
+			fr, err := wire.Decode(b)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if fr.Type == wire.TypeDone {
+				t.Fatalf("%s: got done; GoAway must not say the job is done", what)
+			}
+			types = append(types, fr.Type)
+		}
+		if len(types) == 0 || types[0] != wire.TypeWelcome {
+			t.Fatalf("%s: frames before the close %v; want welcome first", what, types)
+		}
+	}
+	done := f.startTrainer(t, ctx, "t", 1)
+	early := dial()
+	if err := f.hub.WaitTrainers(ctx, 2); err != nil {
+		t.Fatal(err)
+	}
+	f.hub.GoAway("test stopping")
+	closedAway(early, "connected before")
+	closedAway(dial(), "connected after")
+	// The real trainer is still running (reconnecting), not done.
+	select {
+	case err := <-done:
+		t.Fatalf("trainer ended (%v) after GoAway; want it to keep reconnecting", err)
+	case <-time.After(time.Second):
+	}
+	if n := f.hub.Trainers(); n > 1 {
+		t.Errorf("%d trainers still connected a second after GoAway", n)
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatalf("trainer ended with %v when stopped", err)
 	}
 }
 

@@ -174,6 +174,9 @@ func TestAggregatorKilledAndRestarted(t *testing.T) {
 	if code := a1.wait(20 * time.Second); code != 143 || !strings.Contains(a1.Stderr(), "stopped by terminated before the job was done") {
 		t.Errorf("after SIGTERM the aggregator exited %d, stderr %q; want 143 saying it stopped", code, tail(a1.Stderr(), 300))
 	}
+	if ls := a1.Lines(); len(ls) == 0 || !regexp.MustCompile(`^stopped rounds=\d+ accuracy=`).MatchString(ls[len(ls)-1]) {
+		t.Errorf("the stopped aggregator's last line is %q; want stopped rounds=...", ls[max(len(ls)-1, 0):])
+	}
 
 	a2, _ := aggregator(t, args...)
 	a2.waitLine(regexp.MustCompile(`^round [45]/`), 2*time.Minute)

@@ -78,11 +78,18 @@ type Summary struct {
 	Accuracy float64
 	Loss     float64
 	Seconds  float64
+	Done     bool // the job is over: its rounds run, or its target reached
 }
 
-// String is the machine-readable last line: done rounds=R accuracy=A loss=L seconds=S.
+// String is the machine-readable last line: done rounds=R accuracy=A
+// loss=L seconds=S, or "stopped" instead of "done" when the job stopped
+// before it was over.
 func (s Summary) String() string {
-	return fmt.Sprintf("done rounds=%d accuracy=%.4f loss=%.4f seconds=%.1f", s.Rounds, s.Accuracy, s.Loss, s.Seconds)
+	word := "done"
+	if !s.Done {
+		word = "stopped"
+	}
+	return fmt.Sprintf("%s rounds=%d accuracy=%.4f loss=%.4f seconds=%.1f", word, s.Rounds, s.Accuracy, s.Loss, s.Seconds)
 }
 
 // Report is one round's outcome, for observers such as metrics.
@@ -531,7 +538,9 @@ func (j *Job) Run(ctx context.Context) (Summary, error) {
 		}
 	}
 	complete = true
-	return j.summary(j.next, start), nil
+	sum := j.summary(j.next, start)
+	sum.Done = true
+	return sum, nil
 }
 
 // step applies round r's mean update to the model: the next version.

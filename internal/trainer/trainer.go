@@ -137,15 +137,19 @@ func New(cfg Config) (*Trainer, error) {
 }
 
 // Run connects and works until the aggregator says the job is done (nil),
-// ctx ends (nil), or the aggregator refuses this trainer (ErrRefused).
-// A dropped connection is retried with exponential back-off and jitter.
+// ctx ends (nil), the aggregator refuses this trainer (ErrRefused), or its
+// job cannot be carried within a message limit (ErrMismatch). A dropped
+// connection is retried with exponential back-off and jitter.
 func (t *Trainer) Run(ctx context.Context) error {
 	log := t.cfg.Logger
-	backoff := t.cfg.MinBackoff
+	first := min(t.cfg.MinBackoff, t.cfg.MaxBackoff)
+	backoff := first
 	jitter := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 1))
 	for {
 		start := time.Now()
 		err := t.session(ctx)
+		de := (*dialError)(nil)
+		dialFailed := errors.As(err, &de)
 		switch {
 		case err == nil:
 			log.Info("job done; exiting", "tasks", t.done.tasks, "samples_per_second", t.done.rate())
@@ -156,14 +160,14 @@ func (t *Trainer) Run(ctx context.Context) error {
 		case errors.Is(err, ErrRefused), errors.Is(err, ErrMismatch):
 			return err
 		}
-		if time.Since(start) > 10*time.Second {
-			backoff = t.cfg.MinBackoff // it worked for a while: start over
+		if !dialFailed && time.Since(start) > 10*time.Second {
+			backoff = first // it worked for a while: start over
 		}
 		// Between half the back-off and all of it: never past MaxBackoff.
 		wait := backoff/2 + time.Duration(jitter.Int64N(int64(backoff/2)+1))
 		t.cfg.Metrics.reconnect()
-		if de := (*dialError)(nil); errors.As(err, &de) {
-			log.Warn("cannot reach the aggregator; retrying", "err", de.err, "in", wait.Round(time.Millisecond))
+		if dialFailed {
+			log.Warn("cannot connect to the aggregator; retrying", "err", de.err, "in", wait.Round(time.Millisecond))
 		} else {
 			log.Warn("connection lost; reconnecting", "err", err, "in", wait.Round(time.Millisecond))
 		}
@@ -177,7 +181,7 @@ func (t *Trainer) Run(ctx context.Context) error {
 }
 
 // dialError is a failure to open the websocket: the aggregator was not
-// reached, or refused the upgrade.
+// reached, or did not accept the upgrade.
 type dialError struct{ err error }
 
 func (e *dialError) Error() string { return e.err.Error() }
@@ -263,15 +267,36 @@ func (t *Trainer) session(ctx context.Context) error {
 	report := time.NewTicker(t.cfg.Report)
 	defer report.Stop()
 	welcomed := false
+	// readFailed says why the reader stopped.
+	readFailed := func(err error) error {
+		if errors.Is(err, wire.ErrVersion) {
+			return fmt.Errorf("%w: %v", ErrRefused, err)
+		}
+		if errors.Is(err, websocket.ErrReadLimit) {
+			// A shard, say: the aggregator would send it again.
+			return fmt.Errorf("%w: it sent a message larger than this trainer's -max-message %d", ErrMismatch, t.cfg.MaxMessage)
+		}
+		return err
+	}
+	// writeFailed says why a write failed: when the reader has closed the
+	// connection (a message over the limit, a protocol error) the write
+	// finds the close sent, and the reader's error is the reason.
+	writeFailed := func(err error) error {
+		if errors.Is(err, websocket.ErrCloseSent) {
+			select {
+			case rerr := <-readErr:
+				return readFailed(rerr)
+			case <-time.After(time.Second):
+			}
+		}
+		return err
+	}
 	for {
 		var in inFrame
 		select {
 		case in = <-frames:
 		case err := <-readErr:
-			if errors.Is(err, wire.ErrVersion) {
-				return fmt.Errorf("%w: %v", ErrRefused, err)
-			}
-			return err
+			return readFailed(err)
 		case <-report.C:
 			t.cfg.Logger.Info("progress", "tasks", t.done.tasks, "samples_per_second", int(t.done.rate()), "shards_cached", len(t.shards), "version", t.version)
 			continue
@@ -295,7 +320,7 @@ func (t *Trainer) session(ctx context.Context) error {
 			t.cfg.Metrics.setConnected(true)
 			t.cfg.Logger.Info("connected", "aggregator", t.url, "id", w.ID, "model", w.Model.Name, "params", w.Params)
 			if err := t.write(ws, wire.TypePull, wire.Pull{}, nil); err != nil {
-				return err
+				return writeFailed(err)
 			}
 		case wire.TypeModel:
 			// readFrame parsed the header and read exactly m.Params finite
@@ -327,10 +352,10 @@ func (t *Trainer) session(ctx context.Context) error {
 				return err
 			}
 			if err := t.task(ws, &task); err != nil {
-				return err
+				return writeFailed(err)
 			}
 			if err := t.write(ws, wire.TypePull, wire.Pull{}, nil); err != nil {
-				return err
+				return writeFailed(err)
 			}
 		case wire.TypeDone:
 			var d wire.Done

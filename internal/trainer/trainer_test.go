@@ -238,7 +238,8 @@ func TestShardRowsAreBoundedByTheHeader(t *testing.T) {
 
 // A welcome whose model's frames do not fit the aggregator's message limit,
 // or this trainer's, ends Run with ErrMismatch naming both sizes, at once:
-// reconnecting would only meet the same welcome.
+// reconnecting would only meet the same welcome. So does any message over
+// this trainer's limit, such as a large shard, which would come again.
 func TestModelTooLargeForAMessageLimitEndsTheTrainer(t *testing.T) {
 	sizes := []int{784, 10}
 	params := 784*10 + 10 // 31,400 bytes a tensor, 96,942 a frame at most
@@ -250,10 +251,14 @@ func TestModelTooLargeForAMessageLimitEndsTheTrainer(t *testing.T) {
 	}{
 		{"aggregator's", 50_000, 1 << 20, "updates take up to 96942 bytes, more than the 50000 bytes it accepts"},
 		{"trainer's", 1 << 20, 50_000, "frames take up to 96942 bytes, more than this trainer's -max-message 50000"},
+		{"trainer's, by a shard", 1 << 20, 150_000, "it sent a message larger than this trainer's -max-message 150000"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			addr := fakeAggregator(t, func(ws *websocket.Conn, send sendFunc) {
 				send(wire.TypeWelcome, wire.Welcome{ID: "t1", Model: wire.ModelSpec{Name: "logreg", Sizes: sizes}, Params: params, MaxMessage: tc.aggregator}, nil)
+				if tc.trainer == 150_000 { // the model fits; a shard does not
+					send(wire.TypeShard, wire.Shard{Hash: strings.Repeat("0", 64), Rows: 1}, make([]byte, 200_000))
+				}
 			})
 			tr, err := New(Config{Aggregator: addr, Name: "limit-test", Report: time.Hour, MinBackoff: 10 * time.Millisecond, MaxMessage: tc.trainer, Logger: slog.New(slog.DiscardHandler)})
 			if err != nil {
