@@ -163,7 +163,11 @@ func TestAggregatorKilledAndRestarted(t *testing.T) {
 	const nRounds = 8
 	state := t.TempDir()
 	listen := freeAddr(t)
-	args := []string{"-listen", listen, "-rounds", fmt.Sprint(nRounds), "-seed", "11", "-state", state}
+	// Every round waits for both trainers: else a restarted aggregator
+	// may run the job to its end with the first to reconnect and exit
+	// while the other waits out its back-off, never to hear the job is
+	// done.
+	args := []string{"-listen", listen, "-rounds", fmt.Sprint(nRounds), "-seed", "11", "-state", state, "-min-trainers", "2"}
 	a1, addr := aggregator(t, args...)
 	var ts []*proc
 	for i := 1; i <= 2; i++ {
