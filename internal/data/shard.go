@@ -136,10 +136,8 @@ func (e *ShardEncoder) appendBatch(out []byte, d *Dataset, lo, hi int) []byte {
 	// validity and values. No column has nulls: no bitmaps.
 	e.body = e.body[:0]
 	var bufs [5][2]int64
-	for i, src := range [5][]byte{nil, e.littleEndian(int32Bytes(d.Y[lo:hi])), nil, nil, nil} {
-		if i == 4 {
-			src = e.littleEndian(float32Bytes(d.X[lo*d.Dim : hi*d.Dim]))
-		}
+	labels, features := e.littleEndian(int32Bytes(d.Y[lo:hi])), e.littleEndian(float32Bytes(d.X[lo*d.Dim:hi*d.Dim]))
+	for i, src := range [5][]byte{nil, labels, nil, nil, features} {
 		off := len(e.body)
 		if len(src) > 0 { // an empty buffer is {offset, 0}, whatever src's capacity
 			e.body = binary.LittleEndian.AppendUint64(e.body, uint64(len(src)))
