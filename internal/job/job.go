@@ -467,11 +467,10 @@ type trained struct {
 // that gather is in and before the next server step; if round r reached
 // the target accuracy, round r+1's training is discarded unapplied. The
 // versions, and so every figure, are those of evaluating before training.
-func (j *Job) Run(ctx context.Context) (Summary, error) {
+func (j *Job) Run(ctx context.Context) (sum Summary, err error) {
 	cfg := &j.cfg
-	complete := false
 	defer func() {
-		if complete {
+		if sum.Done {
 			j.hub.Finish("job complete")
 		} else {
 			j.hub.GoAway("aggregator stopping before the job is done")
@@ -537,8 +536,7 @@ func (j *Job) Run(ctx context.Context) (Summary, error) {
 			held = nil
 		}
 	}
-	complete = true
-	sum := j.summary(j.next, start)
+	sum = j.summary(j.next, start)
 	sum.Done = true
 	return sum, nil
 }
