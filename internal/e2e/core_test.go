@@ -212,6 +212,7 @@ func TestBadFlagsAndMissingDataset(t *testing.T) {
 	}{
 		{[]string{"-slowdown", "0"}, "-slowdown 0: want a factor between 1 and 1000"},
 		{[]string{"-max-backoff", "0s"}, "-max-backoff 0s: want a positive duration"},
+		{[]string{"-give-up", "-1m"}, "-give-up -1m0s: want a duration ≥ 0"},
 		{[]string{"-max-message", "-1"}, "-max-message -1: want a positive number of bytes"},
 	} {
 		p := start(t, "trainer", bin.trainer, tc.args...)

@@ -27,6 +27,7 @@ func Main(args []string, stderr io.Writer) int {
 	fs.Float64Var(&cfg.Slowdown, "slowdown", 1, "make every task take this many times longer (a straggler, for tests and demos)")
 	fs.Int64Var(&cfg.MaxMessage, "max-message", 256<<20, "largest message accepted from the aggregator, in bytes")
 	fs.DurationVar(&cfg.MaxBackoff, "max-backoff", 5*time.Second, "longest wait between reconnect attempts")
+	fs.DurationVar(&cfg.GiveUp, "give-up", 0, "exit with status 1 once the aggregator has not been reachable for this long, e.g. 10m (default 0: keep trying)")
 	fs.DurationVar(&cfg.Report, "report", 10*time.Second, "how often to log progress")
 	level := fs.String("log-level", "info", "log level: debug, info, warn, error")
 	metricsAddr := fs.String("metrics", "", "serve Prometheus metrics at http://ADDR/metrics, e.g. :9101 (default: off)")
@@ -100,6 +101,8 @@ func checkFlags(cfg *Config) error {
 		return fmt.Errorf("-max-message %d: want a positive number of bytes", cfg.MaxMessage)
 	case cfg.MaxBackoff <= 0:
 		return fmt.Errorf("-max-backoff %v: want a positive duration, such as 5s", cfg.MaxBackoff)
+	case cfg.GiveUp < 0:
+		return fmt.Errorf("-give-up %v: want a duration ≥ 0, such as 10m (0: keep trying)", cfg.GiveUp)
 	case cfg.Report <= 0:
 		return fmt.Errorf("-report %v: want a positive duration, such as 10s", cfg.Report)
 	}

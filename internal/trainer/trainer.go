@@ -44,9 +44,13 @@ type Config struct {
 	MaxRows    int           // largest shard accepted, in rows
 	MinBackoff time.Duration // first reconnect delay
 	MaxBackoff time.Duration // reconnect delays double up to this
-	Report     time.Duration // how often to print progress
-	Metrics    *Metrics      // when set, counts tasks, bytes and reconnects for -metrics
-	Logger     *slog.Logger
+	// GiveUp, when positive, ends Run with ErrGaveUp once the aggregator
+	// has not been reached for this long: no connection since the last one
+	// ended (or since Run started). Zero keeps trying for ever.
+	GiveUp  time.Duration
+	Report  time.Duration // how often to print progress
+	Metrics *Metrics      // when set, counts tasks, bytes and reconnects for -metrics
+	Logger  *slog.Logger
 }
 
 // ErrRefused wraps a fatal refusal by the aggregator (wrong token, other
@@ -57,6 +61,10 @@ var ErrRefused = errors.New("refused by the aggregator")
 // large for one side's message limit), after which reconnecting cannot
 // help either.
 var ErrMismatch = errors.New("cannot train for this aggregator")
+
+// ErrGaveUp wraps the end of a Run that could not reach the aggregator for
+// Config.GiveUp.
+var ErrGaveUp = errors.New("gave up reaching the aggregator")
 
 // URL turns the -aggregator argument into the websocket URL to dial.
 func URL(addr string) (string, error) {
@@ -137,14 +145,16 @@ func New(cfg Config) (*Trainer, error) {
 }
 
 // Run connects and works until the aggregator says the job is done (nil),
-// ctx ends (nil), the aggregator refuses this trainer (ErrRefused), or its
-// job cannot be carried within a message limit (ErrMismatch). A dropped
-// connection is retried with exponential back-off and jitter.
+// ctx ends (nil), the aggregator refuses this trainer (ErrRefused), its job
+// cannot be carried within a message limit (ErrMismatch), or the aggregator
+// has not been reached for Config.GiveUp (ErrGaveUp). A dropped connection
+// is retried with exponential back-off and jitter.
 func (t *Trainer) Run(ctx context.Context) error {
 	log := t.cfg.Logger
 	first := min(t.cfg.MinBackoff, t.cfg.MaxBackoff)
 	backoff := first
 	jitter := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 1))
+	lastReached := time.Now() // when the last connection ended, or Run began
 	for {
 		start := time.Now()
 		err := t.session(ctx)
@@ -160,11 +170,22 @@ func (t *Trainer) Run(ctx context.Context) error {
 		case errors.Is(err, ErrRefused), errors.Is(err, ErrMismatch):
 			return err
 		}
-		if !dialFailed && time.Since(start) > 10*time.Second {
-			backoff = first // it worked for a while: start over
+		if !dialFailed {
+			lastReached = time.Now()
+			if time.Since(start) > 10*time.Second {
+				backoff = first // it worked for a while: start over
+			}
 		}
 		// Between half the back-off and all of it: never past MaxBackoff.
 		wait := backoff/2 + time.Duration(jitter.Int64N(int64(backoff/2)+1))
+		if dialFailed && t.cfg.GiveUp > 0 {
+			left := t.cfg.GiveUp - time.Since(lastReached)
+			if left <= 0 {
+				return fmt.Errorf("%w at %s: no connection for %v (-give-up %v); last error: %w",
+					ErrGaveUp, t.url, time.Since(lastReached).Round(time.Millisecond), t.cfg.GiveUp, de.err)
+			}
+			wait = min(wait, left) // one last attempt when the time is up
+		}
 		t.cfg.Metrics.reconnect()
 		if dialFailed {
 			log.Warn("cannot connect to the aggregator; retrying", "err", de.err, "in", wait.Round(time.Millisecond))

@@ -276,3 +276,52 @@ func TestModelTooLargeForAMessageLimitEndsTheTrainer(t *testing.T) {
 		})
 	}
 }
+
+// With -give-up, a trainer that cannot reach the aggregator stops with
+// ErrGaveUp once that long has passed since its last connection; one whose
+// connections are dropped as soon as they are made keeps trying.
+func TestGiveUp(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	closed := ln.Addr().String()
+	ln.Close() // nothing listens there now
+
+	dropping := fakeAggregator(t, func(ws *websocket.Conn, _ sendFunc) { ws.Close() })
+	for _, tc := range []struct {
+		name, addr string
+		want       error
+	}{
+		{"unreachable", closed, ErrGaveUp},
+		{"reachable, dropping", dropping, nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			const giveUp = 300 * time.Millisecond
+			tr, err := New(Config{Aggregator: tc.addr, Name: "give-up", Report: time.Hour, GiveUp: giveUp,
+				MinBackoff: 20 * time.Millisecond, MaxBackoff: 100 * time.Millisecond, Logger: slog.New(slog.DiscardHandler)})
+			if err != nil {
+				t.Fatal(err)
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), 5*giveUp)
+			defer cancel()
+			start := time.Now()
+			err = tr.Run(ctx)
+			took := time.Since(start)
+			if !errors.Is(err, tc.want) {
+				t.Fatalf("Run returned %v after %v; want %v", err, took, tc.want)
+			}
+			if tc.want == nil {
+				return
+			}
+			if took < giveUp || ctx.Err() != nil {
+				t.Errorf("Run gave up after %v; want after -give-up %v and before its context ended", took, giveUp)
+			}
+			for _, s := range []string{"gave up reaching the aggregator at ws://" + closed, "(-give-up 300ms); last error:", "connection refused"} {
+				if !strings.Contains(err.Error(), s) {
+					t.Errorf("error %q does not contain %q", err, s)
+				}
+			}
+		})
+	}
+}
