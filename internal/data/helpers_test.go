@@ -77,19 +77,30 @@ func checkCover(t *testing.T, parts [][]int, n int) {
 // else as a ZSTD-compressed IPC stream, the form shards travel in.
 func ipcBytes(t testing.TB, file bool, schema *arrow.Schema, recs ...arrow.RecordBatch) []byte {
 	t.Helper()
+	opts := []ipc.Option{ipc.WithSchema(schema)}
+	if !file {
+		opts = append(opts, ipc.WithZstd())
+	}
+	return ipcWrite(t, file, opts, recs...)
+}
+
+// ipcWrite writes recs in the IPC file or stream format with the writer
+// options opts.
+func ipcWrite(t testing.TB, file bool, opts []ipc.Option, recs ...arrow.RecordBatch) []byte {
+	t.Helper()
 	var buf bytes.Buffer
 	var w interface {
 		Write(arrow.RecordBatch) error
 		Close() error
 	}
 	if file {
-		fw, err := ipc.NewFileWriter(&buf, ipc.WithSchema(schema))
+		fw, err := ipc.NewFileWriter(&buf, opts...)
 		if err != nil {
 			t.Fatal(err)
 		}
 		w = fw
 	} else {
-		w = ipc.NewWriter(&buf, ipc.WithSchema(schema), ipc.WithZstd())
+		w = ipc.NewWriter(&buf, opts...)
 	}
 	for _, rec := range recs {
 		if err := w.Write(rec); err != nil {

@@ -84,7 +84,7 @@ func gzipBytes(t *testing.T, raw []byte) []byte {
 	return b.Bytes()
 }
 
-func writeFile(t *testing.T, path string, b []byte) {
+func writeFile(t testing.TB, path string, b []byte) {
 	t.Helper()
 	if err := os.WriteFile(path, b, 0o644); err != nil {
 		t.Fatal(err)

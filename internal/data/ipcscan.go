@@ -9,23 +9,23 @@ import (
 
 // This file checks the framing and FlatBuffers metadata of an Arrow IPC
 // stream before anything else reads it. Arrow's reader, which reads a
-// shard's schema message, trusts vector lengths and offsets in the
-// metadata: a 300-byte message can make it allocate gigabytes (it sizes
-// slices from claimed vector lengths) or recurse forever (a field whose
-// children point back at itself), and neither out-of-memory nor stack
-// exhaustion can be recovered. scanShardStream walks exactly the tables a
-// reader walks, checks that every table, vector and string lies inside its
-// message, bounds the nesting depth and the total bytes the walk visits (so
-// shared sub-objects cannot amplify the work), and enforces the message
-// sequence a shard may have. It returns each record batch's field nodes and
-// buffers for DecodeShard.
+// shard's schema message and a dataset file's messages, trusts vector
+// lengths and offsets in the metadata: a 300-byte message can make it
+// allocate gigabytes (it sizes slices from claimed vector lengths) or
+// recurse forever (a field whose children point back at itself), and
+// neither out-of-memory nor stack exhaustion can be recovered.
+// scanMessages walks exactly the tables a reader walks, checks that every
+// table, vector and string lies inside its message, and bounds the nesting
+// depth and the total bytes the walk visits (so shared sub-objects cannot
+// amplify the work). scanShardStream enforces on top the message sequence a
+// shard may have and returns each record batch's field nodes and buffers
+// for DecodeShard; scanTableStream enforces the sequence LoadTable accepts.
 //
-// Compressed bodies are checked too: every compressed buffer must hold
-// exactly one ZSTD frame whose content size is at most the buffer's stated
-// uncompressed length and whose window is at most max(8 MiB, 2 × that
-// length), and the stated length itself must fit the decode budget, so
-// that no frame header can make a decoder reserve more than the buffer
-// claims.
+// Compressed bodies are checked too: every compressed buffer's stated
+// uncompressed length must fit the decode budget, and a ZSTD buffer must
+// hold exactly one frame whose content size is at most that length and
+// whose window is at most max(8 MiB, 2 × that length), so that no frame
+// header can make a decoder reserve more than the buffer claims.
 
 // IPC stream framing and metadata limits.
 const (
@@ -33,6 +33,9 @@ const (
 	// maxShardMetadata bounds one message's FlatBuffers metadata. A shard's
 	// schema message is a few hundred bytes and a batch's about two hundred.
 	maxShardMetadata = 1 << 20
+	// maxTableMetadata bounds one message's metadata in a dataset file
+	// LoadTable reads: a schema of a million columns fits.
+	maxTableMetadata = 256 << 20
 	// maxFieldDepth bounds how deeply schema fields may nest.
 	maxFieldDepth = 32
 )
@@ -44,6 +47,7 @@ const (
 	fbHeaderRecordBatch     = 3
 	fbTypeTimestamp         = 10
 	fbTypeUnion             = 14
+	fbCompressionLZ4Frame   = 0
 	fbCompressionZSTD       = 1
 )
 
@@ -79,67 +83,137 @@ type ipcBatch struct {
 // uncompressed bytes.
 func scanShardStream(b []byte, maxRows int, maxBuffer int64) (ipcStreamInfo, error) {
 	var info ipcStreamInfo
-	switch {
-	case len(b) == 0:
-		return info, errors.New("expected an Arrow IPC stream, got 0 bytes")
-	case bytes.HasPrefix(b, []byte("ARROW1")):
+	if bytes.HasPrefix(b, []byte("ARROW1")) {
 		return info, errors.New(`expected the Arrow IPC stream format, got the IPC file format (magic "ARROW1")`)
+	}
+	err := scanMessages(b, maxShardMetadata, false, func(msg, end int, m ipcMessage, body []byte) error {
+		switch {
+		case msg == 0 && m.header == fbHeaderSchema:
+			info.schemaEnd = end
+		case msg == 0 && m.header != fbHeaderSchema:
+			return fmt.Errorf("message 0: expected a schema message, got %s", headerName(m.header))
+		case msg > 0 && m.header != fbHeaderRecordBatch:
+			return fmt.Errorf("message %d: expected a record batch message, got %s", msg, headerName(m.header))
+		case m.header == fbHeaderRecordBatch:
+			if m.rows < 0 || m.rows > int64(maxRows)-info.rows {
+				return fmt.Errorf("record batch %d: expected at most %d rows in the shard, got %d after %d earlier rows",
+					len(info.batches), maxRows, m.rows, info.rows)
+			}
+			if err := checkBatchBody(body, m, bodyLimits{maxBuffer: maxBuffer, why: "for this shard size"}); err != nil {
+				return fmt.Errorf("record batch %d: %w", len(info.batches), err)
+			}
+			info.rows += m.rows
+			info.batches = append(info.batches, ipcBatch{ipcMessage: m, body: body})
+		}
+		return nil
+	})
+	return info, err
+}
+
+// scanTableStream checks an Arrow IPC stream that LoadTable is about to
+// read with Arrow's reader: one schema message, then record batches (no
+// dictionaries: a dataset's columns are numeric), every message's metadata
+// well formed and at most maxTableMetadata bytes, every body inside b, and
+// every body buffer inside its body and at most maxBuffer bytes once
+// uncompressed (ZSTD frames are checked in full, LZ4 frames only by that
+// stated length). If eosOptional, b may end without the end-of-stream
+// marker, as the stream section of an IPC file written by an old writer
+// does.
+func scanTableStream(b []byte, maxBuffer int64, eosOptional bool) error {
+	batches := 0
+	return scanMessages(b, maxTableMetadata, eosOptional, func(msg, _ int, m ipcMessage, body []byte) error {
+		switch {
+		case msg == 0 && m.header != fbHeaderSchema:
+			return fmt.Errorf("message 0: expected a schema message, got %s", headerName(m.header))
+		case msg > 0 && m.header == fbHeaderDictionaryBatch:
+			return fmt.Errorf("message %d: expected a record batch message, got a dictionary batch (dictionary-encoded columns are not supported: a dataset's columns must be numeric)", msg)
+		case msg > 0 && m.header != fbHeaderRecordBatch:
+			return fmt.Errorf("message %d: expected a record batch message, got %s", msg, headerName(m.header))
+		case m.header == fbHeaderRecordBatch:
+			if m.rows < 0 {
+				return fmt.Errorf("record batch %d: expected a row count ≥ 0, got %d", batches, m.rows)
+			}
+			if err := checkBatchBody(body, m, bodyLimits{maxBuffer: maxBuffer, why: "the memory this process can have", allowLZ4: true}); err != nil {
+				return fmt.Errorf("record batch %d: %w", batches, err)
+			}
+			batches++
+		}
+		return nil
+	})
+}
+
+// scanMessages walks the framed messages of an IPC stream in b. It checks
+// each message's prefix and FlatBuffers metadata (at most maxMeta bytes,
+// see checkMessage) and that its body lies inside b, then calls visit with
+// the message's index, the position just after its body, what its metadata
+// says and its body. The walk ends at the end-of-stream marker, which must
+// end b and may not come first; if eosOptional, b may also end after a
+// message.
+func scanMessages(b []byte, maxMeta int64, eosOptional bool, visit func(msg, end int, m ipcMessage, body []byte) error) error {
+	if len(b) == 0 {
+		return errors.New("expected an Arrow IPC stream, got 0 bytes")
 	}
 	pos := 0
 	for msg := 0; ; msg++ {
+		if eosOptional && msg > 0 && pos == len(b) {
+			return nil
+		}
 		if len(b)-pos < 8 {
-			return info, fmt.Errorf("message %d at byte %d: expected an 8-byte message prefix or end-of-stream marker, got %d bytes (truncated stream?)", msg, pos, len(b)-pos)
+			return fmt.Errorf("message %d at byte %d: expected an 8-byte message prefix or end-of-stream marker, got %d bytes (truncated stream?)", msg, pos, len(b)-pos)
 		}
 		if c := binary.LittleEndian.Uint32(b[pos:]); c != ipcContinuation {
-			return info, fmt.Errorf("message %d at byte %d: expected the Arrow IPC continuation marker 0xffffffff, got 0x%08x", msg, pos, c)
+			return fmt.Errorf("message %d at byte %d: expected the Arrow IPC continuation marker 0xffffffff, got 0x%08x", msg, pos, c)
 		}
 		metaLen := int64(int32(binary.LittleEndian.Uint32(b[pos+4:])))
 		pos += 8
 		if metaLen == 0 { // end of stream
 			if msg == 0 {
-				return info, fmt.Errorf("expected a schema message first, got the end-of-stream marker")
+				return fmt.Errorf("expected a schema message first, got the end-of-stream marker")
 			}
 			if pos != len(b) {
-				return info, fmt.Errorf("expected the stream to end after its end-of-stream marker at byte %d, got %d more bytes", pos-8, len(b)-pos)
+				return fmt.Errorf("expected the stream to end after its end-of-stream marker at byte %d, got %d more bytes", pos-8, len(b)-pos)
 			}
-			return info, nil
+			return nil
 		}
-		if metaLen < 4 || metaLen > maxShardMetadata {
-			return info, fmt.Errorf("message %d at byte %d: expected a metadata length in [4, %d], got %d", msg, pos-8, maxShardMetadata, metaLen)
+		if metaLen < 4 || metaLen > maxMeta {
+			return fmt.Errorf("message %d at byte %d: expected a metadata length in [4, %d], got %d", msg, pos-8, maxMeta, metaLen)
 		}
 		if metaLen > int64(len(b)-pos) {
-			return info, fmt.Errorf("message %d at byte %d: expected %d metadata bytes, only %d remain (truncated stream?)", msg, pos-8, metaLen, len(b)-pos)
+			return fmt.Errorf("message %d at byte %d: expected %d metadata bytes, only %d remain (truncated stream?)", msg, pos-8, metaLen, len(b)-pos)
 		}
 		m, err := checkMessage(b[pos : pos+int(metaLen)])
 		if err != nil {
-			return info, fmt.Errorf("message %d at byte %d: malformed metadata: %w", msg, pos-8, err)
+			return fmt.Errorf("message %d at byte %d: malformed metadata: %w", msg, pos-8, err)
 		}
 		pos += int(metaLen)
 		if m.bodyLen < 0 || m.bodyLen > int64(len(b)-pos) {
-			return info, fmt.Errorf("message %d at byte %d: expected %d body bytes, only %d remain (truncated stream?)", msg, pos-8-int(metaLen), m.bodyLen, len(b)-pos)
+			return fmt.Errorf("message %d at byte %d: expected %d body bytes, only %d remain (truncated stream?)", msg, pos-8-int(metaLen), m.bodyLen, len(b)-pos)
 		}
 		body := b[pos : pos+int(m.bodyLen)]
 		pos += int(m.bodyLen)
-
-		switch {
-		case msg == 0 && m.header == fbHeaderSchema:
-			info.schemaEnd = pos
-		case msg == 0 && m.header != fbHeaderSchema:
-			return info, fmt.Errorf("message 0: expected a schema message, got %s", headerName(m.header))
-		case msg > 0 && m.header != fbHeaderRecordBatch:
-			return info, fmt.Errorf("message %d: expected a record batch message, got %s", msg, headerName(m.header))
-		case m.header == fbHeaderRecordBatch:
-			if m.rows < 0 || m.rows > int64(maxRows)-info.rows {
-				return info, fmt.Errorf("record batch %d: expected at most %d rows in the shard, got %d after %d earlier rows",
-					len(info.batches), maxRows, m.rows, info.rows)
-			}
-			if err := checkBatchBody(body, m, maxBuffer); err != nil {
-				return info, fmt.Errorf("record batch %d: %w", len(info.batches), err)
-			}
-			info.rows += m.rows
-			info.batches = append(info.batches, ipcBatch{ipcMessage: m, body: body})
+		if err := visit(msg, pos, m, body); err != nil {
+			return err
 		}
 	}
+}
+
+// ipcFileStream returns the stream section of an Arrow IPC file (format
+// version 2, "Feather"): the bytes between the leading magic and its
+// padding and the footer, found from the footer length before the trailing
+// magic. The footer itself is not read: LoadTable reads the file's messages
+// in stream order.
+func ipcFileStream(b []byte) ([]byte, error) {
+	const magic = "ARROW1"
+	if len(b) < 8+4+len(magic) || string(b[len(b)-len(magic):]) != magic {
+		return nil, fmt.Errorf("expected an IPC file ending in a footer and the magic %q, got %d bytes ending %q (truncated file?)",
+			magic, len(b), b[max(0, len(b)-len(magic)):])
+	}
+	footerLen := int64(int32(binary.LittleEndian.Uint32(b[len(b)-len(magic)-4:])))
+	footerStart := int64(len(b)-len(magic)-4) - footerLen
+	if footerLen <= 0 || footerStart < 8 {
+		return nil, fmt.Errorf("expected a footer length in [1, %d], got %d", len(b)-len(magic)-4-8, footerLen)
+	}
+	return b[8:footerStart], nil
 }
 
 // headerName names a MessageHeader union tag.
@@ -171,10 +245,28 @@ type ipcMessage struct {
 	buffers    [][2]int64 // RecordBatch.buffers as (offset, length)
 }
 
+// bodyLimits are what checkBatchBody accepts: buffers of at most maxBuffer
+// bytes once uncompressed (the bound is named in errors as why), and LZ4
+// compression too if allowLZ4.
+type bodyLimits struct {
+	maxBuffer int64
+	why       string
+	allowLZ4  bool
+}
+
 // checkBatchBody checks that every buffer of a record batch lies inside
-// body and that compressed buffers are ZSTD frames of bounded size.
-func checkBatchBody(body []byte, m ipcMessage, maxBuffer int64) error {
-	if m.compressed && m.codec != fbCompressionZSTD {
+// body and that compressed buffers are ZSTD frames of bounded size, or, if
+// allowed, LZ4 frames that state a bounded size.
+func checkBatchBody(body []byte, m ipcMessage, lim bodyLimits) error {
+	maxBuffer, allowLZ4 := lim.maxBuffer, lim.allowLZ4
+	lz4 := m.compressed && m.codec == fbCompressionLZ4Frame
+	switch {
+	case lz4 && !allowLZ4:
+		return fmt.Errorf("expected ZSTD or no body compression, got LZ4")
+	case lz4, !m.compressed, m.codec == fbCompressionZSTD:
+	case allowLZ4:
+		return fmt.Errorf("expected LZ4, ZSTD or no body compression, got codec %d", m.codec)
+	default:
 		return fmt.Errorf("expected ZSTD or no body compression, got codec %d", m.codec)
 	}
 	for j, ol := range m.buffers {
@@ -193,7 +285,10 @@ func checkBatchBody(body []byte, m ipcMessage, maxBuffer int64) error {
 			continue
 		}
 		if size < 0 || size > maxBuffer {
-			return fmt.Errorf("buffer %d: expected an uncompressed length in [0, %d] for this shard size, got %d", j, maxBuffer, size)
+			return fmt.Errorf("buffer %d: expected an uncompressed length in [0, %d] (%s), got %d", j, maxBuffer, lim.why, size)
+		}
+		if lz4 {
+			continue
 		}
 		if err := checkZstdFrame(src, size); err != nil {
 			return fmt.Errorf("buffer %d: %w", j, err)

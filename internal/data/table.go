@@ -1,6 +1,7 @@
 package data
 
 import (
+	"bytes"
 	"context"
 	"encoding/csv"
 	"errors"
@@ -15,7 +16,6 @@ import (
 	"github.com/apache/arrow-go/v18/arrow"
 	"github.com/apache/arrow-go/v18/arrow/array"
 	"github.com/apache/arrow-go/v18/arrow/ipc"
-	"github.com/apache/arrow-go/v18/arrow/memory"
 	"github.com/apache/arrow-go/v18/parquet/pqarrow"
 )
 
@@ -36,11 +36,12 @@ import (
 // written by EncodeShard), which contributes that many features. Nulls, empty
 // CSV fields and non-finite values are errors naming the column and row.
 //
-// The file is the user's own: malformed files give errors (a recover turns
-// reader panics into errors too), but unlike DecodeShard, LoadTable does not
-// pre-verify Arrow or Parquet metadata against deliberately crafted files,
-// which can still make the arrow-go readers allocate or recurse without
-// bound.
+// Malformed files give errors, not crashes. An Arrow file's framing and
+// metadata are checked before Arrow's reader sees them, as DecodeShard
+// checks a shard's (see loadArrow). Parquet metadata is not pre-checked; the
+// Arrow and Parquet readers allocate through a budgetAllocator, so a buffer
+// that claims more memory than the process can have is an error, and a
+// recover turns reader panics into errors too.
 func LoadTable(path, labelCol string) (d *Dataset, err error) {
 	defer func() { // last line of defence against reader panics on bad files
 		if r := recover(); r != nil {
@@ -49,9 +50,9 @@ func LoadTable(path, labelCol string) (d *Dataset, err error) {
 	}()
 	switch ext := strings.ToLower(filepath.Ext(path)); ext {
 	case ".arrow", ".arrows", ".ipc", ".feather":
-		return loadArrow(path, labelCol)
+		return loadArrow(path, labelCol, newBudgetAllocator(memoryBudget()))
 	case ".parquet":
-		return loadParquet(path, labelCol)
+		return loadParquet(path, labelCol, newBudgetAllocator(memoryBudget()))
 	case ".csv":
 		return loadCSV(path, labelCol)
 	default:
@@ -59,50 +60,37 @@ func LoadTable(path, labelCol string) (d *Dataset, err error) {
 	}
 }
 
-// loadArrow reads an Arrow IPC file or stream.
-func loadArrow(path, labelCol string) (*Dataset, error) {
-	f, err := os.Open(path)
+// loadArrow reads an Arrow IPC file or stream. The whole file is read into
+// memory and its framing and metadata are checked (scanTableStream) before
+// Arrow's reader sees it, since that reader trusts the lengths the metadata
+// states. An IPC file is read through its stream section, in stream order.
+func loadArrow(path, labelCol string, alloc *budgetAllocator) (*Dataset, error) {
+	b, err := os.ReadFile(path)
 	if err != nil {
 		return nil, fmt.Errorf("load table: %w", err)
 	}
-	defer f.Close()
-	var magic [6]byte
-	n, _ := io.ReadFull(f, magic[:])
-	if _, err := f.Seek(0, io.SeekStart); err != nil {
-		return nil, fmt.Errorf("load table %s: %w", path, err)
+	stream, isFile := b, bytes.HasPrefix(b, []byte("ARROW1"))
+	format := "IPC stream format"
+	switch {
+	case isFile:
+		format = "IPC file format"
+		if stream, err = ipcFileStream(b); err != nil {
+			return nil, fmt.Errorf("Arrow file %s (%s): %w", path, format, err)
+		}
+	case !bytes.HasPrefix(b, []byte{0xff, 0xff, 0xff, 0xff}):
+		return nil, fmt.Errorf(`Arrow file %s: expected the IPC file format (magic "ARROW1") or stream format (continuation marker 0xffffffff), got %d bytes starting %q`,
+			path, len(b), b[:min(len(b), 8)])
 	}
-	mem := ipc.WithAllocator(memory.DefaultAllocator)
-
-	if string(magic[:n]) == "ARROW1" {
-		fr, err := ipc.NewFileReader(f, mem)
-		if err != nil {
-			return nil, fmt.Errorf("Arrow file %s: expected the IPC file format: %w", path, err)
-		}
-		defer fr.Close()
-		tb, err := newTableBuilder("Arrow", path, fr.Schema(), labelCol)
-		if err != nil {
-			return nil, err
-		}
-		for i := 0; i < fr.NumRecords(); i++ {
-			rec, err := fr.RecordBatch(i)
-			if err != nil {
-				return nil, fmt.Errorf("Arrow file %s: record batch %d: %w", path, i, err)
-			}
-			err = tb.add(rec)
-			rec.Release()
-			if err != nil {
-				return nil, err
-			}
-		}
-		return tb.finish()
+	if err := scanTableStream(stream, alloc.limit, isFile); err != nil {
+		return nil, fmt.Errorf("Arrow file %s (%s): %w", path, format, err)
 	}
 
-	sr, err := ipc.NewReader(f, mem)
+	sr, err := ipc.NewReader(bytes.NewReader(stream), ipc.WithAllocator(alloc))
 	if err != nil {
-		return nil, fmt.Errorf("Arrow file %s: expected the IPC file format (magic \"ARROW1\") or stream format: %w", path, err)
+		return nil, fmt.Errorf("Arrow file %s: %w", path, err)
 	}
 	defer sr.Release()
-	tb, err := newTableBuilder("Arrow", path, sr.Schema(), labelCol)
+	tb, err := newTableBuilder("Arrow", path, sr.Schema(), labelCol, alloc.limit)
 	if err != nil {
 		return nil, err
 	}
@@ -118,18 +106,18 @@ func loadArrow(path, labelCol string) (*Dataset, error) {
 }
 
 // loadParquet reads a Parquet file through pqarrow.
-func loadParquet(path, labelCol string) (*Dataset, error) {
+func loadParquet(path, labelCol string, alloc *budgetAllocator) (*Dataset, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return nil, fmt.Errorf("load table: %w", err)
 	}
 	defer f.Close()
-	tbl, err := pqarrow.ReadTable(context.Background(), f, nil, pqarrow.ArrowReadProperties{}, memory.DefaultAllocator)
+	tbl, err := pqarrow.ReadTable(context.Background(), f, nil, pqarrow.ArrowReadProperties{}, alloc)
 	if err != nil {
 		return nil, fmt.Errorf("Parquet file %s: %w", path, err)
 	}
 	defer tbl.Release()
-	tb, err := newTableBuilder("Parquet", path, tbl.Schema(), labelCol)
+	tb, err := newTableBuilder("Parquet", path, tbl.Schema(), labelCol, alloc.limit)
 	if err != nil {
 		return nil, err
 	}
@@ -156,14 +144,15 @@ type tableBuilder struct {
 	dim          int   // sum of widths, once all are known
 	rows         int
 	maxLabel     int64
+	maxBytes     int64 // the memory budget: x may not claim more
 	x            []float32
 	y            []int32
 }
 
 // newTableBuilder finds the label and feature columns of schema and checks
 // their types.
-func newTableBuilder(format, path string, schema *arrow.Schema, labelCol string) (*tableBuilder, error) {
-	tb := &tableBuilder{format: format, path: path, schema: schema, label: -1, maxLabel: -1}
+func newTableBuilder(format, path string, schema *arrow.Schema, labelCol string, maxBytes int64) (*tableBuilder, error) {
+	tb := &tableBuilder{format: format, path: path, schema: schema, label: -1, maxLabel: -1, maxBytes: maxBytes}
 	names := make([]string, schema.NumFields())
 	for i, f := range schema.Fields() {
 		names[i] = f.Name
@@ -303,6 +292,10 @@ func (tb *tableBuilder) add(rec arrow.RecordBatch) error {
 		tb.y = append(tb.y, y)
 	}
 
+	if total := int64(tb.rows+rows) * int64(tb.dim); total > tb.maxBytes/4 {
+		return fmt.Errorf("%s file %s: record batch after row %d: %d rows of %d features would take %d bytes as float32, more than the %d bytes of memory this process can have",
+			tb.format, tb.path, tb.rows, tb.rows+rows, tb.dim, 4*total, tb.maxBytes)
+	}
 	base := len(tb.x)
 	tb.x = append(tb.x, make([]float32, rows*tb.dim)...)
 	x := tb.x[base:]

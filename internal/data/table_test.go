@@ -2,6 +2,7 @@ package data
 
 import (
 	"bytes"
+	"encoding/binary"
 	"math"
 	"os"
 	"path/filepath"
@@ -10,8 +11,10 @@ import (
 
 	"github.com/apache/arrow-go/v18/arrow"
 	"github.com/apache/arrow-go/v18/arrow/array"
+	"github.com/apache/arrow-go/v18/arrow/ipc"
 	"github.com/apache/arrow-go/v18/arrow/memory"
 	"github.com/apache/arrow-go/v18/parquet"
+	"github.com/apache/arrow-go/v18/parquet/compress"
 	"github.com/apache/arrow-go/v18/parquet/pqarrow"
 )
 
@@ -42,7 +45,7 @@ func tableSchema(list arrow.DataType) *arrow.Schema {
 }
 
 // tableBatches builds the test table as two record batches (rows 0 and 1..2).
-func tableBatches(t *testing.T, list arrow.DataType) []arrow.RecordBatch {
+func tableBatches(t testing.TB, list arrow.DataType) []arrow.RecordBatch {
 	t.Helper()
 	schema := tableSchema(list)
 	x1 := []float64{0.5, 1e3, -2.25}
@@ -123,6 +126,14 @@ func TestLoadTable(t *testing.T) {
 		{"arrow stream", "t.arrows", func(p string) { writeArrowStream(t, p, tableBatches(t, fixed)) }},
 		{"stream named .arrow", "s.arrow", func(p string) { writeArrowStream(t, p, tableBatches(t, fixed)) }},
 		{"ipc with variable lists", "v.ipc", func(p string) { writeArrowFile(t, p, tableBatches(t, variable)) }},
+		{"feather, LZ4", "lz4.feather", func(p string) {
+			recs := tableBatches(t, fixed)
+			writeFile(t, p, ipcWrite(t, true, []ipc.Option{ipc.WithSchema(recs[0].Schema()), ipc.WithLZ4()}, recs...))
+		}},
+		{"arrow file, ZSTD", "zstd.arrow", func(p string) {
+			recs := tableBatches(t, variable)
+			writeFile(t, p, ipcWrite(t, true, []ipc.Option{ipc.WithSchema(recs[0].Schema()), ipc.WithZstd()}, recs...))
+		}},
 		// One row group: arrow-go v18.8.0's pqarrow writer ignores the
 		// offset of a sliced fixed_size_list, so a row group that starts
 		// inside a record batch would be written with the wrong values.
@@ -246,6 +257,16 @@ func TestLoadTableErrors(t *testing.T) {
 				rb.Field(1).(*array.Float32Builder).Append(1)
 			}), []string{`Arrow file ` + filepath.Join(dir, "nolabel.arrow") + ` has no column "label"; columns are: y, a`}},
 		{"garbage arrow", file("junk.arrow", "ARROW1\x00\x00not really"), []string{"junk.arrow", "Arrow file"}},
+		{"truncated arrow file", file("cut.arrow", string(arrowFileBytes(t, tableSchema(arrow.PrimitiveTypes.Int8), func(rb *array.RecordBuilder) {})[:100])),
+			[]string{"cut.arrow", `(IPC file format): expected an IPC file ending in a footer`}},
+		{"truncated arrow stream", file("cut.arrows", string(ipcBytes(t, false, tableSchema(arrow.PrimitiveTypes.Int8))[:100])),
+			[]string{"cut.arrows", "message 0 at byte 0: expected 336 metadata bytes, only 92 remain (truncated stream?)"}},
+		{"dictionary column", file("dict.arrow", string(arrowFileBytes(t,
+			arrow.NewSchema([]arrow.Field{{Name: "label", Type: arrow.PrimitiveTypes.Int32}, {Name: "a", Type: &arrow.DictionaryType{IndexType: arrow.PrimitiveTypes.Int8, ValueType: arrow.PrimitiveTypes.Float32}}}, nil),
+			func(rb *array.RecordBuilder) {
+				rb.Field(0).(*array.Int32Builder).Append(1)
+				rb.Field(1).(*array.Float32DictionaryBuilder).Append(2)
+			}))), []string{"dict.arrow", "message 1: expected a record batch message, got a dictionary batch (dictionary-encoded columns are not supported"}},
 		{"garbage parquet", file("junk.parquet", "PAR1 not really PAR1"), []string{"junk.parquet", "Parquet file"}},
 	}
 	for _, tc := range tests {
@@ -257,4 +278,108 @@ func TestLoadTableErrors(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestLoadTableRefusesHugeClaims gives LoadTable compressed Arrow files whose
+// buffers claim a petabyte once uncompressed. Arrow's reader would allocate
+// that before decompressing and the process would die; instead it is an
+// error naming the file and the buffer.
+func TestLoadTableRefusesHugeClaims(t *testing.T) {
+	schema := arrow.NewSchema([]arrow.Field{
+		{Name: "label", Type: arrow.PrimitiveTypes.Int32},
+		{Name: "x", Type: arrow.PrimitiveTypes.Float32},
+	}, nil)
+	const rows = 1000
+	rb := array.NewRecordBuilder(memory.DefaultAllocator, schema)
+	defer rb.Release()
+	for i := range rows {
+		rb.Field(0).(*array.Int32Builder).Append(int32(i % 10))
+		rb.Field(1).(*array.Float32Builder).Append(0)
+	}
+	rec := rb.NewRecordBatch()
+	defer rec.Release()
+
+	dir := t.TempDir()
+	for _, file := range []bool{true, false} {
+		b := ipcWrite(t, file, []ipc.Option{ipc.WithSchema(schema), ipc.WithZstd()}, rec)
+		name := map[bool]string{true: "huge.arrow", false: "huge.arrows"}[file]
+		path := filepath.Join(dir, name)
+		writeFile(t, path, b)
+		if _, err := LoadTable(path, "label"); err != nil {
+			t.Fatalf("%s before the edit: %v", name, err)
+		}
+
+		// Each compressed buffer starts with its uncompressed length (4000
+		// bytes here), then the zstd frame's magic number.
+		var want [12]byte
+		binary.LittleEndian.PutUint64(want[:], 4*rows)
+		binary.LittleEndian.PutUint32(want[8:], 0xFD2FB528)
+		n := 0
+		for i := bytes.Index(b, want[:]); i >= 0; i = bytes.Index(b, want[:]) {
+			binary.LittleEndian.PutUint64(b[i:], 1<<50)
+			n++
+		}
+		if n != 2 {
+			t.Fatalf("%s: found %d compressed buffers of %d bytes, expected 2", name, n, 4*rows)
+		}
+		writeFile(t, path, b)
+		d, err := LoadTable(path, "label")
+		wantErr(t, err, name, "record batch 0: buffer 1: expected an uncompressed length in [0, ", "] (the memory this process can have), got 1125899906842624")
+		if d != nil {
+			t.Errorf("%s: got a dataset along with the error", name)
+		}
+	}
+}
+
+// FuzzLoadTable feeds LoadTable arbitrary Arrow and Parquet files. It must
+// return a dataset or an error, never crash. The memory budget is lowered so
+// that a claim the budget lets through still fits the fuzzing machine.
+func FuzzLoadTable(f *testing.F) {
+	budget := memoryBudget
+	memoryBudget = func() int64 { return 16 << 20 }
+	f.Cleanup(func() { memoryBudget = budget })
+
+	dir := f.TempDir()
+	seed := func(name string, write func(path string)) {
+		path := filepath.Join(dir, name)
+		write(path)
+		b, err := os.ReadFile(path)
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(b, filepath.Ext(name) == ".parquet")
+	}
+	recs := tableBatches(f, arrow.ListOf(arrow.PrimitiveTypes.Float32))
+	zstd := []ipc.Option{ipc.WithSchema(recs[0].Schema()), ipc.WithZstd()}
+	seed("t.arrow", func(p string) { writeFile(f, p, ipcBytes(f, true, recs[0].Schema(), recs...)) })
+	seed("z.arrow", func(p string) { writeFile(f, p, ipcWrite(f, true, zstd, recs...)) })
+	seed("z.arrows", func(p string) { writeFile(f, p, ipcWrite(f, false, zstd, recs...)) })
+	seed("t.parquet", func(p string) {
+		tbl := array.NewTableFromRecords(recs[0].Schema(), recs)
+		defer tbl.Release()
+		var buf bytes.Buffer
+		props := parquet.NewWriterProperties(parquet.WithCompression(compress.Codecs.Zstd))
+		if err := pqarrow.WriteTable(tbl, &buf, 2, props, pqarrow.DefaultWriterProps()); err != nil {
+			f.Fatal(err)
+		}
+		writeFile(f, p, buf.Bytes())
+	})
+
+	f.Fuzz(func(t *testing.T, b []byte, isParquet bool) {
+		name := "f.arrow"
+		if isParquet {
+			name = "f.parquet"
+		}
+		path := filepath.Join(t.TempDir(), name)
+		writeFile(t, path, b)
+		d, err := LoadTable(path, "label")
+		if (d == nil) == (err == nil) {
+			t.Fatalf("expected a dataset or an error, got %v and %v", d, err)
+		}
+		if d != nil {
+			if verr := d.Validate(); verr != nil {
+				t.Fatalf("LoadTable returned an invalid dataset: %v", verr)
+			}
+		}
+	})
 }

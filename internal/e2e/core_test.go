@@ -183,6 +183,9 @@ func TestBadFlagsAndMissingDataset(t *testing.T) {
 		{[]string{"-rounds", "abc"}, `invalid value "abc" for flag -rounds`},
 		{[]string{"-fraction", "2"}, "-fraction 2: want 0 < C ≤ 1"},
 		{[]string{"-dataset", filepath.Join("no", "such", "dir")}, "no such file or directory"},
+		// A compressed buffer that claims a petabyte once uncompressed.
+		{[]string{"-dataset", filepath.Join("internal", "e2e", "testdata", "huge-claim.arrows")},
+			"huge-claim.arrows (IPC stream format): record batch 0: buffer 1: expected an uncompressed length in [0, "},
 		{[]string{"-partition", "dirichlet:-1"}, "dirichlet"},
 		{[]string{"-model", "cnn9"}, "cnn9"},
 		{[]string{"-max-message", "100000"}, "-max-message 100000: model 2nn(784-200-200-10)'s updates take up to 862382 bytes"},
