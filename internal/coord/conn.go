@@ -168,6 +168,7 @@ func (h *Hub) serve(ws *websocket.Conn, remote string) {
 	c.id = fmt.Sprintf("%s#%d", hello.Name, h.nextConn)
 	welcome, _ := wire.Prefix(wire.TypeWelcome, wire.Welcome{ID: c.id, Model: h.cfg.Model, Params: h.cfg.Params, MaxMessage: h.cfg.MaxMessage})
 	c.out <- outFrame{prefix: welcome}
+	turnedAway := false
 	switch {
 	case h.finished != nil:
 		p, _ := wire.Prefix(wire.TypeDone, h.finished)
@@ -175,15 +176,22 @@ func (h *Hub) serve(ws *websocket.Conn, remote string) {
 	case h.leaving != "":
 		c.out <- outFrame{close: websocket.CloseGoingAway, reason: h.leaving}
 		c.dead = true // as GoAway leaves the others: no task goes to it
+		turnedAway = true
 	}
 	h.conns[c] = struct{}{}
-	h.stats.TrainersJoined++
+	if !turnedAway {
+		h.stats.TrainersJoined++
+	}
 	if h.trainers[c.name] == nil {
 		h.trainers[c.name] = &trainerRecord{name: c.name}
 	}
 	h.changedLocked()
 	h.mu.Unlock()
-	log.Info("trainer joined", "id", c.id, "cached_shards", len(c.shards))
+	if turnedAway {
+		log.Info("trainer turned away: the aggregator is stopping", "id", c.id)
+	} else {
+		log.Info("trainer joined", "id", c.id, "cached_shards", len(c.shards))
+	}
 
 	go c.writer()
 	err = c.reader(buf)

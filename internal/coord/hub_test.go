@@ -295,6 +295,7 @@ func TestGoAwayClosesConnectionsAndTrainersReconnect(t *testing.T) {
 	if err := f.hub.WaitTrainers(ctx, 2); err != nil {
 		t.Fatal(err)
 	}
+	joined := f.hub.Snapshot().TrainersJoined
 	f.hub.GoAway("test stopping")
 	closedAway(early, "connected before")
 	closedAway(dial(), "connected after")
@@ -306,6 +307,10 @@ func TestGoAwayClosesConnectionsAndTrainersReconnect(t *testing.T) {
 	}
 	if n := f.hub.Trainers(); n > 1 {
 		t.Errorf("%d trainers still connected a second after GoAway", n)
+	}
+	// Connections turned away are not counted as trainers joining.
+	if got := f.hub.Snapshot().TrainersJoined; got != joined {
+		t.Errorf("trainers joined: %d before GoAway, %d after; want no change", joined, got)
 	}
 	cancel()
 	if err := <-done; err != nil {
