@@ -30,6 +30,10 @@ const helloWait = 10 * time.Second
 // writeWait bounds one frame's write.
 const writeWait = 30 * time.Second
 
+// closeWait bounds the closing handshake after a going-away close: how long
+// the trainer has to answer with its own Close before the socket goes.
+const closeWait = 2 * time.Second
+
 // outFrame is a frame waiting for the connection's writer. Its slices are
 // shared and not modified until written: only a prefix marked reuse is
 // written over after that, by the connection's next task frame.
@@ -51,7 +55,10 @@ type conn struct {
 	id   string
 	name string
 	out  chan outFrame
-	gone chan struct{}
+	gone chan struct{} // closed when the writer has returned
+	// readDone is closed when the reader has returned: a going-away close
+	// waits for it (the closing handshake) before the socket goes.
+	readDone chan struct{}
 	// bufs holds prefix buffers the writer is done with, for the next
 	// task frames: a trainer has one task at a time, so a few suffice.
 	bufs chan []byte
@@ -157,7 +164,7 @@ func (h *Hub) serve(ws *websocket.Conn, remote string) {
 		hello.Name = remote
 	}
 
-	c := &conn{hub: h, ws: ws, name: hello.Name, out: make(chan outFrame, 64), gone: make(chan struct{}), bufs: make(chan []byte, 2), version: -1, shards: make(map[string]bool)}
+	c := &conn{hub: h, ws: ws, name: hello.Name, out: make(chan outFrame, 64), gone: make(chan struct{}), readDone: make(chan struct{}), bufs: make(chan []byte, 2), version: -1, shards: make(map[string]bool)}
 	h.mu.Lock()
 	for _, s := range hello.Shards {
 		if h.known[s] != nil {
@@ -195,6 +202,7 @@ func (h *Hub) serve(ws *websocket.Conn, remote string) {
 
 	go c.writer()
 	err = c.reader(buf)
+	close(c.readDone)
 	h.drop(c)
 	close(c.out)
 	<-c.gone
@@ -379,6 +387,18 @@ func (c *conn) writer() {
 			}
 			if f.close != 0 {
 				_ = c.ws.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(f.close, f.reason), time.Now().Add(time.Second))
+				if f.close == websocket.CloseGoingAway {
+					// The closing handshake (RFC 6455, section 7.1.1): the
+					// reader reads on until the trainer's Close, for at most
+					// closeWait, before the socket goes. A trainer caught
+					// writing an update then reads the reason, not a broken
+					// pipe. (Other closes come from the reader, which is not
+					// reading any more.)
+					select {
+					case <-c.readDone:
+					case <-time.After(closeWait):
+					}
+				}
 				_ = c.ws.Close()
 				drain(c.out)
 				return

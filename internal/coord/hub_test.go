@@ -318,6 +318,55 @@ func TestGoAwayClosesConnectionsAndTrainersReconnect(t *testing.T) {
 	}
 }
 
+// A trainer caught writing an update when the aggregator goes away is not
+// cut off: the hub reads on until the trainer's Close (the closing
+// handshake), so the update arrives whole and the trainer reads the reason.
+func TestGoAwayCompletesTheClosingHandshake(t *testing.T) {
+	f := newFixture(t, 2, coord.Config{})
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	ws, err := dialWS(ctx, f.srv.URL+"/v1/train", 64) // frames leave as they fill
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ws.Close()
+	if err := sendFrame(ws, wire.TypeHello, wire.Hello{Name: "writing"}, nil); err != nil {
+		t.Fatal(err)
+	}
+	_ = ws.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, b, err := ws.ReadMessage(); err != nil {
+		t.Fatal(err)
+	} else if fr, err := wire.Decode(b); err != nil || fr.Type != wire.TypeWelcome {
+		t.Fatalf("first frame %v (%v); want welcome", fr.Type, err)
+	}
+
+	// All of an update but its last (empty) websocket frame.
+	w, err := startFrame(ws, wire.TypeUpdate, wire.Update{Task: 12345, Samples: 1, Loss: 1}, make([]byte, 4*len(f.params)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	before := f.hub.Snapshot().BytesReceived
+	f.hub.GoAway("test stopping")
+	time.Sleep(200 * time.Millisecond) // the close frame is out; without the handshake, so is the socket
+	if err := w.Close(); err != nil {
+		t.Fatalf("finishing the update after GoAway: %v", err)
+	}
+	_, _, err = ws.ReadMessage()
+	var ce *websocket.CloseError
+	if !errors.As(err, &ce) || ce.Code != websocket.CloseGoingAway || ce.Text != "test stopping" {
+		t.Fatalf("read after the update: %v; want close 1001 \"test stopping\"", err)
+	}
+	// Reading the Close answered it; the hub has read the update and goes.
+	gone, cancelGone := context.WithTimeout(ctx, 5*time.Second)
+	defer cancelGone()
+	if err := f.hub.WaitGone(gone); err != nil {
+		t.Fatalf("connection still open after the handshake: %v", err)
+	}
+	if got := f.hub.Snapshot().BytesReceived - before; got < int64(4*len(f.params)) {
+		t.Errorf("the hub read %d bytes after GoAway; want the whole update, over %d", got, 4*len(f.params))
+	}
+}
+
 func TestWrongTokenIsRefused(t *testing.T) {
 	f := newFixture(t, 2, coord.Config{Token: "right"})
 	tr, err := trainer.New(trainer.Config{Aggregator: f.srv.URL, Name: "x", Token: "wrong", Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})

@@ -187,9 +187,14 @@ func (t *Trainer) Run(ctx context.Context) error {
 			wait = min(wait, left) // one last attempt when the time is up
 		}
 		t.cfg.Metrics.reconnect()
-		if dialFailed {
+		var ce *websocket.CloseError
+		switch {
+		case dialFailed:
 			log.Warn("cannot connect to the aggregator; retrying", "err", de.err, "in", wait.Round(time.Millisecond))
-		} else {
+		case errors.As(err, &ce) && ce.Code == websocket.CloseGoingAway:
+			// An orderly stop (restart, deploy): not a fault, so not a warning.
+			log.Info("the aggregator is going away; reconnecting", "reason", ce.Text, "in", wait.Round(time.Millisecond))
+		default:
 			log.Warn("connection lost; reconnecting", "err", err, "in", wait.Round(time.Millisecond))
 		}
 		select {

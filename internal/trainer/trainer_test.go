@@ -325,3 +325,61 @@ func TestGiveUp(t *testing.T) {
 		})
 	}
 }
+
+// levelLog is a slog.Handler that passes on each record's level and message.
+type levelLog chan string
+
+func (h levelLog) Enabled(context.Context, slog.Level) bool { return true }
+func (h levelLog) WithAttrs([]slog.Attr) slog.Handler       { return h }
+func (h levelLog) WithGroup(string) slog.Handler            { return h }
+func (h levelLog) Handle(_ context.Context, r slog.Record) error {
+	select {
+	case h <- r.Level.String() + " " + r.Message:
+	default:
+	}
+	return nil
+}
+
+// An aggregator that closes with 1001 (going away: it is stopping) is
+// logged as information, not as a warning; a connection lost otherwise is a
+// warning.
+func TestGoingAwayIsNotAWarning(t *testing.T) {
+	for _, tc := range []struct {
+		code int
+		want string
+	}{
+		{websocket.CloseGoingAway, "INFO the aggregator is going away; reconnecting"},
+		{websocket.CloseInternalServerErr, "WARN connection lost; reconnecting"},
+	} {
+		addr := fakeAggregator(t, func(ws *websocket.Conn, _ sendFunc) {
+			_ = ws.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(tc.code, "test"), time.Now().Add(time.Second))
+		})
+		logs := make(levelLog, 100)
+		tr, err := New(Config{Aggregator: addr, Name: "away", Report: time.Hour, MinBackoff: time.Hour, Logger: slog.New(logs)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan error, 1)
+		go func() { done <- tr.Run(ctx) }()
+		var seen []string
+		timeout := time.After(10 * time.Second)
+	wait:
+		for {
+			select {
+			case line := <-logs:
+				seen = append(seen, line)
+				if strings.HasSuffix(line, "reconnecting") {
+					break wait
+				}
+			case <-timeout:
+				break wait
+			}
+		}
+		cancel()
+		<-done
+		if len(seen) == 0 || seen[len(seen)-1] != tc.want {
+			t.Errorf("close %d: logged %q; want the last line %q", tc.code, seen, tc.want)
+		}
+	}
+}
