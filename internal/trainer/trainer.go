@@ -181,8 +181,8 @@ func (t *Trainer) Run(ctx context.Context) error {
 		if dialFailed && t.cfg.GiveUp > 0 {
 			left := t.cfg.GiveUp - time.Since(lastReached)
 			if left <= 0 {
-				return fmt.Errorf("%w at %s: no connection for %v (-give-up %v); last error: %w",
-					ErrGaveUp, t.url, time.Since(lastReached).Round(time.Millisecond), t.cfg.GiveUp, de.err)
+				return fmt.Errorf("%w: no connection for %v (-give-up %v); last error: %w",
+					ErrGaveUp, time.Since(lastReached).Round(time.Millisecond), t.cfg.GiveUp, de.err)
 			}
 			wait = min(wait, left) // one last attempt when the time is up
 		}

@@ -317,7 +317,7 @@ func TestGiveUp(t *testing.T) {
 			if took < giveUp || ctx.Err() != nil {
 				t.Errorf("Run gave up after %v; want after -give-up %v and before its context ended", took, giveUp)
 			}
-			for _, s := range []string{"gave up reaching the aggregator at ws://" + closed, "(-give-up 300ms); last error:", "connection refused"} {
+			for _, s := range []string{"gave up reaching the aggregator: no connection for ", "(-give-up 300ms); last error: dial ws://" + closed, "connection refused"} {
 				if !strings.Contains(err.Error(), s) {
 					t.Errorf("error %q does not contain %q", err, s)
 				}
