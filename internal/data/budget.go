@@ -9,18 +9,24 @@ import (
 	"github.com/apache/arrow-go/v18/arrow/memory"
 )
 
-// budgetAllocator is the Arrow allocator LoadTable reads through. A
-// malformed or crafted Arrow or Parquet file can declare buffer sizes far
-// beyond its own length (a compressed buffer states its uncompressed length,
-// and the readers allocate it before decompressing). The Go runtime cannot
-// recover from the failed allocation that follows, so the allocator refuses
-// first: it panics with *overBudget, which LoadTable's recover turns into an
-// error naming the file.
+// budgetIs says what the dataset budget is, for error messages.
+const budgetIs = "half the memory this process can have"
+
+// budgetAllocator is the Arrow allocator LoadTable reads through, and the
+// account of the memory the loaded dataset itself takes. A malformed or
+// crafted Arrow or Parquet file can declare sizes far beyond its own length
+// (a compressed buffer states its uncompressed length, and the readers
+// allocate it before decompressing). The Go runtime cannot recover from the
+// failed allocation that follows, so the budget refuses first: Arrow's
+// allocations past it panic with *overBudget, which the readers' and
+// LoadTable's recovers turn into errors, and claim refuses the dataset's own
+// arrays.
 //
-// The budget is the memory the process could ever have (see memoryBudget),
-// so no file that could load is refused. The count of bytes held is kept
-// from the sizes Arrow allocates and frees; Arrow's Go allocator leaves
-// freeing to the garbage collector, so the count can only be high, never low.
+// The count is of bytes Arrow holds and the dataset's arrays: memory Arrow
+// has freed may not have been collected yet, and the file's message being
+// read is not counted, so the limit is half the memory the process can
+// have (see memoryBudget), leaving the other half for those and the rest of
+// the program.
 type budgetAllocator struct {
 	mem   memory.Allocator
 	limit int64
@@ -33,30 +39,42 @@ type overBudget struct {
 }
 
 func (e *overBudget) Error() string {
-	return fmt.Sprintf("the file is malformed: its metadata asks for a %d-byte buffer, with %d bytes already held, more than the %d bytes of memory this process can have",
-		e.want, e.held, e.limit)
+	return fmt.Sprintf("the file asks for %d bytes, with %d bytes already held, more than the %d-byte dataset budget (%s)",
+		e.want, e.held, e.limit, budgetIs)
 }
 
 func newBudgetAllocator(limit int64) *budgetAllocator {
 	return &budgetAllocator{mem: memory.NewGoAllocator(), limit: limit}
 }
 
-// reserve counts delta more bytes as held, or panics if that passes the limit.
-func (a *budgetAllocator) reserve(want, delta int64) {
-	held := a.held.Add(delta)
-	if delta > 0 && (held > a.limit || held < 0) {
-		a.held.Add(-delta)
-		panic(&overBudget{want: want, held: held - delta, limit: a.limit})
+// claim counts n more bytes as held, or returns *overBudget if that would
+// pass the limit.
+func (a *budgetAllocator) claim(n int64) error {
+	held := a.held.Add(n)
+	if n > 0 && (held > a.limit || held < 0) {
+		a.held.Add(-n)
+		return &overBudget{want: n, held: held - n, limit: a.limit}
 	}
+	return nil
+}
+
+// fits reports whether n more bytes would fit the budget, without claiming
+// them.
+func (a *budgetAllocator) fits(n int64) bool {
+	return n >= 0 && n <= a.limit-a.held.Load()
 }
 
 func (a *budgetAllocator) Allocate(size int) []byte {
-	a.reserve(int64(size), int64(size))
+	if err := a.claim(int64(size)); err != nil {
+		panic(err)
+	}
 	return a.mem.Allocate(size)
 }
 
 func (a *budgetAllocator) Reallocate(size int, b []byte) []byte {
-	a.reserve(int64(size), int64(size)-int64(len(b)))
+	if err := a.claim(int64(size) - int64(len(b))); err != nil {
+		panic(err)
+	}
 	return a.mem.Reallocate(size, b)
 }
 
@@ -65,16 +83,19 @@ func (a *budgetAllocator) Free(b []byte) {
 	a.mem.Free(b)
 }
 
-// memoryBudget is the most memory this process could have: the machine's
-// physical memory, or the Go runtime's soft limit (GOMEMLIMIT) if lower.
-// Tests lower it.
+// memoryBudget is the dataset budget: half the least of the machine's
+// physical memory, the process's address-space and data limits, its
+// cgroup's memory limit and the Go runtime's soft limit (GOMEMLIMIT), as
+// far as each is known. Tests lower it.
 var memoryBudget = func() int64 {
 	limit := debug.SetMemoryLimit(-1) // math.MaxInt64 unless set
-	if phys := physicalMemory(); phys > 0 && phys < limit {
-		limit = phys
+	for _, l := range memoryLimits() {
+		if l > 0 && l < limit {
+			limit = l
+		}
 	}
-	if limit <= 0 || limit == math.MaxInt64 {
-		limit = 1 << 40 // memory unknown: still refuses the terabytes a crafted file can claim
+	if limit == math.MaxInt64 {
+		limit = 2 << 40 // nothing known: still refuses the terabytes a crafted file can claim
 	}
-	return limit
+	return limit / 2
 }

@@ -2,6 +2,6 @@
 
 package data
 
-// physicalMemory returns 0 (unknown) where the platform has no simple query;
-// memoryBudget then falls back to a fixed bound.
-func physicalMemory() int64 { return 0 }
+// memoryLimits returns nothing where the platform has no simple query;
+// memoryBudget then relies on GOMEMLIMIT or a fixed bound.
+func memoryLimits() []int64 { return nil }

@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"io"
 )
 
 // This file checks the framing and FlatBuffers metadata of an Arrow IPC
@@ -14,12 +15,13 @@ import (
 // allocate gigabytes (it sizes slices from claimed vector lengths) or
 // recurse forever (a field whose children point back at itself), and
 // neither out-of-memory nor stack exhaustion can be recovered.
-// scanMessages walks exactly the tables a reader walks, checks that every
+// nextMessage walks exactly the tables a reader walks, checks that every
 // table, vector and string lies inside its message, and bounds the nesting
 // depth and the total bytes the walk visits (so shared sub-objects cannot
 // amplify the work). scanShardStream enforces on top the message sequence a
 // shard may have and returns each record batch's field nodes and buffers
-// for DecodeShard; scanTableStream enforces the sequence LoadTable accepts.
+// for DecodeShard; checkTableMessage enforces the sequence LoadTable
+// accepts, one message at a time as a dataset file is read.
 //
 // Compressed bodies are checked too: every compressed buffer's stated
 // uncompressed length must fit the decode budget, and a ZSTD buffer must
@@ -99,7 +101,7 @@ func scanShardStream(b []byte, maxRows int, maxBuffer int64) (ipcStreamInfo, err
 				return fmt.Errorf("record batch %d: expected at most %d rows in the shard, got %d after %d earlier rows",
 					len(info.batches), maxRows, m.rows, info.rows)
 			}
-			if err := checkBatchBody(body, m, bodyLimits{maxBuffer: maxBuffer, why: "for this shard size"}); err != nil {
+			if err := checkBatchBody(body, m, bodyLimits{maxBuffer: maxBuffer, why: " for this shard size"}); err != nil {
 				return fmt.Errorf("record batch %d: %w", len(info.batches), err)
 			}
 			info.rows += m.rows
@@ -110,110 +112,156 @@ func scanShardStream(b []byte, maxRows int, maxBuffer int64) (ipcStreamInfo, err
 	return info, err
 }
 
-// scanTableStream checks an Arrow IPC stream that LoadTable is about to
-// read with Arrow's reader: one schema message, then record batches (no
-// dictionaries: a dataset's columns are numeric), every message's metadata
-// well formed and at most maxTableMetadata bytes, every body inside b, and
-// every body buffer inside its body and at most maxBuffer bytes once
-// uncompressed (ZSTD frames are checked in full, LZ4 frames only by that
-// stated length). If eosOptional, b may end without the end-of-stream
-// marker, as the stream section of an IPC file written by an old writer
-// does.
-func scanTableStream(b []byte, maxBuffer int64, eosOptional bool) error {
-	batches := 0
-	return scanMessages(b, maxTableMetadata, eosOptional, func(msg, _ int, m ipcMessage, body []byte) error {
-		switch {
-		case msg == 0 && m.header != fbHeaderSchema:
-			return fmt.Errorf("message 0: expected a schema message, got %s", headerName(m.header))
-		case msg > 0 && m.header == fbHeaderDictionaryBatch:
-			return fmt.Errorf("message %d: expected a record batch message, got a dictionary batch (dictionary-encoded columns are not supported: a dataset's columns must be numeric)", msg)
-		case msg > 0 && m.header != fbHeaderRecordBatch:
-			return fmt.Errorf("message %d: expected a record batch message, got %s", msg, headerName(m.header))
-		case m.header == fbHeaderRecordBatch:
-			if m.rows < 0 {
-				return fmt.Errorf("record batch %d: expected a row count ≥ 0, got %d", batches, m.rows)
-			}
-			if err := checkBatchBody(body, m, bodyLimits{maxBuffer: maxBuffer, why: "the memory this process can have", allowLZ4: true}); err != nil {
-				return fmt.Errorf("record batch %d: %w", batches, err)
-			}
-			batches++
+// checkTableMessage applies LoadTable's rules to message msg of a dataset
+// stream, whose metadata and body nextMessage has checked: one schema
+// message, then record batches (no dictionaries: a dataset's columns are
+// numeric), every body buffer inside its body and at most maxBuffer bytes
+// once uncompressed (ZSTD frames are checked in full, LZ4 frames only by
+// that stated length). batches counts the record batches seen.
+func checkTableMessage(msg int, batches *int, m ipcMessage, body []byte, maxBuffer int64) error {
+	switch {
+	case m.header == fbHeaderDictionaryBatch:
+		return fmt.Errorf("message %d: expected a %s, got a dictionary batch (dictionary-encoded columns are not supported: a dataset's columns must be numeric)",
+			msg, map[bool]string{true: "schema message", false: "record batch message"}[msg == 0])
+	case msg == 0 && m.header != fbHeaderSchema:
+		return fmt.Errorf("message 0: expected a schema message, got %s", headerName(m.header))
+	case msg > 0 && m.header != fbHeaderRecordBatch:
+		return fmt.Errorf("message %d: expected a record batch message, got %s", msg, headerName(m.header))
+	case m.header == fbHeaderRecordBatch:
+		if m.rows < 0 {
+			return fmt.Errorf("record batch %d: expected a row count ≥ 0, got %d", *batches, m.rows)
 		}
-		return nil
-	})
+		lim := bodyLimits{maxBuffer: maxBuffer, why: " (the dataset budget: " + budgetIs + ")", allowLZ4: true}
+		if err := checkBatchBody(body, m, lim); err != nil {
+			return fmt.Errorf("record batch %d: %w", *batches, err)
+		}
+		*batches++
+	}
+	return nil
 }
 
-// scanMessages walks the framed messages of an IPC stream in b. It checks
-// each message's prefix and FlatBuffers metadata (at most maxMeta bytes,
-// see checkMessage) and that its body lies inside b, then calls visit with
-// the message's index, the position just after its body, what its metadata
-// says and its body. The walk ends at the end-of-stream marker, which must
-// end b and may not come first; if eosOptional, b may also end after a
-// message.
+// byteSource yields a stream's bytes in order for nextMessage.
+type byteSource interface {
+	// take returns the next n bytes; nextMessage asks for no more than
+	// remain.
+	take(n int64) ([]byte, error)
+	remain() int64
+	pos() int64
+}
+
+// memSource is a byteSource over bytes in memory: take returns sub-slices.
+type memSource struct {
+	b   []byte
+	off int64
+}
+
+func (s *memSource) take(n int64) ([]byte, error) {
+	p := s.b[s.off : s.off+n]
+	s.off += n
+	return p, nil
+}
+func (s *memSource) remain() int64 { return int64(len(s.b)) - s.off }
+func (s *memSource) pos() int64    { return s.off }
+
+// scanMessages walks the framed messages of an IPC stream in b with
+// nextMessage and calls visit for each with the message's index, the
+// position just after its body, what its metadata says and its body.
 func scanMessages(b []byte, maxMeta int64, eosOptional bool, visit func(msg, end int, m ipcMessage, body []byte) error) error {
 	if len(b) == 0 {
 		return errors.New("expected an Arrow IPC stream, got 0 bytes")
 	}
-	pos := 0
+	src := &memSource{b: b}
 	for msg := 0; ; msg++ {
-		if eosOptional && msg > 0 && pos == len(b) {
-			return nil
+		m, parts, err := nextMessage(src, msg, maxMeta, eosOptional)
+		if err != nil || parts == nil || len(parts) == 1 { // an error, the end, or the end-of-stream marker
+			return err
 		}
-		if len(b)-pos < 8 {
-			return fmt.Errorf("message %d at byte %d: expected an 8-byte message prefix or end-of-stream marker, got %d bytes (truncated stream?)", msg, pos, len(b)-pos)
-		}
-		if c := binary.LittleEndian.Uint32(b[pos:]); c != ipcContinuation {
-			return fmt.Errorf("message %d at byte %d: expected the Arrow IPC continuation marker 0xffffffff, got 0x%08x", msg, pos, c)
-		}
-		metaLen := int64(int32(binary.LittleEndian.Uint32(b[pos+4:])))
-		pos += 8
-		if metaLen == 0 { // end of stream
-			if msg == 0 {
-				return fmt.Errorf("expected a schema message first, got the end-of-stream marker")
-			}
-			if pos != len(b) {
-				return fmt.Errorf("expected the stream to end after its end-of-stream marker at byte %d, got %d more bytes", pos-8, len(b)-pos)
-			}
-			return nil
-		}
-		if metaLen < 4 || metaLen > maxMeta {
-			return fmt.Errorf("message %d at byte %d: expected a metadata length in [4, %d], got %d", msg, pos-8, maxMeta, metaLen)
-		}
-		if metaLen > int64(len(b)-pos) {
-			return fmt.Errorf("message %d at byte %d: expected %d metadata bytes, only %d remain (truncated stream?)", msg, pos-8, metaLen, len(b)-pos)
-		}
-		m, err := checkMessage(b[pos : pos+int(metaLen)])
-		if err != nil {
-			return fmt.Errorf("message %d at byte %d: malformed metadata: %w", msg, pos-8, err)
-		}
-		pos += int(metaLen)
-		if m.bodyLen < 0 || m.bodyLen > int64(len(b)-pos) {
-			return fmt.Errorf("message %d at byte %d: expected %d body bytes, only %d remain (truncated stream?)", msg, pos-8-int(metaLen), m.bodyLen, len(b)-pos)
-		}
-		body := b[pos : pos+int(m.bodyLen)]
-		pos += int(m.bodyLen)
-		if err := visit(msg, pos, m, body); err != nil {
+		if err := visit(msg, int(src.pos()), m, parts[2]); err != nil {
 			return err
 		}
 	}
 }
 
-// ipcFileStream returns the stream section of an Arrow IPC file (format
-// version 2, "Feather"): the bytes between the leading magic and its
-// padding and the footer, found from the footer length before the trailing
-// magic. The footer itself is not read: LoadTable reads the file's messages
-// in stream order.
-func ipcFileStream(b []byte) ([]byte, error) {
+// nextMessage reads message msg of an IPC stream from src and checks its
+// prefix, its FlatBuffers metadata (at most maxMeta bytes, see
+// checkMessage), and that its body lies inside the stream. It returns the
+// message's metadata and its parts as read: prefix, metadata and body; or
+// only the 8-byte end-of-stream marker, which must end the stream and may
+// not come first; or no parts at the stream's end, which, if eosOptional,
+// may come instead of the marker after a message.
+func nextMessage(src byteSource, msg int, maxMeta int64, eosOptional bool) (ipcMessage, [][]byte, error) {
+	var m ipcMessage
+	start := src.pos()
+	if src.remain() == 0 && eosOptional && msg > 0 {
+		return m, nil, nil
+	}
+	if src.remain() < 8 {
+		return m, nil, fmt.Errorf("message %d at byte %d: expected an 8-byte message prefix or end-of-stream marker, got %d bytes (truncated stream?)", msg, start, src.remain())
+	}
+	prefix, err := src.take(8)
+	if err != nil {
+		return m, nil, fmt.Errorf("message %d at byte %d: %w", msg, start, err)
+	}
+	if c := binary.LittleEndian.Uint32(prefix); c != ipcContinuation {
+		return m, nil, fmt.Errorf("message %d at byte %d: expected the Arrow IPC continuation marker 0xffffffff, got 0x%08x", msg, start, c)
+	}
+	metaLen := int64(int32(binary.LittleEndian.Uint32(prefix[4:])))
+	if metaLen == 0 { // end of stream
+		if msg == 0 {
+			return m, nil, fmt.Errorf("expected a schema message first, got the end-of-stream marker")
+		}
+		if src.remain() != 0 {
+			return m, nil, fmt.Errorf("expected the stream to end after its end-of-stream marker at byte %d, got %d more bytes", start, src.remain())
+		}
+		return m, [][]byte{prefix}, nil
+	}
+	if metaLen < 4 || metaLen > maxMeta {
+		return m, nil, fmt.Errorf("message %d at byte %d: expected a metadata length in [4, %d], got %d", msg, start, maxMeta, metaLen)
+	}
+	if metaLen > src.remain() {
+		return m, nil, fmt.Errorf("message %d at byte %d: expected %d metadata bytes, only %d remain (truncated stream?)", msg, start, metaLen, src.remain())
+	}
+	meta, err := src.take(metaLen)
+	if err != nil {
+		return m, nil, fmt.Errorf("message %d at byte %d: %w", msg, start, err)
+	}
+	if m, err = checkMessage(meta); err != nil {
+		return m, nil, fmt.Errorf("message %d at byte %d: malformed metadata: %w", msg, start, err)
+	}
+	if m.bodyLen < 0 || m.bodyLen > src.remain() {
+		return m, nil, fmt.Errorf("message %d at byte %d: expected %d body bytes, only %d remain (truncated stream?)", msg, start, m.bodyLen, src.remain())
+	}
+	body, err := src.take(m.bodyLen)
+	if err != nil {
+		return m, nil, fmt.Errorf("message %d at byte %d: %w", msg, start, err)
+	}
+	return m, [][]byte{prefix, meta, body}, nil
+}
+
+// ipcFileSection finds the stream section of an Arrow IPC file (format
+// version 2, "Feather") of size bytes: the bytes between the leading magic
+// and its padding and the footer, found from the footer length before the
+// trailing magic. It returns the section's offset and length. The footer
+// itself is not read: LoadTable reads the file's messages in stream order.
+func ipcFileSection(r io.ReaderAt, size int64) (off, n int64, err error) {
 	const magic = "ARROW1"
-	if len(b) < 8+4+len(magic) || string(b[len(b)-len(magic):]) != magic {
-		return nil, fmt.Errorf("expected an IPC file ending in a footer and the magic %q, got %d bytes ending %q (truncated file?)",
-			magic, len(b), b[max(0, len(b)-len(magic)):])
+	var tail [4 + len(magic)]byte
+	if size < 8+int64(len(tail)) {
+		return 0, 0, fmt.Errorf("expected an IPC file ending in a footer and the magic %q, got %d bytes (truncated file?)", magic, size)
 	}
-	footerLen := int64(int32(binary.LittleEndian.Uint32(b[len(b)-len(magic)-4:])))
-	footerStart := int64(len(b)-len(magic)-4) - footerLen
+	if _, err := r.ReadAt(tail[:], size-int64(len(tail))); err != nil {
+		return 0, 0, err
+	}
+	if string(tail[4:]) != magic {
+		return 0, 0, fmt.Errorf("expected an IPC file ending in a footer and the magic %q, got %d bytes ending %q (truncated file, or bytes after the footer?)",
+			magic, size, tail[4:])
+	}
+	footerLen := int64(int32(binary.LittleEndian.Uint32(tail[:])))
+	footerStart := size - int64(len(tail)) - footerLen
 	if footerLen <= 0 || footerStart < 8 {
-		return nil, fmt.Errorf("expected a footer length in [1, %d], got %d", len(b)-len(magic)-4-8, footerLen)
+		return 0, 0, fmt.Errorf("expected a footer length in [1, %d], got %d", size-int64(len(tail))-8, footerLen)
 	}
-	return b[8:footerStart], nil
+	return 8, footerStart - 8, nil
 }
 
 // headerName names a MessageHeader union tag.
@@ -246,7 +294,7 @@ type ipcMessage struct {
 }
 
 // bodyLimits are what checkBatchBody accepts: buffers of at most maxBuffer
-// bytes once uncompressed (the bound is named in errors as why), and LZ4
+// bytes once uncompressed (errors give why after the bound), and LZ4
 // compression too if allowLZ4.
 type bodyLimits struct {
 	maxBuffer int64
@@ -259,10 +307,8 @@ type bodyLimits struct {
 // allowed, LZ4 frames that state a bounded size.
 func checkBatchBody(body []byte, m ipcMessage, lim bodyLimits) error {
 	maxBuffer, allowLZ4 := lim.maxBuffer, lim.allowLZ4
-	lz4 := m.compressed && m.codec == fbCompressionLZ4Frame
+	lz4 := allowLZ4 && m.compressed && m.codec == fbCompressionLZ4Frame
 	switch {
-	case lz4 && !allowLZ4:
-		return fmt.Errorf("expected ZSTD or no body compression, got LZ4")
 	case lz4, !m.compressed, m.codec == fbCompressionZSTD:
 	case allowLZ4:
 		return fmt.Errorf("expected LZ4, ZSTD or no body compression, got codec %d", m.codec)
@@ -285,7 +331,7 @@ func checkBatchBody(body []byte, m ipcMessage, lim bodyLimits) error {
 			continue
 		}
 		if size < 0 || size > maxBuffer {
-			return fmt.Errorf("buffer %d: expected an uncompressed length in [0, %d] (%s), got %d", j, maxBuffer, lim.why, size)
+			return fmt.Errorf("buffer %d: expected an uncompressed length in [0, %d]%s, got %d", j, maxBuffer, lim.why, size)
 		}
 		if lz4 {
 			continue

@@ -13,6 +13,7 @@ import (
 	"github.com/apache/arrow-go/v18/arrow"
 	"github.com/apache/arrow-go/v18/arrow/array"
 	"github.com/apache/arrow-go/v18/arrow/ipc"
+	"github.com/apache/arrow-go/v18/arrow/memory"
 	"github.com/klauspost/compress/zstd"
 )
 
@@ -175,6 +176,12 @@ func TestDecodeShardErrors(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	rb := array.NewRecordBuilder(memory.DefaultAllocator, s4)
+	good(rb)
+	goodRec := rb.NewRecordBatch()
+	rb.Release()
+	defer goodRec.Release()
+	lz4 := ipcWrite(t, false, []ipc.Option{ipc.WithSchema(s4), ipc.WithLZ4()}, goodRec)
 	d783 := mnistShard(t, 3)
 	d783 = &Dataset{X: d783.X[:3*783], Y: d783.Y, Dim: 783, Classes: 10}
 	enc783, err := EncodeShard(d783)
@@ -291,7 +298,9 @@ func TestDecodeShardErrors(t *testing.T) {
 		{name: "file format, not stream", b: arrowFileBytes(t, s4, good), dim: 4, classes: 3, maxRows: 9,
 			want: []string{"expected the Arrow IPC stream format, got the IPC file format"}},
 		{name: "huge decompressed size", b: patchUncompressedSize(t, mnist600, 600*784*4, 1<<40), dim: 784, classes: 10, maxRows: 600,
-			want: []string{"record batch 0: buffer 4: expected an uncompressed length in [0, ", "got 1099511627776"}},
+			want: []string{"record batch 0: buffer 4: expected an uncompressed length in [0, ", "] for this shard size, got 1099511627776"}},
+		{name: "LZ4 body", b: lz4, dim: 4, classes: 3, maxRows: 9,
+			want: []string{"record batch 0: expected ZSTD or no body compression, got codec 0"}},
 		{name: "negative decompressed size", b: patchUncompressedSize(t, mnist600, 600*784*4, -7), dim: 784, classes: 10, maxRows: 600,
 			want: []string{"buffer 4", "got -7"}},
 		// A frame of several segments (header descriptor 0) whose window

@@ -1,8 +1,10 @@
 package data
 
 import (
-	"bytes"
+	"bufio"
+	"cmp"
 	"context"
+	"encoding/binary"
 	"encoding/csv"
 	"errors"
 	"fmt"
@@ -16,6 +18,7 @@ import (
 	"github.com/apache/arrow-go/v18/arrow"
 	"github.com/apache/arrow-go/v18/arrow/array"
 	"github.com/apache/arrow-go/v18/arrow/ipc"
+	"github.com/apache/arrow-go/v18/parquet"
 	"github.com/apache/arrow-go/v18/parquet/pqarrow"
 )
 
@@ -36,12 +39,15 @@ import (
 // written by EncodeShard), which contributes that many features. Nulls, empty
 // CSV fields and non-finite values are errors naming the column and row.
 //
-// Malformed files give errors, not crashes. An Arrow file's framing and
-// metadata are checked before Arrow's reader sees them, as DecodeShard
-// checks a shard's (see loadArrow). Parquet metadata is not pre-checked; the
-// Arrow and Parquet readers allocate through a budgetAllocator, so a buffer
-// that claims more memory than the process can have is an error, and a
-// recover turns reader panics into errors too.
+// Malformed files give errors. An Arrow file's framing and metadata are
+// checked message by message before Arrow's reader acts on them, as
+// DecodeShard checks a shard's (see loadArrow). The readers allocate, and
+// the dataset is counted, against a budget of half the memory the process
+// can have (budgetAllocator), so a size that passes it is an error, not a
+// crash; and a recover turns reader panics into errors too. Parquet
+// metadata is not pre-checked: a deliberately crafted Parquet file can
+// still make arrow-go allocate outside the budget or recurse without
+// bound.
 func LoadTable(path, labelCol string) (d *Dataset, err error) {
 	defer func() { // last line of defence against reader panics on bad files
 		if r := recover(); r != nil {
@@ -60,37 +66,49 @@ func LoadTable(path, labelCol string) (d *Dataset, err error) {
 	}
 }
 
-// loadArrow reads an Arrow IPC file or stream. The whole file is read into
-// memory and its framing and metadata are checked (scanTableStream) before
-// Arrow's reader sees it, since that reader trusts the lengths the metadata
-// states. An IPC file is read through its stream section, in stream order.
+// loadArrow reads an Arrow IPC file or stream. Arrow's reader trusts the
+// lengths the metadata states, so it reads through a tableStream, which
+// hands it each message only once the message has been read and checked;
+// an IPC file is read through its stream section, in stream order.
 func loadArrow(path, labelCol string, alloc *budgetAllocator) (*Dataset, error) {
-	b, err := os.ReadFile(path)
+	f, err := os.Open(path)
 	if err != nil {
 		return nil, fmt.Errorf("load table: %w", err)
 	}
-	stream, isFile := b, bytes.HasPrefix(b, []byte("ARROW1"))
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return nil, fmt.Errorf("load table: %w", err)
+	}
+	var head [8]byte
+	n, _ := f.ReadAt(head[:], 0)
 	format := "IPC stream format"
+	off, size := int64(0), st.Size()
 	switch {
-	case isFile:
+	case string(head[:min(n, 6)]) == "ARROW1":
 		format = "IPC file format"
-		if stream, err = ipcFileStream(b); err != nil {
+		if off, size, err = ipcFileSection(f, st.Size()); err != nil {
 			return nil, fmt.Errorf("Arrow file %s (%s): %w", path, format, err)
 		}
-	case !bytes.HasPrefix(b, []byte{0xff, 0xff, 0xff, 0xff}):
-		return nil, fmt.Errorf(`Arrow file %s: expected the IPC file format (magic "ARROW1") or stream format (continuation marker 0xffffffff), got %d bytes starting %q`,
-			path, len(b), b[:min(len(b), 8)])
+	case n < 4 || binary.LittleEndian.Uint32(head[:]) != ipcContinuation:
+		return nil, fmt.Errorf(`Arrow file %s: expected the IPC file format (magic "ARROW1") or stream format (continuation marker 0xffffffff), got %d bytes starting %q (the legacy pre-0.15 stream format, without the marker, is not supported)`,
+			path, st.Size(), head[:n])
 	}
-	if err := scanTableStream(stream, alloc.limit, isFile); err != nil {
-		return nil, fmt.Errorf("Arrow file %s (%s): %w", path, format, err)
+	// Positions in errors are the file's: the section starts at off.
+	src := &readerSource{r: bufio.NewReaderSize(io.NewSectionReader(f, off, size), 64<<10), off: off, left: size, alloc: alloc}
+	ts := &tableStream{src: src, alloc: alloc}
+	failed := func(err error) error {
+		if ts.err != nil { // the check's own error, not Arrow's rewording of it
+			err = ts.err
+		}
+		return fmt.Errorf("Arrow file %s (%s): %w", path, format, err)
 	}
-
-	sr, err := ipc.NewReader(bytes.NewReader(stream), ipc.WithAllocator(alloc))
+	sr, err := ipc.NewReader(ts, ipc.WithAllocator(alloc))
 	if err != nil {
-		return nil, fmt.Errorf("Arrow file %s: %w", path, err)
+		return nil, failed(err)
 	}
 	defer sr.Release()
-	tb, err := newTableBuilder("Arrow", path, sr.Schema(), labelCol, alloc.limit)
+	tb, err := newTableBuilder("Arrow", path, sr.Schema(), labelCol, alloc)
 	if err != nil {
 		return nil, err
 	}
@@ -99,11 +117,87 @@ func loadArrow(path, labelCol string, alloc *budgetAllocator) (*Dataset, error) 
 			return nil, err
 		}
 	}
-	if err := sr.Err(); err != nil {
-		return nil, fmt.Errorf("Arrow file %s: after %d rows: %w", path, tb.rows, err)
+	if err := sr.Err(); err != nil || ts.err != nil {
+		return nil, failed(fmt.Errorf("after %d rows: %w", tb.rows, cmp.Or(ts.err, err)))
 	}
 	return tb.finish()
 }
+
+// tableStream is the io.Reader Arrow's stream reader reads a dataset file
+// through. It reads one message at a time from src, checks it (nextMessage,
+// then checkTableMessage), and only then passes its bytes on, so the reader
+// never acts on a length that has not been checked, and at most one
+// message is held. The stream may end without its end-of-stream marker, as
+// the Arrow format allows.
+type tableStream struct {
+	src     *readerSource
+	alloc   *budgetAllocator
+	msg     int
+	batches int
+	pending [][]byte // the checked message's parts not yet read
+	done    bool
+	err     error // the first check that failed
+}
+
+func (s *tableStream) Read(p []byte) (int, error) {
+	for len(s.pending) > 0 && len(s.pending[0]) == 0 {
+		s.pending = s.pending[1:]
+	}
+	if len(s.pending) == 0 {
+		if s.err != nil {
+			return 0, s.err
+		}
+		if s.done {
+			return 0, io.EOF
+		}
+		m, parts, err := nextMessage(s.src, s.msg, maxTableMetadata, true)
+		if err == nil && len(parts) == 3 {
+			err = checkTableMessage(s.msg, &s.batches, m, parts[2], s.alloc.limit)
+		}
+		if err != nil {
+			s.err = err
+			return 0, err
+		}
+		if len(parts) < 3 { // the end-of-stream marker, or the end
+			s.done = true
+		}
+		if len(parts) == 0 {
+			return 0, io.EOF
+		}
+		s.pending = parts
+		s.msg++
+	}
+	n := copy(p, s.pending[0])
+	s.pending[0] = s.pending[0][n:]
+	return n, nil
+}
+
+// readerSource is a byteSource reading a file section: take reads each
+// message part into a new buffer, refusing one that would not fit the
+// dataset budget (a crafted length, or a sparse file, could name a body of
+// any size up to the file's).
+type readerSource struct {
+	r     io.Reader
+	left  int64
+	off   int64
+	alloc *budgetAllocator
+}
+
+func (s *readerSource) take(n int64) ([]byte, error) {
+	if !s.alloc.fits(n) {
+		return nil, fmt.Errorf("a message part of %d bytes does not fit the %d-byte dataset budget (%s) with %d bytes held",
+			n, s.alloc.limit, budgetIs, s.alloc.held.Load())
+	}
+	b := make([]byte, n)
+	if _, err := io.ReadFull(s.r, b); err != nil {
+		return nil, err
+	}
+	s.off += n
+	s.left -= n
+	return b, nil
+}
+func (s *readerSource) remain() int64 { return s.left }
+func (s *readerSource) pos() int64    { return s.off }
 
 // loadParquet reads a Parquet file through pqarrow.
 func loadParquet(path, labelCol string, alloc *budgetAllocator) (*Dataset, error) {
@@ -112,12 +206,12 @@ func loadParquet(path, labelCol string, alloc *budgetAllocator) (*Dataset, error
 		return nil, fmt.Errorf("load table: %w", err)
 	}
 	defer f.Close()
-	tbl, err := pqarrow.ReadTable(context.Background(), f, nil, pqarrow.ArrowReadProperties{}, alloc)
+	tbl, err := pqarrow.ReadTable(context.Background(), f, parquet.NewReaderProperties(alloc), pqarrow.ArrowReadProperties{}, alloc)
 	if err != nil {
 		return nil, fmt.Errorf("Parquet file %s: %w", path, err)
 	}
 	defer tbl.Release()
-	tb, err := newTableBuilder("Parquet", path, tbl.Schema(), labelCol, alloc.limit)
+	tb, err := newTableBuilder("Parquet", path, tbl.Schema(), labelCol, alloc)
 	if err != nil {
 		return nil, err
 	}
@@ -144,15 +238,15 @@ type tableBuilder struct {
 	dim          int   // sum of widths, once all are known
 	rows         int
 	maxLabel     int64
-	maxBytes     int64 // the memory budget: x may not claim more
+	budget       *budgetAllocator // x and y are claimed from it
 	x            []float32
 	y            []int32
 }
 
 // newTableBuilder finds the label and feature columns of schema and checks
 // their types.
-func newTableBuilder(format, path string, schema *arrow.Schema, labelCol string, maxBytes int64) (*tableBuilder, error) {
-	tb := &tableBuilder{format: format, path: path, schema: schema, label: -1, maxLabel: -1, maxBytes: maxBytes}
+func newTableBuilder(format, path string, schema *arrow.Schema, labelCol string, budget *budgetAllocator) (*tableBuilder, error) {
+	tb := &tableBuilder{format: format, path: path, schema: schema, label: -1, maxLabel: -1, budget: budget}
 	names := make([]string, schema.NumFields())
 	for i, f := range schema.Fields() {
 		names[i] = f.Name
@@ -274,6 +368,16 @@ func (tb *tableBuilder) add(rec arrow.RecordBatch) error {
 		return err
 	}
 
+	// A row takes dim float32 features and an int32 label.
+	perRow := 4*int64(tb.dim) + 4
+	if int64(rows) > tb.budget.limit/perRow {
+		return fmt.Errorf("%s file %s: record batch after row %d: %d rows of %d features would take more than the %d-byte dataset budget (%s)",
+			tb.format, tb.path, tb.rows, rows, tb.dim, tb.budget.limit, budgetIs)
+	}
+	if err := tb.budget.claim(int64(rows) * perRow); err != nil {
+		return fmt.Errorf("%s file %s: record batch after row %d: %d rows of %d features: %w", tb.format, tb.path, tb.rows, rows, tb.dim, err)
+	}
+
 	labels, ok := numbersOf(rec.Column(tb.label))
 	if !ok {
 		return fmt.Errorf("%s file %s: label column %q: expected a numeric array, got %T",
@@ -292,10 +396,6 @@ func (tb *tableBuilder) add(rec arrow.RecordBatch) error {
 		tb.y = append(tb.y, y)
 	}
 
-	if total := int64(tb.rows+rows) * int64(tb.dim); total > tb.maxBytes/4 {
-		return fmt.Errorf("%s file %s: record batch after row %d: %d rows of %d features would take %d bytes as float32, more than the %d bytes of memory this process can have",
-			tb.format, tb.path, tb.rows, tb.rows+rows, tb.dim, 4*total, tb.maxBytes)
-	}
 	base := len(tb.x)
 	tb.x = append(tb.x, make([]float32, rows*tb.dim)...)
 	x := tb.x[base:]
