@@ -344,10 +344,14 @@ func (c *conn) fatal(code, msg string) {
 		return
 	}
 	c.hub.mu.Lock()
-	if c.send(outFrame{prefix: p, close: websocket.ClosePolicyViolation}) {
+	sent := c.send(outFrame{prefix: p, close: websocket.ClosePolicyViolation})
+	if sent {
 		c.dead = true
 	}
 	c.hub.mu.Unlock()
+	if !sent { // already closing (going away, or a full queue): nothing to wait for
+		return
+	}
 	// Give the writer a moment to deliver the reason before the socket goes.
 	select {
 	case <-c.gone:

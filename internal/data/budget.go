@@ -22,15 +22,16 @@ const budgetIs = "half the memory this process can have"
 // LoadTable's recovers turn into errors, and claim refuses the dataset's own
 // arrays.
 //
-// The count is of bytes Arrow holds and the dataset's arrays: memory Arrow
-// has freed may not have been collected yet, and the file's message being
-// read is not counted, so the limit is half the memory the process can
-// have (see memoryBudget), leaving the other half for those and the rest of
-// the program.
+// The count is of the bytes Arrow holds, the file's message being read (see
+// readerSource) and the dataset's arrays (see grow). Memory released from
+// the count may not have been collected yet, so the limit is half the
+// memory the process can have (see memoryBudget), leaving the other half
+// for such garbage and the rest of the program.
 type budgetAllocator struct {
-	mem   memory.Allocator
-	limit int64
-	held  atomic.Int64
+	mem     memory.Allocator
+	limit   int64
+	held    atomic.Int64
+	refused atomic.Pointer[overBudget] // the first allocation refused, for the error
 }
 
 // overBudget is the panic value of a refused allocation.
@@ -58,24 +59,23 @@ func (a *budgetAllocator) claim(n int64) error {
 	return nil
 }
 
-// fits reports whether n more bytes would fit the budget, without claiming
-// them.
-func (a *budgetAllocator) fits(n int64) bool {
-	return n >= 0 && n <= a.limit-a.held.Load()
-}
-
 func (a *budgetAllocator) Allocate(size int) []byte {
-	if err := a.claim(int64(size)); err != nil {
-		panic(err)
-	}
+	a.mustClaim(int64(size))
 	return a.mem.Allocate(size)
 }
 
 func (a *budgetAllocator) Reallocate(size int, b []byte) []byte {
-	if err := a.claim(int64(size) - int64(len(b))); err != nil {
-		panic(err)
-	}
+	a.mustClaim(int64(size) - int64(len(b)))
 	return a.mem.Reallocate(size, b)
+}
+
+// mustClaim claims n bytes for Arrow or panics, remembering the refusal.
+func (a *budgetAllocator) mustClaim(n int64) {
+	if err := a.claim(n); err != nil {
+		ob := err.(*overBudget)
+		a.refused.CompareAndSwap(nil, ob)
+		panic(ob)
+	}
 }
 
 func (a *budgetAllocator) Free(b []byte) {
@@ -84,9 +84,9 @@ func (a *budgetAllocator) Free(b []byte) {
 }
 
 // memoryBudget is the dataset budget: half the least of the machine's
-// physical memory, the process's address-space and data limits, its
-// cgroup's memory limit and the Go runtime's soft limit (GOMEMLIMIT), as
-// far as each is known. Tests lower it.
+// physical memory, the room left under the process's address-space and
+// data limits, its cgroups' memory limits and the Go runtime's soft limit
+// (GOMEMLIMIT), as far as each is known (see memoryLimits). Tests lower it.
 var memoryBudget = func() int64 {
 	limit := debug.SetMemoryLimit(-1) // math.MaxInt64 unless set
 	for _, l := range memoryLimits() {

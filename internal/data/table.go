@@ -98,8 +98,11 @@ func loadArrow(path, labelCol string, alloc *budgetAllocator) (*Dataset, error) 
 	src := &readerSource{r: bufio.NewReaderSize(io.NewSectionReader(f, off, size), 64<<10), off: off, left: size, alloc: alloc}
 	ts := &tableStream{src: src, alloc: alloc}
 	failed := func(err error) error {
-		if ts.err != nil { // the check's own error, not Arrow's rewording of it
+		// The check's own error, or the budget's, not Arrow's rewording.
+		if ts.err != nil {
 			err = ts.err
+		} else if ob := alloc.refused.Load(); ob != nil {
+			err = ob
 		}
 		return fmt.Errorf("Arrow file %s (%s): %w", path, format, err)
 	}
@@ -127,7 +130,7 @@ func loadArrow(path, labelCol string, alloc *budgetAllocator) (*Dataset, error) 
 // through. It reads one message at a time from src, checks it (nextMessage,
 // then checkTableMessage), and only then passes its bytes on, so the reader
 // never acts on a length that has not been checked, and at most one
-// message is held. The stream may end without its end-of-stream marker, as
+// message is held, counted against the budget until Arrow has read it. The stream may end without its end-of-stream marker, as
 // the Arrow format allows.
 type tableStream struct {
 	src     *readerSource
@@ -140,9 +143,6 @@ type tableStream struct {
 }
 
 func (s *tableStream) Read(p []byte) (int, error) {
-	for len(s.pending) > 0 && len(s.pending[0]) == 0 {
-		s.pending = s.pending[1:]
-	}
 	if len(s.pending) == 0 {
 		if s.err != nil {
 			return 0, s.err
@@ -169,25 +169,33 @@ func (s *tableStream) Read(p []byte) (int, error) {
 	}
 	n := copy(p, s.pending[0])
 	s.pending[0] = s.pending[0][n:]
+	for len(s.pending) > 0 && len(s.pending[0]) == 0 {
+		s.pending = s.pending[1:]
+	}
+	if len(s.pending) == 0 {
+		s.pending = nil
+		s.src.release() // Arrow has read the whole message: our copy is garbage
+	}
 	return n, nil
 }
 
 // readerSource is a byteSource reading a file section: take reads each
-// message part into a new buffer, refusing one that would not fit the
-// dataset budget (a crafted length, or a sparse file, could name a body of
-// any size up to the file's).
+// message part into a new buffer, claimed from the dataset budget (a
+// crafted length, or a sparse file, could name a body of any size up to the
+// file's) until release.
 type readerSource struct {
 	r     io.Reader
 	left  int64
 	off   int64
 	alloc *budgetAllocator
+	taken int64 // claimed by take since the last release
 }
 
 func (s *readerSource) take(n int64) ([]byte, error) {
-	if !s.alloc.fits(n) {
-		return nil, fmt.Errorf("a message part of %d bytes does not fit the %d-byte dataset budget (%s) with %d bytes held",
-			n, s.alloc.limit, budgetIs, s.alloc.held.Load())
+	if err := s.alloc.claim(n); err != nil {
+		return nil, fmt.Errorf("reading a %d-byte message part: %w", n, err)
 	}
+	s.taken += n
 	b := make([]byte, n)
 	if _, err := io.ReadFull(s.r, b); err != nil {
 		return nil, err
@@ -195,6 +203,13 @@ func (s *readerSource) take(n int64) ([]byte, error) {
 	s.off += n
 	s.left -= n
 	return b, nil
+}
+
+// release returns the claim on the parts taken since the last release,
+// once nothing holds them.
+func (s *readerSource) release() {
+	_ = s.alloc.claim(-s.taken)
+	s.taken = 0
 }
 func (s *readerSource) remain() int64 { return s.left }
 func (s *readerSource) pos() int64    { return s.off }
@@ -374,7 +389,11 @@ func (tb *tableBuilder) add(rec arrow.RecordBatch) error {
 		return fmt.Errorf("%s file %s: record batch after row %d: %d rows of %d features would take more than the %d-byte dataset budget (%s)",
 			tb.format, tb.path, tb.rows, rows, tb.dim, tb.budget.limit, budgetIs)
 	}
-	if err := tb.budget.claim(int64(rows) * perRow); err != nil {
+	var err error
+	if tb.y, err = grow(tb.budget, tb.y, rows); err == nil {
+		tb.x, err = grow(tb.budget, tb.x, rows*tb.dim)
+	}
+	if err != nil {
 		return fmt.Errorf("%s file %s: record batch after row %d: %d rows of %d features: %w", tb.format, tb.path, tb.rows, rows, tb.dim, err)
 	}
 
@@ -397,7 +416,7 @@ func (tb *tableBuilder) add(rec arrow.RecordBatch) error {
 	}
 
 	base := len(tb.x)
-	tb.x = append(tb.x, make([]float32, rows*tb.dim)...)
+	tb.x = tb.x[:base+rows*tb.dim] // room grow made: zeros, each written below
 	x := tb.x[base:]
 	off := 0
 	for j, ci := range tb.features {
@@ -408,6 +427,23 @@ func (tb *tableBuilder) add(rec arrow.RecordBatch) error {
 	}
 	tb.rows += rows
 	return nil
+}
+
+// grow returns s with room for n more elements. A larger array is claimed
+// from b in full before it is made, and the old one released once copied,
+// so that the count follows the memory the arrays take, growth included.
+func grow[T int32 | float32](b *budgetAllocator, s []T, n int) ([]T, error) {
+	if cap(s)-len(s) >= n {
+		return s, nil
+	}
+	newCap := max(len(s)+n, cap(s)+cap(s)/4)
+	if err := b.claim(4 * int64(newCap)); err != nil {
+		return nil, err
+	}
+	t := make([]T, len(s), newCap)
+	copy(t, s)
+	_ = b.claim(-4 * int64(cap(s)))
+	return t, nil
 }
 
 // resolveWidths learns the width of variable-size list columns from the
