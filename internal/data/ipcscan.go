@@ -89,14 +89,13 @@ func scanShardStream(b []byte, maxRows int, maxBuffer int64) (ipcStreamInfo, err
 		return info, errors.New(`expected the Arrow IPC stream format, got the IPC file format (magic "ARROW1")`)
 	}
 	err := scanMessages(b, maxShardMetadata, false, func(msg, end int, m ipcMessage, body []byte) error {
-		switch {
-		case msg == 0 && m.header == fbHeaderSchema:
+		if err := checkMessageOrder(msg, m.header); err != nil {
+			return err
+		}
+		switch m.header {
+		case fbHeaderSchema:
 			info.schemaEnd = end
-		case msg == 0 && m.header != fbHeaderSchema:
-			return fmt.Errorf("message 0: expected a schema message, got %s", headerName(m.header))
-		case msg > 0 && m.header != fbHeaderRecordBatch:
-			return fmt.Errorf("message %d: expected a record batch message, got %s", msg, headerName(m.header))
-		case m.header == fbHeaderRecordBatch:
+		case fbHeaderRecordBatch:
 			if m.rows < 0 || m.rows > int64(maxRows)-info.rows {
 				return fmt.Errorf("record batch %d: expected at most %d rows in the shard, got %d after %d earlier rows",
 					len(info.batches), maxRows, m.rows, info.rows)
@@ -119,23 +118,33 @@ func scanShardStream(b []byte, maxRows int, maxBuffer int64) (ipcStreamInfo, err
 // once uncompressed (ZSTD frames are checked in full, LZ4 frames only by
 // that stated length). batches counts the record batches seen.
 func checkTableMessage(msg int, batches *int, m ipcMessage, body []byte, maxBuffer int64) error {
-	switch {
-	case m.header == fbHeaderDictionaryBatch:
+	if m.header == fbHeaderDictionaryBatch {
 		return fmt.Errorf("message %d: expected a %s, got a dictionary batch (dictionary-encoded columns are not supported: a dataset's columns must be numeric)",
 			msg, map[bool]string{true: "schema message", false: "record batch message"}[msg == 0])
-	case msg == 0 && m.header != fbHeaderSchema:
-		return fmt.Errorf("message 0: expected a schema message, got %s", headerName(m.header))
-	case msg > 0 && m.header != fbHeaderRecordBatch:
-		return fmt.Errorf("message %d: expected a record batch message, got %s", msg, headerName(m.header))
-	case m.header == fbHeaderRecordBatch:
-		if m.rows < 0 {
-			return fmt.Errorf("record batch %d: expected a row count ≥ 0, got %d", *batches, m.rows)
-		}
-		lim := bodyLimits{maxBuffer: maxBuffer, why: " (the dataset budget: " + budgetIs + ")", allowLZ4: true}
-		if err := checkBatchBody(body, m, lim); err != nil {
-			return fmt.Errorf("record batch %d: %w", *batches, err)
-		}
-		*batches++
+	}
+	if err := checkMessageOrder(msg, m.header); err != nil || m.header != fbHeaderRecordBatch {
+		return err
+	}
+	if m.rows < 0 {
+		return fmt.Errorf("record batch %d: expected a row count ≥ 0, got %d", *batches, m.rows)
+	}
+	lim := bodyLimits{maxBuffer: maxBuffer, why: " (the dataset budget: " + budgetIs + ")", allowLZ4: true}
+	if err := checkBatchBody(body, m, lim); err != nil {
+		return fmt.Errorf("record batch %d: %w", *batches, err)
+	}
+	*batches++
+	return nil
+}
+
+// checkMessageOrder checks that message msg of a stream is a schema
+// message if it is the first, and a record batch if not: the sequence both
+// a shard and a dataset file must have.
+func checkMessageOrder(msg int, header byte) error {
+	switch {
+	case msg == 0 && header != fbHeaderSchema:
+		return fmt.Errorf("message 0: expected a schema message, got %s", headerName(header))
+	case msg > 0 && header != fbHeaderRecordBatch:
+		return fmt.Errorf("message %d: expected a record batch message, got %s", msg, headerName(header))
 	}
 	return nil
 }
