@@ -2,7 +2,6 @@ package data
 
 import (
 	"bufio"
-	"cmp"
 	"context"
 	"encoding/binary"
 	"encoding/csv"
@@ -96,7 +95,7 @@ func loadArrow(path, labelCol string, alloc *budgetAllocator) (*Dataset, error) 
 	}
 	// Positions in errors are the file's: the section starts at off.
 	src := &readerSource{r: bufio.NewReaderSize(io.NewSectionReader(f, off, size), 64<<10), off: off, left: size, alloc: alloc}
-	ts := &tableStream{src: src, alloc: alloc}
+	ts := &tableStream{src: src}
 	failed := func(err error) error {
 		// The check's own error, or the budget's, not Arrow's rewording.
 		if ts.err != nil {
@@ -121,7 +120,7 @@ func loadArrow(path, labelCol string, alloc *budgetAllocator) (*Dataset, error) 
 		}
 	}
 	if err := sr.Err(); err != nil || ts.err != nil {
-		return nil, failed(fmt.Errorf("after %d rows: %w", tb.rows, cmp.Or(ts.err, err)))
+		return nil, failed(fmt.Errorf("after %d rows: %w", tb.rows, err))
 	}
 	return tb.finish()
 }
@@ -130,11 +129,11 @@ func loadArrow(path, labelCol string, alloc *budgetAllocator) (*Dataset, error) 
 // through. It reads one message at a time from src, checks it (nextMessage,
 // then checkTableMessage), and only then passes its bytes on, so the reader
 // never acts on a length that has not been checked, and at most one
-// message is held, counted against the budget until Arrow has read it. The stream may end without its end-of-stream marker, as
-// the Arrow format allows.
+// message is held, counted against the budget until Arrow has read it. The
+// stream may end without its end-of-stream marker, as the Arrow format
+// allows.
 type tableStream struct {
 	src     *readerSource
-	alloc   *budgetAllocator
 	msg     int
 	batches int
 	pending [][]byte // the checked message's parts not yet read
@@ -152,7 +151,7 @@ func (s *tableStream) Read(p []byte) (int, error) {
 		}
 		m, parts, err := nextMessage(s.src, s.msg, maxTableMetadata, true)
 		if err == nil && len(parts) == 3 {
-			err = checkTableMessage(s.msg, &s.batches, m, parts[2], s.alloc.limit)
+			err = checkTableMessage(s.msg, &s.batches, m, parts[2], s.src.alloc.limit)
 		}
 		if err != nil {
 			s.err = err
