@@ -71,6 +71,17 @@ type conn struct {
 	dead    bool
 }
 
+// sendLast queues f, a frame that closes the connection, and marks the
+// connection dead so that nothing follows it (no task goes to it). It
+// reports whether f was queued. The hub's mutex is held.
+func (c *conn) sendLast(f outFrame) bool {
+	if !c.send(f) {
+		return false
+	}
+	c.dead = true
+	return true
+}
+
 // send queues a frame without blocking. A trainer whose queue is full is
 // not keeping up; it is disconnected and its task requeued by the reader.
 func (c *conn) send(f outFrame) bool {
@@ -181,8 +192,7 @@ func (h *Hub) serve(ws *websocket.Conn, remote string) {
 		p, _ := wire.Prefix(wire.TypeDone, h.finished)
 		c.out <- outFrame{prefix: p}
 	case h.leaving != "":
-		c.out <- outFrame{close: websocket.CloseGoingAway, reason: h.leaving}
-		c.dead = true // as GoAway leaves the others: no task goes to it
+		c.sendLast(outFrame{close: websocket.CloseGoingAway, reason: h.leaving}) // as GoAway leaves the others
 		turnedAway = true
 	}
 	h.conns[c] = struct{}{}
@@ -344,10 +354,7 @@ func (c *conn) fatal(code, msg string) {
 		return
 	}
 	c.hub.mu.Lock()
-	sent := c.send(outFrame{prefix: p, close: websocket.ClosePolicyViolation})
-	if sent {
-		c.dead = true
-	}
+	sent := c.sendLast(outFrame{prefix: p, close: websocket.ClosePolicyViolation})
 	c.hub.mu.Unlock()
 	if !sent { // already closing (going away, or a full queue): nothing to wait for
 		return

@@ -910,9 +910,7 @@ func (h *Hub) GoAway(reason string) {
 	defer h.mu.Unlock()
 	h.leaving = truncate(cmp.Or(reason, "going away"), 120) // an ASCII reason: truncate cuts bytes
 	for cn := range h.conns {
-		if cn.send(outFrame{close: websocket.CloseGoingAway, reason: h.leaving}) {
-			cn.dead = true
-		}
+		cn.sendLast(outFrame{close: websocket.CloseGoingAway, reason: h.leaving})
 	}
 }
 
