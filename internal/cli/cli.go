@@ -26,7 +26,7 @@ func Parse(fs *flag.FlagSet, args []string) error {
 		// The flag package says only "parse error" for a bad duration.
 		fs.VisitAll(func(f *flag.Flag) {
 			if isDuration(f) && strings.HasSuffix(err.Error(), "for flag -"+f.Name+": parse error") {
-				err = fmt.Errorf("%w (want a duration such as 5s or 1m30s)", err)
+				err = fmt.Errorf("%w%s", err, durationHint)
 			}
 		})
 		return err
@@ -46,13 +46,17 @@ func Parse(fs *flag.FlagSet, args []string) error {
 			if e := fs.Set(f.Name, v); e != nil {
 				err = fmt.Errorf("environment variable %s=%q: %v", EnvName(f.Name), v, e)
 				if isDuration(f) {
-					err = fmt.Errorf("%w (want a duration such as 5s or 1m30s)", err)
+					err = fmt.Errorf("%w%s", err, durationHint)
 				}
 			}
 		}
 	})
 	return err
 }
+
+// durationHint ends an error about a bad duration: the flag package says
+// only "parse error".
+const durationHint = " (want a duration such as 5s or 1m30s)"
 
 // fromEnv marks a flag whose value Parse took from the environment.
 type fromEnv struct {
