@@ -21,25 +21,41 @@ import (
 	"fedgather/internal/wire"
 )
 
-// errLog is a slog.Handler that passes on the "err" attribute of every
-// record, so a test can wait for the trainer to log a session's error.
-type errLog chan string
+// chanLog is a slog.Handler that passes on, without blocking, what pick
+// makes of each record ("" for nothing), so that a test can wait for what
+// a trainer logs.
+type chanLog struct {
+	c    chan string
+	pick func(slog.Record) string
+}
 
-func (h errLog) Enabled(context.Context, slog.Level) bool { return true }
-func (h errLog) WithAttrs([]slog.Attr) slog.Handler       { return h }
-func (h errLog) WithGroup(string) slog.Handler            { return h }
-func (h errLog) Handle(_ context.Context, r slog.Record) error {
+func (h chanLog) Enabled(context.Context, slog.Level) bool { return true }
+func (h chanLog) WithAttrs([]slog.Attr) slog.Handler       { return h }
+func (h chanLog) WithGroup(string) slog.Handler            { return h }
+func (h chanLog) Handle(_ context.Context, r slog.Record) error {
+	if s := h.pick(r); s != "" {
+		select {
+		case h.c <- s:
+		default:
+		}
+	}
+	return nil
+}
+
+// errAttr picks a record's "err" attribute: a session's error.
+func errAttr(r slog.Record) (err string) {
 	r.Attrs(func(a slog.Attr) bool {
 		if a.Key == "err" {
-			select {
-			case h <- a.Value.String():
-			default:
-			}
+			err = a.Value.String()
+			return false
 		}
 		return true
 	})
-	return nil
+	return err
 }
+
+// levelAndMessage picks a record's level and message.
+func levelAndMessage(r slog.Record) string { return r.Level.String() + " " + r.Message }
 
 // A model with a NaN, or with no payload at all, ends the session with an
 // error naming the version and the fault; the trainer does not take it as
@@ -68,8 +84,8 @@ func refusesModel(t *testing.T, payload []byte, want string) {
 		send(wire.TypeModel, wire.Model{Version: 1, Params: params}, payload)
 		sent <- struct{}{}
 	})
-	errs := make(errLog, 16)
-	tr, ctx := startTrainer(t, addr, "bad-model-test", errs)
+	errs := make(chan string, 16)
+	tr, ctx := startTrainer(t, addr, "bad-model-test", chanLog{errs, errAttr})
 	select {
 	case <-sent:
 	case <-ctx.Done():
@@ -326,20 +342,6 @@ func TestGiveUp(t *testing.T) {
 	}
 }
 
-// levelLog is a slog.Handler that passes on each record's level and message.
-type levelLog chan string
-
-func (h levelLog) Enabled(context.Context, slog.Level) bool { return true }
-func (h levelLog) WithAttrs([]slog.Attr) slog.Handler       { return h }
-func (h levelLog) WithGroup(string) slog.Handler            { return h }
-func (h levelLog) Handle(_ context.Context, r slog.Record) error {
-	select {
-	case h <- r.Level.String() + " " + r.Message:
-	default:
-	}
-	return nil
-}
-
 // An aggregator that closes with 1001 (going away: it is stopping) is
 // logged as information, not as a warning; a connection lost otherwise is a
 // warning.
@@ -354,14 +356,8 @@ func TestGoingAwayIsNotAWarning(t *testing.T) {
 		addr := fakeAggregator(t, func(ws *websocket.Conn, _ sendFunc) {
 			_ = ws.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(tc.code, "test"), time.Now().Add(time.Second))
 		})
-		logs := make(levelLog, 100)
-		tr, err := New(Config{Aggregator: addr, Name: "away", Report: time.Hour, MinBackoff: time.Hour, Logger: slog.New(logs)})
-		if err != nil {
-			t.Fatal(err)
-		}
-		ctx, cancel := context.WithCancel(context.Background())
-		done := make(chan error, 1)
-		go func() { done <- tr.Run(ctx) }()
+		logs := make(chan string, 100)
+		startTrainer(t, addr, "away", chanLog{logs, levelAndMessage}) // waits out its back-off until the test ends
 		var seen []string
 		timeout := time.After(10 * time.Second)
 	wait:
@@ -376,8 +372,6 @@ func TestGoingAwayIsNotAWarning(t *testing.T) {
 				break wait
 			}
 		}
-		cancel()
-		<-done
 		if len(seen) == 0 || seen[len(seen)-1] != tc.want {
 			t.Errorf("close %d: logged %q; want the last line %q", tc.code, seen, tc.want)
 		}
