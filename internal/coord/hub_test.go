@@ -247,18 +247,13 @@ func TestGoAwayClosesConnectionsAndTrainersReconnect(t *testing.T) {
 	f := newFixture(t, 2, coord.Config{})
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	url := "ws" + strings.TrimPrefix(f.srv.URL, "http") + "/v1/train"
 	dial := func() *websocket.Conn {
-		ws, _, err := websocket.DefaultDialer.DialContext(ctx, url, nil)
+		ws, err := dialWS(ctx, f.srv.URL+"/v1/train", 0)
 		if err != nil {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { _ = ws.Close() })
-		b, err := wire.Encode(wire.TypeHello, wire.Hello{Name: "raw"}, nil)
-		if err == nil {
-			err = ws.WriteMessage(websocket.BinaryMessage, b)
-		}
-		if err != nil {
+		if err := sendFrame(ws, wire.TypeHello, wire.Hello{Name: "raw"}, nil); err != nil {
 			t.Fatal(err)
 		}
 		return ws
