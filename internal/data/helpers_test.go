@@ -119,11 +119,18 @@ func buildIPC(t testing.TB, file bool, schema *arrow.Schema, fills ...func(*arra
 	t.Helper()
 	recs := make([]arrow.RecordBatch, len(fills))
 	for i, fill := range fills {
-		rb := array.NewRecordBuilder(memory.DefaultAllocator, schema)
-		fill(rb)
-		recs[i] = rb.NewRecordBatch()
-		rb.Release()
-		defer recs[i].Release()
+		recs[i] = newRecord(t, schema, fill)
 	}
 	return ipcBytes(t, file, schema, recs...)
+}
+
+// newRecord builds a record batch of schema with fill; it is released when
+// the test ends.
+func newRecord(t testing.TB, schema *arrow.Schema, fill func(*array.RecordBuilder)) arrow.RecordBatch {
+	rb := array.NewRecordBuilder(memory.DefaultAllocator, schema)
+	defer rb.Release()
+	fill(rb)
+	rec := rb.NewRecordBatch()
+	t.Cleanup(rec.Release)
+	return rec
 }

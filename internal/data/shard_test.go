@@ -13,7 +13,6 @@ import (
 	"github.com/apache/arrow-go/v18/arrow"
 	"github.com/apache/arrow-go/v18/arrow/array"
 	"github.com/apache/arrow-go/v18/arrow/ipc"
-	"github.com/apache/arrow-go/v18/arrow/memory"
 	"github.com/klauspost/compress/zstd"
 )
 
@@ -176,12 +175,7 @@ func TestDecodeShardErrors(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	rb := array.NewRecordBuilder(memory.DefaultAllocator, s4)
-	good(rb)
-	goodRec := rb.NewRecordBatch()
-	rb.Release()
-	defer goodRec.Release()
-	lz4 := ipcWrite(t, false, []ipc.Option{ipc.WithSchema(s4), ipc.WithLZ4()}, goodRec)
+	lz4 := ipcWrite(t, false, []ipc.Option{ipc.WithSchema(s4), ipc.WithLZ4()}, newRecord(t, s4, good))
 	d783 := mnistShard(t, 3)
 	d783 = &Dataset{X: d783.X[:3*783], Y: d783.Y, Dim: 783, Classes: 10}
 	enc783, err := EncodeShard(d783)

@@ -290,14 +290,12 @@ func TestLoadTableRefusesHugeClaims(t *testing.T) {
 		{Name: "x", Type: arrow.PrimitiveTypes.Float32},
 	}, nil)
 	const rows = 1000
-	rb := array.NewRecordBuilder(memory.DefaultAllocator, schema)
-	defer rb.Release()
-	for i := range rows {
-		rb.Field(0).(*array.Int32Builder).Append(int32(i % 10))
-		rb.Field(1).(*array.Float32Builder).Append(0)
-	}
-	rec := rb.NewRecordBatch()
-	defer rec.Release()
+	rec := newRecord(t, schema, func(rb *array.RecordBuilder) {
+		for i := range rows {
+			rb.Field(0).(*array.Int32Builder).Append(int32(i % 10))
+			rb.Field(1).(*array.Float32Builder).Append(0)
+		}
+	})
 
 	dir := t.TempDir()
 	for _, file := range []bool{true, false} {
